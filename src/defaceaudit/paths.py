@@ -1,0 +1,50 @@
+"""File names of every output: BIDS-derivatives style, built in one place.
+
+``stage_file("prepare", "01", "prepared", "T1w")`` ->
+``results/prepare/sub-01/anat/sub-01_desc-prepared_T1w.nii.gz``. Pass ``"{subject}"`` as the
+subject to get the Snakemake pattern of the same file.
+"""
+
+from __future__ import annotations
+
+RESULTS = "results"
+DEMO_ROOT = f"{RESULTS}/demo"
+DEMO_BIDS = f"{DEMO_ROOT}/bids"
+#: demo BIDS dataset -> folder; train and internal test share one dataset, as in the paper
+DEMO_DATASETS = ("internal", "external")
+
+
+def stage_file(stage: str, subject: str, desc: str, suffix: str, ext: str = ".nii.gz") -> str:
+    """Path of one per-subject output of a pipeline stage (relative to the working directory)."""
+    return f"{RESULTS}/{stage}/sub-{subject}/anat/sub-{subject}_desc-{desc}_{suffix}{ext}"
+
+
+def demo_base_file(base: str, kind: str) -> str:
+    """``kind`` is "T1w" (the real head, RAS) or "brain_mask" (its ROBEX brain mask)."""
+    name = f"{base}_T1w.nii.gz" if kind == "T1w" else f"{base}_desc-brain_mask.nii.gz"
+    return f"{DEMO_ROOT}/bases/{name}"
+
+
+def demo_t1w(dataset: str, subject: str) -> str:
+    return f"{DEMO_BIDS}/{dataset}/sub-{subject}/anat/sub-{subject}_T1w.nii.gz"
+
+
+def demo_brain_mask(dataset: str, subject: str) -> str:
+    return (
+        f"{DEMO_BIDS}/{dataset}/derivatives/brainmask/sub-{subject}/anat/"
+        f"sub-{subject}_desc-brain_mask.nii.gz"
+    )
+
+
+def demo_table(dataset: str, name: str) -> str:
+    """``name``: participants.tsv, phenotype/ct_muscle.tsv, dataset_description.json, ..."""
+    return f"{DEMO_BIDS}/{dataset}/{name}"
+
+
+DEMO_TABLES = (
+    "dataset_description.json",
+    "participants.tsv",
+    "phenotype/ct_muscle.tsv",
+    "derivatives/generative_model/latents.tsv",
+)
+COHORT_TABLE = f"{RESULTS}/cohort/subjects.tsv"

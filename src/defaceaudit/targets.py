@@ -1,0 +1,30 @@
+"""What ``rule all`` builds: every per-subject output and the aggregates, as plain paths."""
+
+from __future__ import annotations
+
+from defaceaudit import paths
+from defaceaudit.cohort import Cohort
+
+
+def prepared_files(subject: str) -> dict[str, str]:
+    """The prepare stage's outputs of one subject, by name (t1w, head_mask, brain_mask, report)."""
+    return {
+        "t1w": paths.stage_file("prepare", subject, "prepared", "T1w"),
+        "head_mask": paths.stage_file("prepare", subject, "head", "mask"),
+        "brain_mask": paths.stage_file("prepare", subject, "brain", "mask"),
+        "summary": paths.stage_file("prepare", subject, "prepared", "T1w", ".json"),
+    }
+
+
+def demo_targets(cohort: Cohort) -> list[str]:
+    """The demo BIDS datasets' tables (their images come in through the prepare stage)."""
+    datasets = sorted({p.dataset for p in cohort.demo.values()})
+    return [paths.demo_table(d, name) for d in datasets for name in paths.DEMO_TABLES]
+
+
+def all_targets(cohort: Cohort) -> list[str]:
+    """Sorted, de-duplicated list of every final output of a run on ``cohort``."""
+    targets = [paths.COHORT_TABLE, *demo_targets(cohort)]
+    for subject in cohort.subjects:
+        targets += prepared_files(subject).values()
+    return sorted(set(targets))

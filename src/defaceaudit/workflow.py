@@ -1,0 +1,35 @@
+"""Glue for workflow_scripts/: route logging to the rule's log, report errors in one line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from defaceaudit.errors import DefaceAuditError
+
+
+def run_step(log_file: str | None, func: Callable[..., Any], **kwargs: Any) -> Any:
+    """Call ``func(**kwargs)`` with logging into ``log_file``.
+
+    A :class:`DefaceAuditError` (bad input) ends the process with exit code 1 and its one-line
+    message on stderr and in the log; anything else is logged with its traceback and re-raised.
+    """
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    try:
+        return func(**kwargs)
+    except DefaceAuditError as err:
+        logging.getLogger("defaceaudit").error("%s", err)
+        sys.exit(1)
+    except Exception:
+        logging.getLogger("defaceaudit").exception("unexpected failure in %s", func.__name__)
+        raise

@@ -1,0 +1,592 @@
+"""Tests for defaceaudit.inputs: BIDS datasets, manifests and the merged cohort."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from defaceaudit.errors import InputError
+from defaceaudit.inputs import (
+    SPLITS,
+    Subject,
+    check_cohort,
+    cohort_frame,
+    read_bids_dataset,
+    read_manifest,
+)
+
+PARTICIPANTS_HEADER = ("participant_id", "age", "sex")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def touch(path: Path) -> Path:
+    """An empty file (no image is opened at DAG time)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def write_nifti(path: Path) -> Path:
+    """A tiny real 3x3x3 NIfTI file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 3), dtype=np.uint8), np.eye(4)), path)
+    return path
+
+
+def write_tsv(path: Path, header: tuple[str, ...] | list[str], rows: list[tuple]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["\t".join(header)] + ["\t".join(str(v) for v in row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_bids(root: Path, t1w: dict[str, list[str]], participants: list[tuple] | None) -> Path:
+    """A BIDS tree: ``t1w`` maps ``sub-XX`` to paths relative to the subject folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    for subject, files in t1w.items():
+        (root / subject).mkdir(exist_ok=True)
+        for rel in files:
+            touch(root / subject / rel)
+    if participants is not None:
+        write_tsv(root / "participants.tsv", PARTICIPANTS_HEADER, participants)
+    return root
+
+
+def expect_error(call, *fragments: str) -> str:
+    """Run ``call``; it must raise a one-line InputError containing every fragment."""
+    with pytest.raises(InputError, match=re.escape(fragments[0])) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and "\r" not in message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+@pytest.fixture
+def ds(tmp_path: Path) -> Path:
+    """Two subjects without sessions, plus a participants row that has no images."""
+    return make_bids(
+        tmp_path / "ds1",
+        {"sub-01": ["anat/sub-01_T1w.nii.gz"], "sub-02": ["anat/sub-02_T1w.nii"]},
+        [("sub-02", "61", "female"), ("sub-01", "34.5", "M"), ("sub-99", "n/a", "n/a")],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# BIDS: valid datasets
+
+
+def test_bids_without_sessions(ds: Path) -> None:
+    subjects = read_bids_dataset(ds, "train")
+    assert subjects == [
+        Subject("01", ds / "sub-01/anat/sub-01_T1w.nii.gz", "train", 34.5, "M", "ds1", None),
+        Subject("02", ds / "sub-02/anat/sub-02_T1w.nii", "train", 61.0, "F", "ds1", None),
+    ]
+    assert all(s.t1w.is_absolute() for s in subjects)
+
+
+def test_bids_relative_path_is_made_absolute(ds: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ds.parent)
+    subjects = read_bids_dataset("ds1/", "internal_test", dataset="mine")
+    assert [s.t1w for s in subjects] == [
+        ds / "sub-01/anat/sub-01_T1w.nii.gz",
+        ds / "sub-02/anat/sub-02_T1w.nii",
+    ]
+    assert {s.dataset for s in subjects} == {"mine"}
+    assert {s.split for s in subjects} == {"internal_test"}
+
+
+def test_bids_real_nifti_and_sex_spellings(tmp_path: Path) -> None:
+    root = make_bids(tmp_path / "ds", {}, [("sub-a", "20", "MALE"), ("sub-b", "30", "f")])
+    write_nifti(root / "sub-a/anat/sub-a_T1w.nii.gz")
+    write_nifti(root / "sub-b/anat/sub-b_T1w.nii.gz")
+    assert [(s.subject, s.sex, s.age) for s in read_bids_dataset(root, "train")] == [
+        ("a", "M", 20.0),
+        ("b", "F", 30.0),
+    ]
+
+
+def test_bids_participant_id_without_prefix_is_accepted(tmp_path: Path) -> None:
+    root = make_bids(tmp_path / "ds", {"sub-01": ["anat/sub-01_T1w.nii.gz"]}, [("01", "5", "F")])
+    assert read_bids_dataset(root, "train")[0].age == 5.0
+
+
+def test_bids_with_one_session(tmp_path: Path) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {
+            "sub-01": [
+                "ses-pre/anat/sub-01_ses-pre_T1w.nii.gz",
+                "ses-pre/anat/sub-01_ses-pre_T2w.nii",
+            ]
+        },
+        [("sub-01", "40", "F")],
+    )
+    [subject] = read_bids_dataset(root, "external_test")
+    assert subject.t1w == root / "sub-01/ses-pre/anat/sub-01_ses-pre_T1w.nii.gz"
+
+
+@pytest.mark.parametrize("session", ["2", "ses-2"])
+def test_bids_session_picks_one_of_several(tmp_path: Path, session: str) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {
+            "sub-01": [
+                "anat/sub-01_T1w.nii.gz",
+                "ses-1/anat/sub-01_ses-1_T1w.nii.gz",
+                "ses-2/anat/sub-01_ses-2_acq-mprage_T1w.nii.gz",
+            ]
+        },
+        [("sub-01", "40", "F")],
+    )
+    [subject] = read_bids_dataset(root, "train", session=session)
+    assert subject.t1w == root / "sub-01/ses-2/anat/sub-01_ses-2_acq-mprage_T1w.nii.gz"
+
+
+def test_bids_prefix_and_dataset_name(ds: Path) -> None:
+    subjects = read_bids_dataset(ds, "external_test", dataset="ext-site", subject_prefix="ext")
+    assert [(s.subject, s.dataset) for s in subjects] == [
+        ("ext01", "ext-site"),
+        ("ext02", "ext-site"),
+    ]
+
+
+def test_bids_brain_masks_from_derivatives(tmp_path: Path) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {
+            "sub-01": ["anat/sub-01_T1w.nii.gz"],
+            "sub-02": ["anat/sub-02_T1w.nii.gz"],
+            "sub-03": ["ses-a/anat/sub-03_ses-a_T1w.nii.gz"],
+        },
+        [("sub-01", "20", "M"), ("sub-02", "30", "F"), ("sub-03", "40", "F")],
+    )
+    masks = root / "derivatives" / "masks"
+    touch(masks / "sub-01/anat/sub-01_desc-brain_mask.nii.gz")
+    touch(masks / "sub-01/anat/sub-01_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz")
+    touch(masks / "sub-02/anat/sub-02_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz")
+    touch(masks / "sub-03/ses-a/anat/sub-03_ses-a_desc-brain_mask.nii")
+    by_id = {
+        s.subject: s for s in read_bids_dataset(root, "train", brain_mask_dir="derivatives/masks")
+    }
+    assert by_id["01"].brain_mask == masks / "sub-01/anat/sub-01_desc-brain_mask.nii.gz"
+    assert by_id["02"].brain_mask is None  # only a template-space mask: the pipeline computes one
+    assert by_id["03"].brain_mask == masks / "sub-03/ses-a/anat/sub-03_ses-a_desc-brain_mask.nii"
+
+
+def test_bids_brain_mask_dir_absolute(ds: Path, tmp_path: Path) -> None:
+    masks = tmp_path / "elsewhere"
+    touch(masks / "sub-02/anat/sub-02_desc-brain_mask.nii.gz")
+    subjects = read_bids_dataset(ds, "train", brain_mask_dir=masks)
+    assert [s.brain_mask for s in subjects] == [
+        None,
+        masks / "sub-02/anat/sub-02_desc-brain_mask.nii.gz",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# BIDS: errors
+
+
+def test_bids_missing_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    expect_error(lambda: read_bids_dataset(missing, "train"), str(missing), "not found")
+
+
+def test_bids_unknown_role(ds: Path) -> None:
+    expect_error(
+        lambda: read_bids_dataset(ds, "test"),
+        str(ds),
+        "'test'",
+        "train, internal_test, external_test",
+    )
+
+
+def test_bids_no_subjects(tmp_path: Path) -> None:
+    root = make_bids(tmp_path / "empty", {}, [("sub-01", "20", "M")])
+    expect_error(lambda: read_bids_dataset(root, "train"), str(root), "no subjects")
+
+
+def test_bids_subject_folder_without_t1w(ds: Path) -> None:
+    touch(ds / "sub-03/anat/sub-03_T2w.nii.gz")
+    expect_error(lambda: read_bids_dataset(ds, "train"), str(ds / "sub-03"), "no T1w")
+
+
+def test_bids_session_missing_for_a_subject(ds: Path) -> None:
+    expect_error(lambda: read_bids_dataset(ds, "train", session="1"), str(ds / "sub-01"), "ses-1")
+
+
+def test_bids_two_sessions_need_session(tmp_path: Path) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {"sub-01": ["ses-1/anat/sub-01_ses-1_T1w.nii.gz", "ses-2/anat/sub-01_ses-2_T1w.nii.gz"]},
+        [("sub-01", "40", "F")],
+    )
+    expect_error(
+        lambda: read_bids_dataset(root, "train"),
+        "sub-01",
+        str(root / "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"),
+        str(root / "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz"),
+        "session",
+    )
+
+
+def test_bids_two_runs_are_not_supported(tmp_path: Path) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {"sub-01": ["anat/sub-01_run-1_T1w.nii.gz", "anat/sub-01_run-2_T1w.nii.gz"]},
+        [("sub-01", "40", "F")],
+    )
+    expect_error(lambda: read_bids_dataset(root, "train"), "sub-01", "not supported yet")
+
+
+def test_bids_missing_participants_tsv(tmp_path: Path) -> None:
+    root = make_bids(tmp_path / "ds", {"sub-01": ["anat/sub-01_T1w.nii.gz"]}, None)
+    expect_error(
+        lambda: read_bids_dataset(root, "train"), str(root / "participants.tsv"), "not found"
+    )
+
+
+def test_bids_participants_missing_column(tmp_path: Path) -> None:
+    root = make_bids(tmp_path / "ds", {"sub-01": ["anat/sub-01_T1w.nii.gz"]}, None)
+    write_tsv(root / "participants.tsv", ("participant_id", "age"), [("sub-01", "20")])
+    expect_error(lambda: read_bids_dataset(root, "train"), str(root / "participants.tsv"), "sex")
+
+
+def test_bids_subject_without_participants_row(ds: Path) -> None:
+    touch(ds / "sub-03/anat/sub-03_T1w.nii.gz")
+    expect_error(
+        lambda: read_bids_dataset(ds, "train"), str(ds / "participants.tsv"), "sub-03", "no row"
+    )
+
+
+def test_bids_duplicate_participants_row(ds: Path) -> None:
+    with (ds / "participants.tsv").open("a") as f:
+        f.write("sub-01\t35\tM\n")
+    expect_error(
+        lambda: read_bids_dataset(ds, "train"), str(ds / "participants.tsv"), "sub-01", "2 rows"
+    )
+
+
+@pytest.mark.parametrize("age", ["abc", "n/a", "", "0", "120", "-3", "nan", "inf", "89+"])
+def test_bids_invalid_age(tmp_path: Path, age: str) -> None:
+    root = make_bids(
+        tmp_path / "ds", {"sub-07": ["anat/sub-07_T1w.nii.gz"]}, [("sub-07", age, "M")]
+    )
+    expect_error(
+        lambda: read_bids_dataset(root, "train"),
+        f"participants.tsv {root / 'participants.tsv'}: subject sub-07 has ",
+        f"age {age!r}",
+        "between 0 and 120",
+    )
+
+
+@pytest.mark.parametrize("sex", ["n/a", "", "x", "other", "MF"])
+def test_bids_invalid_sex(tmp_path: Path, sex: str) -> None:
+    root = make_bids(
+        tmp_path / "ds", {"sub-07": ["anat/sub-07_T1w.nii.gz"]}, [("sub-07", "9", sex)]
+    )
+    expect_error(
+        lambda: read_bids_dataset(root, "train"),
+        str(root / "participants.tsv"),
+        "sub-07",
+        f"invalid sex {sex!r}",
+    )
+
+
+def test_bids_invalid_prefix(ds: Path) -> None:
+    expect_error(lambda: read_bids_dataset(ds, "train", subject_prefix="ext-"), str(ds), "'ext-'")
+
+
+def test_bids_invalid_subject_label(ds: Path) -> None:
+    touch(ds / "sub-0.3/anat/sub-0.3_T1w.nii.gz")
+    expect_error(lambda: read_bids_dataset(ds, "train"), str(ds / "sub-0.3"), "'0.3'")
+
+
+def test_bids_missing_brain_mask_dir(ds: Path) -> None:
+    expect_error(
+        lambda: read_bids_dataset(ds, "train", brain_mask_dir="derivatives/nope"),
+        str(ds / "derivatives/nope"),
+        "not found",
+    )
+
+
+def test_bids_two_native_brain_masks(ds: Path) -> None:
+    masks = ds / "derivatives/masks"
+    first = touch(masks / "sub-01/anat/sub-01_desc-brain_mask.nii.gz")
+    second = touch(masks / "sub-01/anat/sub-01_acq-x_desc-brain_mask.nii.gz")
+    expect_error(
+        lambda: read_bids_dataset(ds, "train", brain_mask_dir=masks),
+        "sub-01",
+        str(first),
+        str(second),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# manifest
+
+MANIFEST_HEADER = ("subject", "t1w", "split", "age", "sex")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """tmp_path/data/img/{a,b,c}.nii.gz and a mask."""
+    for name in ("a", "b", "c", "a_mask"):
+        touch(tmp_path / "data" / "img" / f"{name}.nii.gz")
+    return tmp_path / "data"
+
+
+def test_manifest_happy_path(images: Path, tmp_path: Path) -> None:
+    manifest = images / "cohort.tsv"
+    absolute_c = images / "img/c.nii.gz"
+    manifest.write_text(
+        "subject\tt1w\tsplit\tage\tsex\tdataset\tbrain_mask\n"
+        "sub-01\timg/a.nii.gz\ttrain\t30\tM\t\timg/a_mask.nii.gz\n"
+        "\n"
+        "02\t./img/../img/b.nii.gz\texternal_test\t41.5\tfemale\tsiteB\t\n"
+        f"03\t{absolute_c}\tinternal_test\t 7 \tf\t\t\n"
+    )
+    assert read_manifest(manifest) == [
+        Subject(
+            "01",
+            images / "img/a.nii.gz",
+            "train",
+            30.0,
+            "M",
+            "cohort",
+            images / "img/a_mask.nii.gz",
+        ),
+        Subject("02", images / "img/b.nii.gz", "external_test", 41.5, "F", "siteB", None),
+        Subject("03", absolute_c, "internal_test", 7.0, "F", "cohort", None),
+    ]
+
+
+def test_manifest_relative_to_its_folder_not_cwd(images: Path, tmp_path: Path, monkeypatch) -> None:
+    write_tsv(images / "m.tsv", MANIFEST_HEADER, [("01", "img/a.nii.gz", "train", 30, "M")])
+    monkeypatch.chdir(tmp_path)
+    [subject] = read_manifest("data/m.tsv")
+    assert subject.t1w == images / "img/a.nii.gz"
+    assert subject.dataset == "m"
+    assert subject.brain_mask is None
+
+
+def test_manifest_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "none.tsv"
+    expect_error(lambda: read_manifest(missing), str(missing), "not found")
+
+
+def test_manifest_missing_t1w(images: Path) -> None:
+    manifest = write_tsv(
+        images / "m.tsv",
+        MANIFEST_HEADER,
+        [("01", "img/a.nii.gz", "train", 30, "M"), ("sub-02", "img/zz.nii.gz", "train", 30, "M")],
+    )
+    expect_error(
+        lambda: read_manifest(manifest),
+        f"manifest {manifest} line 3",
+        "subject 02",
+        str(images / "img/zz.nii.gz"),
+    )
+
+
+def test_manifest_missing_brain_mask(images: Path) -> None:
+    manifest = write_tsv(
+        images / "m.tsv",
+        (*MANIFEST_HEADER, "brain_mask"),
+        [("01", "img/a.nii.gz", "train", 30, "M", "img/nomask.nii.gz")],
+    )
+    expect_error(
+        lambda: read_manifest(manifest),
+        f"manifest {manifest} line 2",
+        "brain_mask",
+        str(images / "img/nomask.nii.gz"),
+    )
+
+
+def test_manifest_missing_columns(images: Path) -> None:
+    manifest = write_tsv(images / "m.tsv", ("subject", "t1w", "age"), [("01", "img/a.nii.gz", 3)])
+    message = expect_error(lambda: read_manifest(manifest), str(manifest), "split", "sex")
+    assert "missing column" in message
+
+
+@pytest.mark.parametrize(
+    "text", ["subject\tt1w\tsplit\tage\tsex\n", "subject\tt1w\tsplit\tage\tsex\n\n", ""]
+)
+def test_manifest_empty(tmp_path: Path, text: str) -> None:
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(text)
+    expect_error(lambda: read_manifest(manifest), str(manifest))
+
+
+def test_manifest_unknown_split(images: Path) -> None:
+    manifest = write_tsv(
+        images / "m.tsv", MANIFEST_HEADER, [("01", "img/a.nii.gz", "test", 30, "M")]
+    )
+    expect_error(
+        lambda: read_manifest(manifest),
+        f"manifest {manifest} line 2",
+        "subject 01",
+        "'test'",
+        ", ".join(SPLITS),
+    )
+
+
+@pytest.mark.parametrize("age", ["abc", "n/a", "", "0", "150"])
+def test_manifest_invalid_age(images: Path, age: str) -> None:
+    manifest = write_tsv(
+        images / "m.tsv",
+        MANIFEST_HEADER,
+        [("01", "img/a.nii.gz", "train", 30, "M"), ("07", "img/b.nii.gz", "train", age, "M")],
+    )
+    expect_error(
+        lambda: read_manifest(manifest),
+        f"manifest {manifest} line 3: subject 07 has ",
+        f"age {age!r}",
+    )
+
+
+def test_manifest_invalid_sex(images: Path) -> None:
+    manifest = write_tsv(
+        images / "m.tsv", MANIFEST_HEADER, [("07", "img/a.nii.gz", "train", 3, "n/a")]
+    )
+    expect_error(
+        lambda: read_manifest(manifest), f"manifest {manifest} line 2", "subject 07", "sex 'n/a'"
+    )
+
+
+@pytest.mark.parametrize("label", ["0_1", "sub-", "a-b", "sub-x y"])
+def test_manifest_invalid_subject(images: Path, label: str) -> None:
+    manifest = write_tsv(
+        images / "m.tsv", MANIFEST_HEADER, [(label, "img/a.nii.gz", "train", 3, "M")]
+    )
+    expect_error(lambda: read_manifest(manifest), f"manifest {manifest} line 2", repr(label))
+
+
+def test_manifest_line_numbers_count_blank_lines(images: Path) -> None:
+    manifest = images / "m.tsv"
+    manifest.write_text(
+        "subject\tt1w\tsplit\tage\tsex\n01\timg/a.nii.gz\ttrain\t3\tM\n\n\n02\timg/b.nii.gz\ttrain\tx\tM\n"
+    )
+    expect_error(lambda: read_manifest(manifest), f"manifest {manifest} line 5", "subject 02")
+
+
+def test_manifest_subject_in_two_splits(images: Path) -> None:
+    manifest = write_tsv(
+        images / "m.tsv",
+        MANIFEST_HEADER,
+        [
+            ("01", "img/a.nii.gz", "train", 3, "M"),
+            ("sub-01", "img/b.nii.gz", "external_test", 3, "M"),
+        ],
+    )
+    expect_error(
+        lambda: read_manifest(manifest),
+        f"manifest {manifest} line 3",
+        "subject 01 is in two splits (train, external_test)",
+        "line 2",
+    )
+
+
+def test_manifest_duplicate_subject(images: Path) -> None:
+    manifest = write_tsv(
+        images / "m.tsv",
+        MANIFEST_HEADER,
+        [("01", "img/a.nii.gz", "train", 3, "M"), ("01", "img/b.nii.gz", "train", 3, "M")],
+    )
+    message = expect_error(
+        lambda: read_manifest(manifest), f"manifest {manifest} line 3", "duplicate subject id 01"
+    )
+    assert "two splits" not in message
+
+
+# --------------------------------------------------------------------------------------------
+# cohort
+
+
+def subject(sid: str, split: str, t1w: str = "/x.nii.gz", mask: str | None = None) -> Subject:
+    return Subject(sid, Path(t1w), split, 30.0, "F", "d", Path(mask) if mask else None)
+
+
+def test_check_cohort_merges_sources_and_sorts(ds: Path, images: Path) -> None:
+    manifest = write_tsv(
+        images / "m.tsv",
+        MANIFEST_HEADER,
+        [("b", "img/b.nii.gz", "internal_test", 3, "M"), ("a", "img/a.nii.gz", "train", 3, "M")],
+    )
+    ext = read_bids_dataset(ds, "external_test", subject_prefix="ext")
+    cohort = check_cohort([*ext, *read_manifest(manifest), *read_bids_dataset(ds, "train")])
+    assert [(s.split, s.subject) for s in cohort] == [
+        ("train", "01"),
+        ("train", "02"),
+        ("train", "a"),
+        ("internal_test", "b"),
+        ("external_test", "ext01"),
+        ("external_test", "ext02"),
+    ]
+
+
+def test_check_cohort_two_splits_across_sources(ds: Path, images: Path) -> None:
+    manifest = write_tsv(
+        images / "m.tsv", MANIFEST_HEADER, [("02", "img/b.nii.gz", "external_test", 3, "M")]
+    )
+    expect_error(
+        lambda: check_cohort([*read_bids_dataset(ds, "train"), *read_manifest(manifest)]),
+        "subject 02 is in two splits (train, external_test)",
+        str(ds / "sub-02/anat/sub-02_T1w.nii"),
+        str(images / "img/b.nii.gz"),
+    )
+
+
+def test_check_cohort_duplicate_across_sources(ds: Path, tmp_path: Path) -> None:
+    other = make_bids(
+        tmp_path / "ds2", {"sub-01": ["anat/sub-01_T1w.nii.gz"]}, [("sub-01", "9", "M")]
+    )
+    message = expect_error(
+        lambda: check_cohort([*read_bids_dataset(ds, "train"), *read_bids_dataset(other, "train")]),
+        "duplicate subject id 01",
+        str(ds / "sub-01/anat/sub-01_T1w.nii.gz"),
+        str(other / "sub-01/anat/sub-01_T1w.nii.gz"),
+    )
+    assert "two splits" not in message
+
+
+def test_check_cohort_empty() -> None:
+    expect_error(lambda: check_cohort([]), "cohort", "no subjects")
+
+
+def test_check_cohort_unknown_split() -> None:
+    expect_error(lambda: check_cohort([subject("01", "valid")]), "subject 01", "'valid'")
+
+
+def test_cohort_frame_order_and_columns() -> None:
+    frame = cohort_frame(
+        [
+            subject("b", "external_test", "/d/b.nii.gz"),
+            subject("z", "train", "/d/z.nii.gz", mask="/d/z_mask.nii.gz"),
+            subject("c", "internal_test", "/d/c.nii.gz"),
+            subject("a", "train", "/d/a.nii.gz"),
+        ]
+    )
+    assert list(frame.columns) == ["subject", "t1w", "split", "age", "sex", "dataset", "brain_mask"]
+    assert list(frame["subject"]) == ["a", "z", "c", "b"]
+    assert list(frame["split"]) == ["train", "train", "internal_test", "external_test"]
+    assert list(frame["t1w"]) == ["/d/a.nii.gz", "/d/z.nii.gz", "/d/c.nii.gz", "/d/b.nii.gz"]
+    assert list(frame["brain_mask"]) == ["", "/d/z_mask.nii.gz", "", ""]
+    assert all(isinstance(v, str) for v in frame["t1w"])
+    assert frame["age"].dtype == float
+    assert list(frame.index) == [0, 1, 2, 3]
+
+
+def test_cohort_frame_empty() -> None:
+    frame = cohort_frame([])
+    assert frame.empty
+    assert list(frame.columns) == ["subject", "t1w", "split", "age", "sex", "dataset", "brain_mask"]
