@@ -439,3 +439,12 @@ def cohort_frame(subjects: Iterable[Subject]) -> pd.DataFrame:
     ]
     frame = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
     return frame.astype({"age": float}).reset_index(drop=True)
+
+
+def write_cohort_table(records: Sequence[dict], path: str | os.PathLike[str]) -> None:
+    """Write cohort rows (``cohort_frame(...).to_dict("records")``) as a TSV, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame(records, columns=list(FRAME_COLUMNS)).to_csv(tmp, sep="\t", index=False)
+    tmp.replace(path)

@@ -55,6 +55,14 @@ class SynthParams:
         return cls(**fields)
 
 
+def synth_config(demo: dict) -> dict:
+    """The keys of the config's ``demo`` section that shape the images (Snakemake params).
+
+    Only these rerun the subject jobs when changed; cohort sizes or the cache folder do not.
+    """
+    return {k: demo[k] for k in SynthParams.__dataclass_fields__ if k in demo}
+
+
 @dataclass(frozen=True)
 class BaseAnatomy:
     """Landmarks of a base head in world mm (RAS), from its brain and head masks."""
@@ -143,11 +151,11 @@ def backward_map(points, subject: DemoSubject, anatomy: BaseAnatomy, params: Syn
 def face_weight(points, anatomy: BaseAnatomy) -> np.ndarray:
     """Weight in [0, 1] of the facial stretch at base-space points (N, 3) mm.
 
-    0 behind a plane 20 mm behind the frontal pole, rising linearly to 1 at the nose tip, and
+    0 behind the frontal pole (so the brain never moves), rising linearly to 1 at the nose tip, and
     faded out (cosine over 15 mm) above a plane 20 mm below the brain centroid: nose, cheeks,
     lips and chin, the tissue that defacers remove.
     """
-    y0 = anatomy.brain_front_y - 20.0
+    y0 = anatomy.brain_front_y
     ramp = np.clip((points[:, 1] - y0) / (anatomy.nose_y - y0), 0.0, 1.0)
     z_full, z_none = anatomy.brain_centroid[2] - 35.0, anatomy.brain_centroid[2] - 20.0
     t = np.clip((points[:, 2] - z_full) / (z_none - z_full), 0.0, 1.0)

@@ -1,0 +1,34 @@
+# defaceaudit: audit MRI defacing. This file is an index: stages live in rules/*.smk and all
+# logic in the installed package src/defaceaudit (see README.md).
+from snakemake.utils import min_version, validate
+
+from defaceaudit.config import schema_path
+from defaceaudit.inputs import SUBJECT_PATTERN
+from defaceaudit.demo.sources import BASE_HEADS
+from defaceaudit.paths import DEMO_DATASETS
+
+min_version("9.19")
+
+
+configfile: "config.yaml"
+
+
+validate(config, schema_path())
+
+
+wildcard_constraints:
+    subject=SUBJECT_PATTERN,
+    base="|".join(BASE_HEADS),
+    dataset="|".join(DEMO_DATASETS),
+
+
+include: "rules/common.smk"
+include: "rules/cohort.smk"
+include: "rules/prepare.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(COHORT),
+    localrule: True

@@ -1,0 +1,70 @@
+# The demo cohort (input.source: demo) and the cohort table of every run.
+
+
+rule fetch_demo_base:
+    output:
+        t1w=paths.demo_base_file("{base}", "T1w"),
+        brain_mask=paths.demo_base_file("{base}", "brain_mask"),
+    log:
+        log_file("fetch_demo_base", "{base}"),
+    benchmark:
+        benchmark_file("fetch_demo_base", "{base}")
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        cache_dir=config["demo"]["cache_dir"],
+    script:
+        "../workflow_scripts/fetch_demo_base.py"
+
+
+rule synthesize_demo_subject:
+    input:
+        unpack(demo_base_inputs),
+    output:
+        t1w=paths.demo_t1w("{dataset}", "{subject}"),
+        brain_mask=paths.demo_brain_mask("{dataset}", "{subject}"),
+    log:
+        log_file("synthesize_demo_subject", "{dataset}_{subject}"),
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    params:
+        subject=demo_subject_params,
+        synth=synth_config(config["demo"]),
+    script:
+        "../workflow_scripts/synthesize_demo_subject.py"
+
+
+rule write_demo_tables:
+    output:
+        [paths.demo_table("{dataset}", name) for name in paths.DEMO_TABLES],
+    log:
+        log_file("write_demo_tables", "{dataset}"),
+    localrule: True
+    conda:
+        "../envs/defaceaudit.yaml"
+    params:
+        subjects=demo_dataset_subjects,
+        seed=config["demo"]["seed"],
+        root=demo_dataset_root,
+    script:
+        "../workflow_scripts/write_demo_tables.py"
+
+
+rule write_cohort_table:
+    output:
+        paths.COHORT_TABLE,
+    log:
+        log_file("write_cohort_table", "cohort"),
+    localrule: True
+    conda:
+        "../envs/defaceaudit.yaml"
+    params:
+        records=cohort_records,
+    script:
+        "../workflow_scripts/write_cohort_table.py"

@@ -1,0 +1,22 @@
+# Prepare: validate each T1w, reorient to RAS, head mask (Otsu + morphology), brain mask.
+
+
+rule prepare_subject:
+    input:
+        unpack(prepare_inputs),
+    output:
+        t1w=prepared_files("{subject}")["t1w"],
+        head_mask=prepared_files("{subject}")["head_mask"],
+        brain_mask=prepared_files("{subject}")["brain_mask"],
+        summary=prepared_files("{subject}")["summary"],
+    log:
+        log_file("prepare_subject"),
+    benchmark:
+        benchmark_file("prepare_subject")
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    script:
+        "../workflow_scripts/prepare_subject.py"

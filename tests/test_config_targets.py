@@ -1,0 +1,68 @@
+import pytest
+import yaml
+
+from defaceaudit.cohort import load_cohort
+from defaceaudit.config import load_config, validate_config
+from defaceaudit.errors import InputError
+from defaceaudit.targets import all_targets, prepared_files
+
+from conftest import REPO
+
+
+def test_default_config_validates_and_gets_defaults():
+    config = load_config(REPO / "config.yaml")
+    assert config["input"]["source"] == "demo"
+    assert config["demo"]["fov_mm"] == [192, 272, 224]  # filled from the schema
+    assert config["demo"]["cache_dir"] is None
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"input": {"source": "nifti"}}, "is not one of"),
+        ({"input": {"source": "bids"}}, "bids. is a required property"),
+        ({"input": {"source": "manifest"}}, "'manifest' is a required property"),
+        ({"input": {"source": "manifest", "manifest": None}}, "is not of type 'string'"),
+        ({"demo": {"n_train": 0}}, "less than the minimum"),
+        ({"demo": {"voxel_sizee_mm": 2}}, "Additional properties"),
+        ({"input": {"source": "bids", "bids": [{"path": "x", "role": "test"}]}}, "not one of"),
+    ],
+)
+def test_invalid_configs_fail_in_one_line(config, message):
+    with pytest.raises(InputError, match=message) as err:
+        validate_config(config)
+    assert "\n" not in str(err.value)
+
+
+def test_unreadable_config_names_the_file(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("input: [unclosed\n")
+    with pytest.raises(InputError, match=str(bad)):
+        load_config(bad)
+
+
+def test_targets_cover_every_subject_and_the_demo_tables():
+    config = validate_config({"demo": {"n_train": 2, "n_internal_test": 1, "n_external_test": 1}})
+    cohort = load_cohort(config)
+    targets = all_targets(cohort)
+    assert targets == sorted(set(targets))
+    assert cohort.ids() == ["tr01", "tr02", "in01", "ex01"]
+    for subject in cohort.ids():
+        assert set(prepared_files(subject).values()) <= set(targets)
+    assert "results/demo/bids/internal/phenotype/ct_muscle.tsv" in targets
+    assert "results/demo/bids/external/participants.tsv" in targets
+    assert "results/cohort/subjects.tsv" in targets
+    assert len(targets) == 4 * 4 + 2 * 4 + 1
+
+
+def test_manifest_cohort_has_no_demo_tables(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.nii.gz").write_bytes(b"")
+    manifest = tmp_path / "cohort.tsv"
+    manifest.write_text(
+        "subject\tt1w\tsplit\tage\tsex\na\ta.nii.gz\ttrain\t30\tF\nb\tb.nii.gz\texternal_test\t41\tM\n"
+    )
+    config = validate_config({"input": {"source": "manifest", "manifest": str(manifest)}})
+    targets = all_targets(load_cohort(config))
+    assert not [t for t in targets if "demo" in t]
+    assert len(targets) == 2 * 4 + 1

