@@ -1,12 +1,10 @@
 import pytest
-import yaml
+from conftest import REPO
 
 from defaceaudit.cohort import load_cohort
 from defaceaudit.config import load_config, validate_config
 from defaceaudit.errors import InputError
 from defaceaudit.targets import all_targets, prepared_files
-
-from conftest import REPO
 
 
 def test_default_config_validates_and_gets_defaults():

@@ -1,0 +1,172 @@
+"""Workflow tests: dry-runs of config scenarios and tiny real runs of cohort and prepare."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO
+from synthetic import synthetic_head
+
+from defaceaudit.masks import face_volume_ml
+
+pytestmark = pytest.mark.workflow
+
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "envs", "config.yaml")
+BIN = Path(sys.executable).parent
+
+
+def run_snakemake(workdir: Path, *args: str, config: dict | None = None, timeout=900):
+    """Run the venv's snakemake in ``workdir`` (a copy of the workflow); returns the process."""
+    cmd = [str(BIN / "snakemake"), "--directory", str(workdir), *args]
+    if config is not None:
+        path = workdir / "test_config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cmd += ["--configfile", str(path)]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name)
+        else:
+            shutil.copy2(src, tmp_path / name)
+    (tmp_path / "results").mkdir()
+    return tmp_path
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry-run."""
+    table = stdout.split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_dry_run_default_config_has_a_job_per_subject(workdir):
+    done = run_snakemake(workdir, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    counts = job_counts(done.stdout)
+    assert counts["prepare_subject"] == 24
+    assert counts["synthesize_demo_subject"] == 24
+    assert counts["fetch_demo_base"] == 3
+    assert counts["write_demo_tables"] == 2
+    for subject in ("tr01", "tr16", "in04", "ex04"):
+        assert f"subject={subject}" in done.stdout
+
+
+def write_subject(folder: Path, name: str, kind: str = "good", seed: int = 0) -> tuple[Path, Path]:
+    """A tiny synthetic head (4 mm) and its brain mask; ``kind`` breaks the image on purpose."""
+    img, brain = synthetic_head(seed=seed)
+    t1w, mask = folder / f"{name}_T1w.nii.gz", folder / f"{name}_mask.nii.gz"
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), img.affine), mask)
+    if kind == "corrupt":
+        t1w.write_bytes(b"\x1f\x8b\x08 this is not a NIfTI file")
+    elif kind == "4d":
+        data = np.stack([img.get_fdata()] * 3, axis=-1)
+        nib.save(nib.Nifti1Image(data.astype(np.float32), img.affine), t1w)
+    else:
+        nib.save(img, t1w)
+    return t1w, mask
+
+
+def manifest_config(folder: Path, rows: list[dict]) -> dict:
+    manifest = folder / "cohort.tsv"
+    pd.DataFrame(rows).to_csv(manifest, sep="\t", index=False)
+    return {"input": {"source": "manifest", "manifest": str(manifest)}}
+
+
+def test_subject_in_two_splits_stops_the_dag_with_one_line(workdir):
+    t1w, _ = write_subject(workdir, "a")
+    rows = [
+        {"subject": "a", "t1w": str(t1w), "split": "train", "age": 30, "sex": "F"},
+        {"subject": "a", "t1w": str(t1w), "split": "external_test", "age": 30, "sex": "F"},
+    ]
+    done = run_snakemake(workdir, "--dry-run", config=manifest_config(workdir, rows))
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if "two splits" in line]
+    assert len(lines) == 1, done.stderr
+    assert "subject a" in lines[0] and "cohort.tsv" in lines[0]
+
+
+def test_bad_images_fail_alone_with_keep_going(workdir):
+    rows = []
+    for name, kind in (("good", "good"), ("broken", "corrupt"), ("movie", "4d")):
+        t1w, mask = write_subject(workdir, name, kind)
+        row = {"subject": name, "t1w": str(t1w), "split": "train", "age": 40, "sex": "M"}
+        rows.append({**row, "brain_mask": str(mask)})
+    config = manifest_config(workdir, rows)
+    done = run_snakemake(workdir, "--cores", "2", "--keep-going", config=config)
+    assert done.returncode == 1  # two jobs failed ...
+
+    prepared = workdir / "results" / "prepare"
+    good = sorted(p.name for p in (prepared / "sub-good" / "anat").iterdir())
+    assert good == [
+        "sub-good_desc-brain_mask.nii.gz",
+        "sub-good_desc-head_mask.nii.gz",
+        "sub-good_desc-prepared_T1w.json",
+        "sub-good_desc-prepared_T1w.nii.gz",
+    ]  # ... the good subject is complete
+    for name, problem in (("broken", "not a readable NIfTI"), ("movie", "4-D image with 3")):
+        assert not (prepared / f"sub-{name}").exists() or not any(
+            (prepared / f"sub-{name}").rglob("*.nii.gz")
+        )  # no partial output
+        log = (workdir / "results" / "logs" / "prepare_subject" / f"{name}.log").read_text()
+        errors = [line for line in log.splitlines() if "ERROR" in line]
+        assert len(errors) == 1 and problem in errors[0] and f"{name}_T1w.nii.gz" in errors[0]
+
+
+@pytest.mark.network
+def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(workdir):
+    config = {"demo": {"n_train": 2, "n_internal_test": 1, "n_external_test": 1}}
+    config["demo"]["voxel_size_mm"] = 4.0
+    done = run_snakemake(workdir, "--cores", "2", config=config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = workdir / "results"
+
+    cohort = pd.read_csv(results / "cohort" / "subjects.tsv", sep="\t")
+    assert list(cohort["subject"]) == ["tr01", "tr02", "in01", "ex01"]
+    assert cohort.groupby("subject")["split"].nunique().max() == 1  # splits disjoint
+
+    for dataset, subjects in (("internal", ["tr01", "tr02", "in01"]), ("external", ["ex01"])):
+        root = results / "demo" / "bids" / dataset
+        participants = pd.read_csv(root / "participants.tsv", sep="\t")
+        assert list(participants["participant_id"]) == [f"sub-{s}" for s in subjects]
+        assert participants["age"].between(20, 80).all()
+        assert set(participants["sex"]) <= {"M", "F"}
+        ct = pd.read_csv(root / "phenotype" / "ct_muscle.tsv", sep="\t")
+        assert ct.groupby("participant_id").size().between(1, 3).all()
+        assert {"abdomen_hu", "thigh_hu", "shin_hu"} <= set(ct.columns)
+
+    for subject in cohort["subject"]:
+        anat = results / "prepare" / f"sub-{subject}" / "anat"
+        t1w = nib.load(anat / f"sub-{subject}_desc-prepared_T1w.nii.gz")
+        head = nib.load(anat / f"sub-{subject}_desc-head_mask.nii.gz").get_fdata() > 0
+        brain = nib.load(anat / f"sub-{subject}_desc-brain_mask.nii.gz").get_fdata() > 0
+        assert t1w.shape == (48, 68, 56)
+        assert nib.aff2axcodes(t1w.affine) == ("R", "A", "S")
+        assert 1.0 < brain.sum() * 64 / 1e6 < 2.0  # litres of brain at 4 mm voxels
+        assert not (brain & ~head).sum() > 0.01 * brain.sum()
+        assert face_volume_ml(head, brain, t1w.affine) > 50  # the face is present
+
+    # the same seed gives the same images
+    before = nib.load(results / "demo/bids/internal/sub-tr01/anat/sub-tr01_T1w.nii.gz").get_fdata()
+    again = run_snakemake(
+        workdir, "--cores", "2", "--forcerun", "synthesize_demo_subject", config=config
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = nib.load(results / "demo/bids/internal/sub-tr01/anat/sub-tr01_T1w.nii.gz").get_fdata()
+    assert np.array_equal(before, after)
