@@ -97,8 +97,9 @@ def test_subject_in_two_splits_stops_the_dag_with_one_line(workdir):
     ]
     done = run_snakemake(workdir, "--dry-run", config=manifest_config(workdir, rows))
     assert done.returncode == 1
-    lines = [line for line in done.stderr.splitlines() if "two splits" in line]
-    assert len(lines) == 1, done.stderr
+    output = done.stdout + done.stderr
+    lines = [line for line in output.splitlines() if "two splits" in line]
+    assert len(lines) == 1, output
     assert "subject a" in lines[0] and "cohort.tsv" in lines[0]
 
 

@@ -48,14 +48,12 @@ def _fetch_bases(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from defaceaudit.prepare import prepare_subject
+    from defaceaudit.prepare import prepare_to_files
     from defaceaudit.targets import prepared_files
 
-    subject = args.subject
-    out = {k: args.out_dir / Path(v).name for k, v in prepared_files(subject).items()}
-    summary = prepare_subject(
-        args.t1w, out["t1w"], out["head_mask"], out["brain_mask"], brain_mask_path=args.brain_mask
-    )
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = {k: args.out_dir / Path(v).name for k, v in prepared_files(args.subject).items()}
+    summary = prepare_to_files(args.t1w, out, brain_mask_path=args.brain_mask)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

