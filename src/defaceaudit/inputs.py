@@ -443,8 +443,6 @@ def cohort_frame(subjects: Iterable[Subject]) -> pd.DataFrame:
 
 def write_cohort_table(records: Sequence[dict], path: str | os.PathLike[str]) -> None:
     """Write cohort rows (``cohort_frame(...).to_dict("records")``) as a TSV, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(records, columns=list(FRAME_COLUMNS)).to_csv(tmp, sep="\t", index=False)
-    tmp.replace(path)
+    from defaceaudit.tables import write_tsv
+
+    write_tsv(pd.DataFrame(records, columns=list(FRAME_COLUMNS)), path)

