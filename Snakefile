@@ -20,15 +20,18 @@ wildcard_constraints:
     subject=SUBJECT_PATTERN,
     base="|".join(BASE_HEADS),
     dataset="|".join(DEMO_DATASETS),
+    desc="[A-Za-z0-9]+",
 
 
 include: "rules/common.smk"
 include: "rules/cohort.smk"
 include: "rules/prepare.smk"
+include: "rules/deface.smk"
+include: "rules/deface_containers.smk"
 
 
 rule all:
     default_target: True
     input:
-        all_targets(COHORT),
+        all_targets(COHORT, DEFACERS),
     localrule: True

@@ -1,6 +1,8 @@
 # Helpers only: the cohort, and input/params functions that look subjects up in it.
 from defaceaudit import paths
 from defaceaudit.cohort import load_cohort
+from defaceaudit.defacers import containers
+from defaceaudit.defacers.plan import defacer_plan, with_backend
 from defaceaudit.demo.synth import synth_config
 from defaceaudit.errors import DefaceAuditError
 from defaceaudit.inputs import cohort_frame
@@ -8,6 +10,7 @@ from defaceaudit.targets import all_targets, prepared_files
 
 try:
     COHORT = load_cohort(config)
+    DEFACERS = defacer_plan(config["deface"])
 except DefaceAuditError as err:
     # One line naming the file or subject, instead of a traceback.
     raise WorkflowError(str(err)) from None
@@ -53,3 +56,128 @@ def demo_dataset_root(wildcards):
 
 def cohort_records(wildcards):
     return cohort_frame(COHORT.subjects.values()).to_dict(orient="records")
+
+
+def defacer_pattern(backend):
+    """Wildcard regex of the defacers run with ``backend`` (one that never matches if none)."""
+    names = with_backend(DEFACERS, backend)
+    return "|".join(names) if names else "(?!x)x"
+
+
+def prepared_inputs(subject):
+    files = prepared_files(subject)
+    return {k: files[k] for k in ("t1w", "head_mask", "brain_mask")}
+
+
+def native_deface_inputs(wildcards):
+    """Prepared images, plus the face template (facemask) or the average head (avgface)."""
+    files = prepared_inputs(wildcards.subject)
+    if wildcards.defacer == "facemask":
+        files.update(paths.FACE_TEMPLATE)
+    elif wildcards.defacer == "avgface":
+        files["average"] = paths.AVERAGE_HEAD
+        files["facemask"] = paths.FACE_TEMPLATE["facemask"]
+    return files
+
+
+def native_deface_params(wildcards):
+    if wildcards.defacer == "quickshear":
+        return {"buffer": config["deface"]["quickshear_buffer"]}
+    return {}
+
+
+def average_head_inputs(wildcards):
+    """The average face depends on the training split only."""
+    return {
+        "template": paths.FACE_TEMPLATE["template"],
+        "t1w": [prepared_files(s)["t1w"] for s in COHORT.ids("train")],
+    }
+
+
+def deface_jobs():
+    return [(d, s) for s in COHORT.subjects for d in DEFACERS]
+
+
+def qc_records(wildcards):
+    return [paths.defaced_files(d, s)["qc"] for d, s in deface_jobs()]
+
+
+def expected_qc_records(wildcards=None):
+    """Every QC record a complete run has, with the log that explains a missing one."""
+    rows = []
+    for defacer, subject in deface_jobs():
+        backend = DEFACERS[defacer]
+        rule_name = "deface_native" if backend == "native" else "finalize_container_deface"
+        key = f"{defacer}_{subject}_{paths.desc_label(defacer)}"
+        logs = [log_file(rule_name, key)]
+        if backend == "container":
+            logs.insert(
+                0, log_file(f"deface_container_{defacer}", "{subject}").format(subject=subject)
+            )
+        rows.append(
+            {
+                "defacer": defacer,
+                "subject": subject,
+                "backend": backend,
+                "qc": paths.defaced_files(defacer, subject)["qc"],
+                "logs": logs,
+            }
+        )
+    return rows
+
+
+def container_work(tool, subject):
+    return f"{paths.RESULTS}/deface/{tool}/work/sub-{subject}"
+
+
+def fsl_deface_shell(wildcards, input, output):
+    return containers.fsl_deface_command(input.t1w, output.t1w, output.removed)
+
+
+def mri_deface_shell(wildcards, input, output):
+    atlas_dir = config["deface"]["mri_deface_atlas_dir"]
+    return containers.mri_deface_command(input.t1w, output.t1w, atlas_dir)
+
+
+def pydeface_shell(wildcards, input, output):
+    work = container_work("pydeface", wildcards.subject)
+    cost = config["deface"]["pydeface_cost"]
+    return containers.pydeface_command(input.t1w, output.t1w, output.removed, work, cost)
+
+
+def quickshear_shell(wildcards, input, output):
+    buffer = config["deface"]["quickshear_buffer"]
+    return containers.quickshear_command(input.t1w, input.brain_mask, output.t1w, buffer)
+
+
+def mri_reface_shell(wildcards, input, output):
+    work = container_work("mri_reface", wildcards.subject)
+    return containers.mri_reface_command(input.t1w, output.t1w, work, f"{work}/mcr_cache")
+
+
+def container_finalize_inputs(wildcards):
+    """Prepared images, the tool's raw output (and mask), and its benchmark (seconds)."""
+    files = prepared_inputs(wildcards.subject)
+    raw = paths.container_raw(wildcards.defacer, wildcards.subject)
+    files["raw"] = raw["t1w"]
+    if wildcards.defacer in ("fsl_deface", "pydeface"):
+        files["raw_removed"] = raw["removed"]
+    files["benchmark"] = benchmark_file(f"deface_container_{wildcards.defacer}").format(
+        subject=wildcards.subject
+    )
+    return files
+
+
+def container_image(wildcards):
+    return config["deface"]["containers"][wildcards.defacer]
+
+
+def container_params(wildcards):
+    params = {
+        "quickshear": {"buffer_voxels": config["deface"]["quickshear_buffer"]},
+        "pydeface": {"cost": config["deface"]["pydeface_cost"], "nocleanup": True},
+        "mri_deface": {"atlas_dir": config["deface"]["mri_deface_atlas_dir"]},
+        "mri_reface": {"imType": "T1"},
+        "fsl_deface": {},
+    }
+    return params[wildcards.defacer]

@@ -48,3 +48,38 @@ DEMO_TABLES = (
     "derivatives/generative_model/latents.tsv",
 )
 COHORT_TABLE = f"{RESULTS}/cohort/subjects.tsv"
+
+
+def desc_label(defacer: str) -> str:
+    """BIDS ``desc`` label of a defacer: letters and digits only (fsl_deface -> fsldeface)."""
+    return defacer.replace("_", "")
+
+
+def defaced_files(defacer: str, subject: str, desc: str | None = None) -> dict[str, str]:
+    """Outputs of one subject and defacer (pass ``"{defacer}", "{subject}", "{desc}"`` for the
+    Snakemake pattern)."""
+    desc = desc_label(defacer) if desc is None else desc
+    stage = f"deface/{defacer}"
+    return {
+        "t1w": stage_file(stage, subject, desc, "T1w"),
+        "sidecar": stage_file(stage, subject, desc, "T1w", ".json"),
+        "removed": stage_file(stage, subject, f"{desc}removed", "mask"),
+        "qc": stage_file(stage, subject, desc, "qc", ".json"),
+        "png": f"{RESULTS}/{stage}/sub-{subject}/figures/sub-{subject}_desc-{desc}_qc.png",
+    }
+
+
+def container_raw(defacer: str, subject: str) -> dict[str, str]:
+    """Raw output of a container tool, before finalising (removed after use)."""
+    root = f"{RESULTS}/deface/{defacer}/raw/sub-{subject}"
+    return {"t1w": f"{root}_T1w.nii.gz", "removed": f"{root}_removed.nii.gz"}
+
+
+FACE_TEMPLATE = {
+    "template": f"{RESULTS}/deface/templates/pydeface_mean_reg2mean.nii.gz",
+    "facemask": f"{RESULTS}/deface/templates/pydeface_facemask.nii.gz",
+}
+AVERAGE_HEAD = f"{RESULTS}/deface/avgface/average_head.nii.gz"
+QC_TABLE = f"{RESULTS}/deface/qc_table.tsv"
+QC_SUMMARY = f"{RESULTS}/deface/qc_summary.tsv"
+QC_SUMMARY_MD = f"{RESULTS}/deface/qc_summary.md"

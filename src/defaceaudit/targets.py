@@ -22,9 +22,22 @@ def demo_targets(cohort: Cohort) -> list[str]:
     return [paths.demo_table(d, name) for d in datasets for name in paths.DEMO_TABLES]
 
 
-def all_targets(cohort: Cohort) -> list[str]:
-    """Sorted, de-duplicated list of every final output of a run on ``cohort``."""
+def deface_targets(cohort: Cohort, defacers: dict[str, str]) -> list[str]:
+    """Every subject x defacer output, and the QC table and summary."""
+    targets = [paths.QC_TABLE, paths.QC_SUMMARY, paths.QC_SUMMARY_MD] if defacers else []
+    for subject in cohort.subjects:
+        for defacer in defacers:
+            targets += paths.defaced_files(defacer, subject).values()
+    return targets
+
+
+def all_targets(cohort: Cohort, defacers: dict[str, str] | None = None) -> list[str]:
+    """Sorted, de-duplicated list of every final output of a run on ``cohort``.
+
+    ``defacers``: ``{defacer: backend}`` (defacers.plan.defacer_plan); none -> no deface stage.
+    """
     targets = [paths.COHORT_TABLE, *demo_targets(cohort)]
     for subject in cohort.subjects:
         targets += prepared_files(subject).values()
+    targets += deface_targets(cohort, defacers or {})
     return sorted(set(targets))

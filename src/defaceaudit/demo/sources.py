@@ -67,6 +67,23 @@ BASE_HEADS: dict[str, PackageFile] = {
 }
 
 
+#: pydeface's own average head (with face) and face mask (1 = keep, 0 = remove), MIT licence.
+PYDEFACE_TEMPLATE = PackageFile(
+    package="pydeface",
+    version="2.1.0",
+    member="pydeface/data/mean_reg2mean.nii.gz",
+    sha256="fdc13571d66293f9919648cd8de9a7b3491b12175e09336353d2c9ce0466ecb6",
+    licence="MIT",
+)
+PYDEFACE_FACEMASK = PackageFile(
+    package="pydeface",
+    version="2.1.0",
+    member="pydeface/data/facemask.nii.gz",
+    sha256="8cba52c32c02e0cc28dd47606f6ef581b9c9804f1ae9d412da5a4addc57f0068",
+    licence="MIT",
+)
+
+
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/defaceaudit`` (``~/.cache/defaceaudit`` when unset)."""
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

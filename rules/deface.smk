@@ -1,0 +1,97 @@
+# Deface: one job per subject and defacer. Native backends run here; container backends run the
+# real tool in its image, then the same finalising step (sidecar, masks, QC, PNG) as native.
+
+
+rule fetch_face_template:
+    output:
+        **paths.FACE_TEMPLATE,
+    log:
+        log_file("fetch_face_template", "pydeface"),
+    localrule: True
+    conda:
+        "../envs/defaceaudit.yaml"
+    params:
+        cache_dir=config["demo"]["cache_dir"],
+    script:
+        "../workflow_scripts/fetch_face_template.py"
+
+
+rule build_average_head:
+    input:
+        unpack(average_head_inputs),
+    output:
+        paths.AVERAGE_HEAD,
+    log:
+        log_file("build_average_head", "train"),
+    benchmark:
+        benchmark_file("build_average_head", "train")
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    script:
+        "../workflow_scripts/build_average_head.py"
+
+
+rule deface_native:
+    input:
+        unpack(native_deface_inputs),
+    output:
+        **paths.defaced_files("{defacer}", "{subject}", "{desc}"),
+    log:
+        log_file("deface_native", "{defacer}_{subject}_{desc}"),
+    benchmark:
+        benchmark_file("deface_native", "{defacer}_{subject}_{desc}")
+    wildcard_constraints:
+        defacer=defacer_pattern("native"),
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        extra=native_deface_params,
+        qc=config["deface"]["qc"],
+    script:
+        "../workflow_scripts/deface_native.py"
+
+
+rule finalize_container_deface:
+    input:
+        unpack(container_finalize_inputs),
+    output:
+        **paths.defaced_files("{defacer}", "{subject}", "{desc}"),
+    log:
+        log_file("finalize_container_deface", "{defacer}_{subject}_{desc}"),
+    wildcard_constraints:
+        defacer=defacer_pattern("container"),
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        image=container_image,
+        params=container_params,
+        qc=config["deface"]["qc"],
+    script:
+        "../workflow_scripts/finalize_container_deface.py"
+
+
+rule write_qc_table:
+    input:
+        qc_records,
+    output:
+        table=paths.QC_TABLE,
+        summary=paths.QC_SUMMARY,
+        markdown=paths.QC_SUMMARY_MD,
+    log:
+        log_file("write_qc_table", "all"),
+    localrule: True
+    conda:
+        "../envs/defaceaudit.yaml"
+    params:
+        expected=expected_qc_records,
+    script:
+        "../workflow_scripts/write_qc_table.py"

@@ -1,0 +1,59 @@
+"""The QC table over all subjects and defacers, including jobs that failed (no QC record)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from defaceaudit.tables import atomic_path, write_tsv
+
+
+def failure_reason(logs: list[str]) -> str:
+    """The first ERROR line of the job's logs (the one-line message), else a pointer to them."""
+    for log in logs:
+        path = Path(log)
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                if "ERROR" in line or "rror:" in line:
+                    return line.split(" ERROR ", 1)[-1].strip()[:300]
+    return f"no output; see {', '.join(logs)}"
+
+
+def collect_qc(expected: list[dict]) -> pd.DataFrame:
+    """One row per expected (defacer, subject): its QC record, or status job_failed."""
+    rows = []
+    for job in expected:
+        base = {"defacer": job["defacer"], "subject": job["subject"], "backend": job["backend"]}
+        qc = Path(job["qc"])
+        if qc.exists():
+            rows.append({**base, **json.loads(qc.read_text())})
+        else:
+            rows.append({**base, "status": "job_failed", "reason": failure_reason(job["logs"])})
+    return pd.DataFrame(rows)
+
+
+def summarize_qc(table: pd.DataFrame) -> pd.DataFrame:
+    """Counts per defacer: success, failure_I (face left), failure_II (brain removed), failed."""
+    statuses = ["success", "failure_I", "failure_II", "failure", "job_failed"]
+    counts = pd.crosstab(table["defacer"], table["status"]).reindex(columns=statuses, fill_value=0)
+    counts["n"] = counts.sum(axis=1)
+    return counts.reset_index()
+
+
+def write_qc_tables(
+    expected: list[dict],
+    table_path: str | os.PathLike,
+    summary_path: str | os.PathLike,
+    markdown_path: str | os.PathLike,
+) -> pd.DataFrame:
+    """Write the per-job QC table and the per-defacer summary (TSV, and Markdown for people)."""
+    table = collect_qc(expected)
+    write_tsv(table, table_path)
+    summary = summarize_qc(table)
+    write_tsv(summary, summary_path)
+    with atomic_path(markdown_path) as tmp:
+        tmp.write_text(summary.to_markdown(index=False) + "\n")
+    return table

@@ -1,0 +1,13 @@
+"""Snakemake adapter: QC table and per-defacer summary (qc_report.write_qc_tables)."""
+
+from defaceaudit.qc_report import write_qc_tables
+from defaceaudit.workflow import run_step
+
+run_step(
+    snakemake.log[0],
+    write_qc_tables,
+    expected=snakemake.params.expected,
+    table_path=snakemake.output.table,
+    summary_path=snakemake.output.summary,
+    markdown_path=snakemake.output.markdown,
+)
