@@ -6,6 +6,7 @@ from defaceaudit.defacers.plan import defacer_plan, with_backend
 from defaceaudit.demo.synth import synth_config
 from defaceaudit.errors import DefaceAuditError
 from defaceaudit.inputs import cohort_frame
+from defaceaudit.qc_report import write_qc_tables
 from defaceaudit.targets import all_targets, prepared_files
 
 try:

@@ -19,8 +19,9 @@ rule deface_container_fsl_deface:
         runtime=30,
     params:
         command=fsl_deface_shell,
+        image=config["deface"]["containers"]["fsl_deface"],
     shell:
-        "{params.command} > {log} 2>&1"
+        "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
 rule deface_container_mri_deface:
@@ -39,8 +40,9 @@ rule deface_container_mri_deface:
         runtime=30,
     params:
         command=mri_deface_shell,
+        image=config["deface"]["containers"]["mri_deface"],
     shell:
-        "{params.command} > {log} 2>&1"
+        "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
 rule deface_container_pydeface:
@@ -60,8 +62,9 @@ rule deface_container_pydeface:
         runtime=30,
     params:
         command=pydeface_shell,
+        image=config["deface"]["containers"]["pydeface"],
     shell:
-        "{params.command} > {log} 2>&1"
+        "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
 rule deface_container_quickshear:
@@ -81,8 +84,9 @@ rule deface_container_quickshear:
         runtime=10,
     params:
         command=quickshear_shell,
+        image=config["deface"]["containers"]["quickshear"],
     shell:
-        "{params.command} > {log} 2>&1"
+        "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
 rule deface_container_mri_reface:
@@ -101,5 +105,6 @@ rule deface_container_mri_reface:
         runtime=90,
     params:
         command=mri_reface_shell,
+        image=config["deface"]["containers"]["mri_reface"],
     shell:
-        "{params.command} > {log} 2>&1"
+        "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"

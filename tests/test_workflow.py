@@ -171,3 +171,84 @@ def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(workdir):
     assert again.returncode == 0, again.stderr[-3000:]
     after = nib.load(results / "demo/bids/internal/sub-tr01/anat/sub-tr01_T1w.nii.gz").get_fdata()
     assert np.array_equal(before, after)
+
+
+def test_container_backends_dry_run_with_image_and_command_per_subject(workdir):
+    shutil.copy2(REPO / "tests" / "configs" / "containers.yaml", workdir / "containers.yaml")
+    done = run_snakemake(
+        workdir, "--dry-run", "--printshellcmds", "--configfile", "containers.yaml"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    scenario = yaml.safe_load((REPO / "tests" / "configs" / "containers.yaml").read_text())
+    images = scenario["deface"]["containers"]
+    commands = [line for line in done.stdout.splitlines() if line.startswith("Shell command:")]
+    expected_tool = {
+        "fsl_deface": "fsl_deface ",
+        "mri_deface": "mri_deface ",
+        "pydeface": "pydeface ",
+        "quickshear": "quickshear ",
+        "mri_reface": "run_mri_reface.sh ",
+    }
+    for subject in ("tr01", "tr02", "in01", "ex01"):
+        prepared = f"results/prepare/sub-{subject}/anat/sub-{subject}_desc-prepared_T1w.nii.gz"
+        for tool, call in expected_tool.items():
+            mine = [c for c in commands if f"/{tool}/raw/sub-{subject}_T1w" in c]
+            assert len(mine) == 1, (tool, subject)
+            assert f"image: {images[tool]}" in mine[0]
+            assert call in mine[0] and prepared in mine[0]
+    counts = job_counts(done.stdout)
+    assert counts["finalize_container_deface"] == 4 * 5
+
+
+def test_impossible_backend_or_missing_image_is_a_clear_error(workdir):
+    config = {"deface": {"defacers": ["mri_reface"]}}
+    done = run_snakemake(workdir, "--dry-run", config=config)
+    assert done.returncode == 1
+    output = done.stdout + done.stderr
+    assert "deface.containers.mri_reface: no image given" in output
+    config = {"deface": {"defacers": ["fsl_deface"], "backends": {"fsl_deface": "native"}}}
+    done = run_snakemake(workdir, "--dry-run", config=config)
+    assert "fsl_deface has no native backend" in done.stdout + done.stderr
+
+
+def test_failed_defacing_is_listed_in_the_qc_table(workdir):
+    rows = []
+    for name in ("good", "whole"):
+        t1w, mask = write_subject(workdir, name, seed=1)
+        if name == "whole":  # a "brain" mask covering everything: skull-stripping changes nothing
+            nib.save(
+                nib.Nifti1Image(np.ones(nib.load(mask).shape, np.uint8), nib.load(mask).affine),
+                mask,
+            )
+        rows.append(
+            {
+                "subject": name,
+                "t1w": str(t1w),
+                "split": "train",
+                "age": 50,
+                "sex": "F",
+                "brain_mask": str(mask),
+            }
+        )
+    config = manifest_config(workdir, rows)
+    config["deface"] = {"defacers": ["quickshear", "skullstrip"]}
+    done = run_snakemake(workdir, "--cores", "2", "--keep-going", config=config)
+    assert done.returncode == 1
+    table = pd.read_csv(workdir / "results" / "deface" / "qc_table.tsv", sep="\t")
+    failed = table[table["status"] == "job_failed"]
+    # a brain mask over the whole field of view leaves both tools nothing to remove
+    pairs = sorted(zip(failed["defacer"], failed["subject"], strict=True))
+    assert pairs == [("quickshear", "whole"), ("skullstrip", "whole")]
+    reasons = dict(zip(failed["defacer"], failed["reason"], strict=True))
+    assert "identical to its input" in reasons["skullstrip"]
+    assert "quickshear failed on" in reasons["quickshear"] and "sub-whole" in reasons["quickshear"]
+    good = table[(table["subject"] == "good")]
+    assert set(good["defacer"]) == {"quickshear", "skullstrip"}
+    assert (good["status"] != "job_failed").all()
+    anat = workdir / "results" / "deface" / "skullstrip" / "sub-good" / "anat"
+    sidecar = yaml.safe_load((anat / "sub-good_desc-skullstrip_T1w.json").read_text())
+    assert sidecar["tool"] == "skullstrip" and sidecar["backend"] == "native"
+    assert sidecar["seconds"] >= 0
+    assert (
+        workdir / "results/deface/skullstrip/sub-good/figures/sub-good_desc-skullstrip_qc.png"
+    ).stat().st_size > 1000

