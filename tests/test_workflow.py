@@ -239,7 +239,7 @@ def test_failed_defacing_is_listed_in_the_qc_table(workdir):
     # a brain mask over the whole field of view leaves both tools nothing to remove
     pairs = sorted(zip(failed["defacer"], failed["subject"], strict=True))
     assert pairs == [("quickshear", "whole"), ("skullstrip", "whole")]
-    reasons = dict(zip(failed["defacer"], failed["reason"], strict=True))
+    reasons = dict(zip(failed["defacer"], failed["error"], strict=True))
     assert "identical to its input" in reasons["skullstrip"]
     assert "quickshear failed on" in reasons["quickshear"] and "sub-whole" in reasons["quickshear"]
     good = table[(table["subject"] == "good")]

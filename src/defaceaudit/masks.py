@@ -64,8 +64,8 @@ def head_mask(data: np.ndarray, voxel_size_mm: Sequence[float]) -> np.ndarray:
     1. Smooth with a Gaussian of :data:`SMOOTHING_SIGMA_MM` mm (Rician noise in the air
        would otherwise cross the threshold in scattered voxels); non-finite voxels count as 0.
     2. Otsu threshold (:func:`skimage.filters.threshold_otsu`) of ``log(1 + I)`` of the smoothed
-       intensities clipped at the :data:`CLIP_PERCENTILE` percentile. MR intensities are
-       heavy-tailed and multiplied by a bias field; in the log domain the threshold falls between
+       intensities clipped at the :data:`CLIP_PERCENTILE` percentile, over the non-zero voxels.
+       MR intensities are heavy-tailed and multiplied by a bias field; in the log domain the threshold falls between
        air and tissue instead of inside the brain (checked on the demo's three real heads, whose
        plain Otsu threshold cut off dark inferior tissue of the bias-heavy one).
     3. Binary closing with a ball of :data:`CLOSING_RADIUS_MM` mm radius (per-axis radius in voxels
@@ -91,7 +91,10 @@ def head_mask(data: np.ndarray, voxel_size_mm: Sequence[float]) -> np.ndarray:
     if float(clipped.min()) == float(clipped.max()):
         raise ValueError("head_mask: the image is constant; no head to find")
     logged = np.log1p(clipped / clipped.max() * 1000.0)  # scale-free: same mask for I and c*I
-    mask = logged > threshold_otsu(logged)
+    # Exact zeros (background zeroed by the scanner, or a face removed by a defacer) are left
+    # out of the histogram: otherwise Otsu separates them from the noise instead of the head.
+    positive = logged[clipped > 0]
+    mask = logged > threshold_otsu(positive if positive.size > 1 else logged)
     if not mask.any():
         raise ValueError("head_mask: nothing above the Otsu threshold")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from defaceaudit.qc import qc_summary, qc_table
 from defaceaudit.tables import atomic_path, write_tsv
 
 
@@ -27,24 +28,16 @@ def failure_reason(logs: list[str]) -> str:
 
 
 def collect_qc(expected: list[dict]) -> pd.DataFrame:
-    """One row per expected (defacer, subject): its QC record, or status job_failed."""
-    rows = []
+    """One row per expected (defacer, subject): its QC record, or status job_failed + error."""
+    records = []
     for job in expected:
         base = {"defacer": job["defacer"], "subject": job["subject"], "backend": job["backend"]}
         qc = Path(job["qc"])
         if qc.exists():
-            rows.append({**base, **json.loads(qc.read_text())})
+            records.append({**base, **json.loads(qc.read_text())})
         else:
-            rows.append({**base, "status": "job_failed", "reason": failure_reason(job["logs"])})
-    return pd.DataFrame(rows)
-
-
-def summarize_qc(table: pd.DataFrame) -> pd.DataFrame:
-    """Counts per defacer: success, failure_I (face left), failure_II (brain removed), failed."""
-    statuses = ["success", "failure_I", "failure_II", "failure", "job_failed"]
-    counts = pd.crosstab(table["defacer"], table["status"]).reindex(columns=statuses, fill_value=0)
-    counts["n"] = counts.sum(axis=1)
-    return counts.reset_index()
+            records.append({**base, "status": "job_failed", "error": failure_reason(job["logs"])})
+    return qc_table(records)
 
 
 def write_qc_tables(
@@ -56,7 +49,7 @@ def write_qc_tables(
     """Write the per-job QC table and the per-defacer summary (TSV, and Markdown for people)."""
     table = collect_qc(expected)
     write_tsv(table, table_path)
-    summary = summarize_qc(table)
+    summary = qc_summary(table).reset_index()
     write_tsv(summary, summary_path)
     with atomic_path(markdown_path) as tmp:
         tmp.write_text(summary.to_markdown(index=False) + "\n")
