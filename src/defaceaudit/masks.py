@@ -65,9 +65,10 @@ def head_mask(data: np.ndarray, voxel_size_mm: Sequence[float]) -> np.ndarray:
        would otherwise cross the threshold in scattered voxels); non-finite voxels count as 0.
     2. Otsu threshold (:func:`skimage.filters.threshold_otsu`) of ``log(1 + I)`` of the smoothed
        intensities clipped at the :data:`CLIP_PERCENTILE` percentile, over the non-zero voxels.
-       MR intensities are heavy-tailed and multiplied by a bias field; in the log domain the threshold falls between
-       air and tissue instead of inside the brain (checked on the demo's three real heads, whose
-       plain Otsu threshold cut off dark inferior tissue of the bias-heavy one).
+       MR intensities are heavy-tailed and multiplied by a bias field; in the log domain the
+       threshold falls between air and tissue instead of inside the brain (checked on the demo's
+       three real heads, whose plain Otsu threshold cut off dark inferior tissue of the
+       bias-heavy one).
     3. Binary closing with a ball of :data:`CLOSING_RADIUS_MM` mm radius (per-axis radius in voxels
        ``max(1, 4 mm / voxel size)``): bridges the dark skull between scalp and brain.
     4. Keep the largest 6-connected component (drops noise specks and ghosting).
