@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint --configfile tests/configs/containers.yaml
 
 test: lint
 	$(BIN)/pytest

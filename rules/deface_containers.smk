@@ -1,110 +1,121 @@
 # The real defacers in their Apptainer images (deface.defacers: <tool>: container). Each writes
-# a raw output that finalize_container_deface turns into the stage's outputs.
+# a raw output that finalize_container_deface turns into the stage's outputs. A rule exists
+# only when its tool is selected with the container backend (it needs an image).
 
 
-rule deface_container_fsl_deface:
-    input:
-        t1w=prepared_files("{subject}")["t1w"],
-    output:
-        t1w=temp(paths.container_raw("fsl_deface", "{subject}")["t1w"]),
-        removed=temp(paths.container_raw("fsl_deface", "{subject}")["removed"]),
-    log:
-        log_file("deface_container_fsl_deface"),
-    benchmark:
-        benchmark_file("deface_container_fsl_deface")
-    container:
-        config["deface"]["containers"]["fsl_deface"]
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    params:
-        command=fsl_deface_shell,
-        image=config["deface"]["containers"]["fsl_deface"],
-    shell:
-        "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
+if "fsl_deface" in with_backend(DEFACERS, "container"):
+
+    rule deface_container_fsl_deface:
+        input:
+            t1w=prepared_files("{subject}")["t1w"],
+        output:
+            t1w=temp(paths.container_raw("fsl_deface", "{subject}")["t1w"]),
+            removed=temp(paths.container_raw("fsl_deface", "{subject}")["removed"]),
+        log:
+            log_file("deface_container_fsl_deface"),
+        benchmark:
+            benchmark_file("deface_container_fsl_deface")
+        container:
+            config["deface"]["containers"]["fsl_deface"]
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        params:
+            command=fsl_deface_shell,
+            image=config["deface"]["containers"]["fsl_deface"],
+        shell:
+            "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
-rule deface_container_mri_deface:
-    input:
-        t1w=prepared_files("{subject}")["t1w"],
-    output:
-        t1w=temp(paths.container_raw("mri_deface", "{subject}")["t1w"]),
-    log:
-        log_file("deface_container_mri_deface"),
-    benchmark:
-        benchmark_file("deface_container_mri_deface")
-    container:
-        config["deface"]["containers"]["mri_deface"]
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    params:
-        command=mri_deface_shell,
-        image=config["deface"]["containers"]["mri_deface"],
-    shell:
-        "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
+if "mri_deface" in with_backend(DEFACERS, "container"):
+
+    rule deface_container_mri_deface:
+        input:
+            t1w=prepared_files("{subject}")["t1w"],
+        output:
+            t1w=temp(paths.container_raw("mri_deface", "{subject}")["t1w"]),
+        log:
+            log_file("deface_container_mri_deface"),
+        benchmark:
+            benchmark_file("deface_container_mri_deface")
+        container:
+            config["deface"]["containers"]["mri_deface"]
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        params:
+            command=mri_deface_shell,
+            image=config["deface"]["containers"]["mri_deface"],
+        shell:
+            "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
-rule deface_container_pydeface:
-    input:
-        t1w=prepared_files("{subject}")["t1w"],
-    output:
-        t1w=temp(paths.container_raw("pydeface", "{subject}")["t1w"]),
-        removed=temp(paths.container_raw("pydeface", "{subject}")["removed"]),
-    log:
-        log_file("deface_container_pydeface"),
-    benchmark:
-        benchmark_file("deface_container_pydeface")
-    container:
-        config["deface"]["containers"]["pydeface"]
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    params:
-        command=pydeface_shell,
-        image=config["deface"]["containers"]["pydeface"],
-    shell:
-        "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
+if "pydeface" in with_backend(DEFACERS, "container"):
+
+    rule deface_container_pydeface:
+        input:
+            t1w=prepared_files("{subject}")["t1w"],
+        output:
+            t1w=temp(paths.container_raw("pydeface", "{subject}")["t1w"]),
+            removed=temp(paths.container_raw("pydeface", "{subject}")["removed"]),
+        log:
+            log_file("deface_container_pydeface"),
+        benchmark:
+            benchmark_file("deface_container_pydeface")
+        container:
+            config["deface"]["containers"]["pydeface"]
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        params:
+            command=pydeface_shell,
+            image=config["deface"]["containers"]["pydeface"],
+        shell:
+            "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
-rule deface_container_quickshear:
-    input:
-        t1w=prepared_files("{subject}")["t1w"],
-        brain_mask=prepared_files("{subject}")["brain_mask"],
-    output:
-        t1w=temp(paths.container_raw("quickshear", "{subject}")["t1w"]),
-    log:
-        log_file("deface_container_quickshear"),
-    benchmark:
-        benchmark_file("deface_container_quickshear")
-    container:
-        config["deface"]["containers"]["quickshear"]
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    params:
-        command=quickshear_shell,
-        image=config["deface"]["containers"]["quickshear"],
-    shell:
-        "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
+if "quickshear" in with_backend(DEFACERS, "container"):
+
+    rule deface_container_quickshear:
+        input:
+            t1w=prepared_files("{subject}")["t1w"],
+            brain_mask=prepared_files("{subject}")["brain_mask"],
+        output:
+            t1w=temp(paths.container_raw("quickshear", "{subject}")["t1w"]),
+        log:
+            log_file("deface_container_quickshear"),
+        benchmark:
+            benchmark_file("deface_container_quickshear")
+        container:
+            config["deface"]["containers"]["quickshear"]
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        params:
+            command=quickshear_shell,
+            image=config["deface"]["containers"]["quickshear"],
+        shell:
+            "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
-rule deface_container_mri_reface:
-    input:
-        t1w=prepared_files("{subject}")["t1w"],
-    output:
-        t1w=temp(paths.container_raw("mri_reface", "{subject}")["t1w"]),
-    log:
-        log_file("deface_container_mri_reface"),
-    benchmark:
-        benchmark_file("deface_container_mri_reface")
-    container:
-        config["deface"]["containers"]["mri_reface"]
-    resources:
-        mem_mb=16000,
-        runtime=90,
-    params:
-        command=mri_reface_shell,
-        image=config["deface"]["containers"]["mri_reface"],
-    shell:
-        "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
+if "mri_reface" in with_backend(DEFACERS, "container"):
+
+    rule deface_container_mri_reface:
+        input:
+            t1w=prepared_files("{subject}")["t1w"],
+        output:
+            t1w=temp(paths.container_raw("mri_reface", "{subject}")["t1w"]),
+        log:
+            log_file("deface_container_mri_reface"),
+        benchmark:
+            benchmark_file("deface_container_mri_reface")
+        container:
+            config["deface"]["containers"]["mri_reface"]
+        resources:
+            mem_mb=16000,
+            runtime=90,
+        params:
+            command=mri_reface_shell,
+            image=config["deface"]["containers"]["mri_reface"],
+        shell:
+            "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
