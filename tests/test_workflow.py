@@ -17,6 +17,7 @@ import yaml
 from conftest import REPO
 from synthetic import synthetic_head
 
+from defaceaudit import paths
 from defaceaudit.masks import face_volume_ml
 
 pytestmark = pytest.mark.workflow
@@ -163,10 +164,26 @@ def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(workdir):
         assert not (brain & ~head).sum() > 0.01 * brain.sum()
         assert face_volume_ml(head, brain, t1w.affine) > 50  # the face is present
 
+    # every subject defaced by every native defacer, with sidecar, mask, QC row and rendering
+    qc = pd.read_csv(results / "deface" / "qc_table.tsv", sep="\t")
+    assert len(qc) == 4 * 4 and not (qc["status"] == "job_failed").any()
+    assert (qc["brain_altered_fraction"] < 0.01).all()  # no defacer took brain
+    for defacer in ("quickshear", "facemask", "avgface", "skullstrip"):
+        for subject in cohort["subject"]:
+            for path in paths.defaced_files(defacer, subject).values():
+                assert (workdir / path).stat().st_size > 0, path
+
     # the same seed gives the same images
     before = nib.load(results / "demo/bids/internal/sub-tr01/anat/sub-tr01_T1w.nii.gz").get_fdata()
     again = run_snakemake(
-        workdir, "--cores", "2", "--forcerun", "synthesize_demo_subject", config=config
+        workdir,
+        "--cores",
+        "2",
+        "--forcerun",
+        "synthesize_demo_subject",
+        "--until",
+        "synthesize_demo_subject",
+        config=config,
     )
     assert again.returncode == 0, again.stderr[-3000:]
     after = nib.load(results / "demo/bids/internal/sub-tr01/anat/sub-tr01_T1w.nii.gz").get_fdata()
