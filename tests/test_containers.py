@@ -8,7 +8,6 @@ import subprocess
 import pytest
 
 from defaceaudit.defacers.containers import (
-    IMAGE_KEYS,
     check_image_reference,
     fsl_deface_command,
     mri_deface_command,
@@ -151,11 +150,6 @@ def test_pydeface_runs_with_stub_and_moves_mask(tmp_path):
     assert (tmp_path / "o.nii.gz").read_text() == "defaced\n"
     assert (tmp_path / "removed mask.nii.gz").read_text() == "mask\n"
     assert not (tmp_path / "t1w in_pydeface_mask.nii.gz").exists()
-
-
-def test_image_keys_name_all_five():
-    assert set(IMAGE_KEYS) == {"fsl_deface", "mri_deface", "pydeface", "quickshear", "mri_reface"}
-    assert len(set(IMAGE_KEYS.values())) == 5
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,8 @@ All images are NIfTI volumes ``[X, Y, Z]`` reoriented to RAS before defacing; th
 keeps the input's grid and intensity units. Buffers and fractions are as the tools define them
 (quickshear's buffer in voxels, fsl_deface's ``-f`` a BET fractional intensity in 0..1).
 
-Image references come from the configuration (``containers:`` mapping, keys in
-:data:`IMAGE_KEYS`) and must be reproducible: :func:`check_image_reference` accepts only
+Image references come from the configuration (``deface.containers.<defacer>``) and must be
+reproducible: :func:`check_image_reference` accepts only
 digest-pinned ``docker://`` references or a local ``.sif``/``.tar`` file (mri_reface is not
 redistributable: each user downloads its docker-archive tarball and may build a ``.sif`` from it).
 
@@ -36,7 +36,6 @@ import shlex
 from os import PathLike
 
 __all__ = [
-    "IMAGE_KEYS",
     "check_image_reference",
     "fsl_deface_command",
     "mri_deface_command",
@@ -47,15 +46,6 @@ __all__ = [
 ]
 
 StrPath = str | PathLike[str]
-
-#: Defacer name -> key of its image reference in the configuration's ``containers:`` mapping.
-IMAGE_KEYS: dict[str, str] = {
-    "fsl_deface": "fsl_deface_image",
-    "mri_deface": "mri_deface_image",
-    "pydeface": "pydeface_image",
-    "quickshear": "quickshear_image",
-    "mri_reface": "mri_reface_image",
-}
 
 _DIGEST_RE = re.compile(
     r"^docker://"
