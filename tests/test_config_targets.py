@@ -64,3 +64,39 @@ def test_manifest_cohort_has_no_demo_tables(tmp_path):
     targets = all_targets(load_cohort(config))
     assert not [t for t in targets if "demo" in t]
     assert len(targets) == 2 * 4 + 1
+
+
+def test_defacer_plan_checks_backends_and_images():
+    from defaceaudit.defacers.plan import defacer_plan
+
+    default = validate_config({})["deface"]
+    assert defacer_plan(default) == dict.fromkeys(
+        ["quickshear", "facemask", "avgface", "skullstrip"], "native"
+    )
+    tagged = validate_config(
+        {
+            "deface": {
+                "defacers": ["pydeface"],
+                "containers": {"pydeface": "docker://poldracklab/pydeface:latest"},
+            }
+        }
+    )["deface"]
+    with pytest.raises(InputError, match="deface.containers.pydeface"):
+        defacer_plan(tagged)
+    pinned = dict(
+        tagged, containers={"pydeface": "docker://poldracklab/pydeface@sha256:" + "a" * 64}
+    )
+    assert defacer_plan(pinned) == {"pydeface": "container"}
+    native_fsl = dict(tagged, defacers=["fsl_deface"], backends={"fsl_deface": "native"})
+    with pytest.raises(InputError, match="fsl_deface has no native backend"):
+        defacer_plan(native_fsl)
+
+
+def test_targets_include_every_subject_and_defacer():
+    config = validate_config({"demo": {"n_train": 2, "n_internal_test": 1, "n_external_test": 1}})
+    cohort = load_cohort(config)
+    targets = all_targets(cohort, {"quickshear": "native", "fsl_deface": "container"})
+    assert "results/deface/qc_table.tsv" in targets
+    assert "results/deface/fsl_deface/sub-ex01/anat/sub-ex01_desc-fsldeface_T1w.nii.gz" in targets
+    deface = [t for t in targets if t.startswith("results/deface/") and "/sub-" in t]
+    assert len(deface) == 4 * 2 * 5
