@@ -58,6 +58,34 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _masd(args: argparse.Namespace) -> int:
+    from defaceaudit.metrics.images import masd_files
+
+    result = masd_files(args.original, args.other)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"MASD {result['masd_mm']:.3f} mm (other -> original, the paper's direction); "
+            f"symmetric {result['masd_symmetric_mm']:.3f} mm"
+        )
+    return 0
+
+
+def _similarity(args: argparse.Namespace) -> int:
+    from defaceaudit.metrics.images import similarity_files
+
+    result = similarity_files(args.original, args.other, args.mask)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"SSIM {result['ssim']:.4f}  PSNR {result['psnr_db']:.2f} dB "
+            f"({result['n_voxels']} voxels)"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="defaceaudit",
@@ -88,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--subject", default="01", help="label used in the output names")
     prep.add_argument("--brain-mask", type=Path, default=None, help="else ROBEX computes one")
     prep.set_defaults(func=_prepare)
+
+    dist = commands.add_parser("masd", help="face surface distance (mm) between two T1w files")
+    dist.add_argument("original", type=Path)
+    dist.add_argument("other", type=Path)
+    dist.add_argument("--json", action="store_true")
+    dist.set_defaults(func=_masd)
+
+    sim = commands.add_parser("similarity", help="SSIM and PSNR between two T1w files")
+    sim.add_argument("original", type=Path)
+    sim.add_argument("other", type=Path)
+    sim.add_argument("--mask", type=Path, default=None, help="default: the original's head")
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(func=_similarity)
     return parser
 
 
