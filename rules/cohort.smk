@@ -5,6 +5,7 @@ rule fetch_demo_base:
     output:
         t1w=paths.demo_base_file("{base}", "T1w"),
         brain_mask=paths.demo_base_file("{base}", "brain_mask"),
+        head_mask=paths.demo_base_file("{base}", "head_mask"),
     log:
         log_file("fetch_demo_base", "{base}"),
     benchmark:

@@ -40,6 +40,7 @@ def demo_base_inputs(wildcards):
     return {
         "t1w": paths.demo_base_file(base, "T1w"),
         "brain_mask": paths.demo_base_file(base, "brain_mask"),
+        "head_mask": paths.demo_base_file(base, "head_mask"),
     }
 
 

@@ -9,5 +9,6 @@ run_step(
     name=snakemake.wildcards.base,
     out_t1w=snakemake.output.t1w,
     out_brain=snakemake.output.brain_mask,
+    out_head=snakemake.output.head_mask,
     cache_dir=snakemake.params.cache_dir,
 )

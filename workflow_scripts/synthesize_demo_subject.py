@@ -8,6 +8,7 @@ run_step(
     build_subject,
     base_t1w=snakemake.input.t1w,
     base_brain=snakemake.input.brain_mask,
+    base_head=snakemake.input.head_mask,
     subject=snakemake.params.subject,
     synth=snakemake.params.synth,
     out_t1w=snakemake.output.t1w,

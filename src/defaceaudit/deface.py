@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -43,6 +44,29 @@ DESCRIPTIONS = {
 
 class DefaceError(DefaceAuditError):
     """A defacer produced no usable output."""
+
+
+@dataclass(frozen=True)
+class PreparedSubject:
+    """The prepare stage's outputs of one subject, loaded once per job."""
+
+    path: Path  # the prepared T1w
+    img: nib.Nifti1Image  # RAS
+    data: np.ndarray  # [X, Y, Z] float32
+    head: np.ndarray  # [X, Y, Z] bool
+    brain: np.ndarray  # [X, Y, Z] bool
+
+    @classmethod
+    def load(cls, prepared: dict) -> PreparedSubject:
+        """``prepared``: paths t1w, head_mask, brain_mask."""
+        img = load_t1w(prepared["t1w"])
+        return cls(
+            Path(prepared["t1w"]).absolute(),
+            img,
+            np.asarray(img.dataobj, dtype=np.float32),
+            load_mask(prepared["head_mask"], img),
+            load_mask(prepared["brain_mask"], img),
+        )
 
 
 def run_native(defacer: str, t1w: nib.Nifti1Image, brain: np.ndarray, **extra) -> DefaceResult:
@@ -82,7 +106,7 @@ def check_output(defaced: np.ndarray, original: np.ndarray, where: str) -> None:
 def finalize(
     defacer: str,
     backend: str,
-    prepared: dict,
+    subject: PreparedSubject,
     result: DefaceResult,
     outputs: dict,
     seconds: float,
@@ -92,18 +116,15 @@ def finalize(
     """Write the defaced image, removed mask, sidecar, QC record and PNG of one subject.
 
     Args:
-        prepared: paths of the prepare stage (t1w, head_mask, brain_mask).
+        subject: the prepared images the defacer started from.
         outputs: paths t1w, removed, sidecar, qc, png.
     Returns the QC record.
     """
     from defaceaudit.qc import face_region_box, qc_record
     from defaceaudit.render import render_qc_png
 
-    original = load_t1w(prepared["t1w"])
-    data = np.asarray(original.dataobj, dtype=np.float32)
+    original, data, head, brain = subject.img, subject.data, subject.head, subject.brain
     check_output(result.defaced, data, str(outputs["t1w"]))
-    head = load_mask(prepared["head_mask"], original)
-    brain = load_mask(prepared["brain_mask"], original)
     written = []
     try:
         written.append(save_nifti(result.defaced, outputs["t1w"], original.affine, np.float32))
@@ -124,7 +145,7 @@ def finalize(
             "image": image,
             "parameters": result.params,
             "seconds": round(seconds, 2),
-            "source": str(Path(prepared["t1w"]).absolute()),
+            "source": str(subject.path),
             "defaceaudit_version": __version__,
         }
         write_json(sidecar, outputs["sidecar"])
@@ -139,11 +160,10 @@ def deface_native(
     defacer: str, prepared: dict, outputs: dict, extra: dict, qc_params: dict | None = None
 ) -> dict:
     """Run native ``defacer`` on one prepared subject and finalise its outputs."""
-    t1w = load_t1w(prepared["t1w"])
-    brain = load_mask(prepared["brain_mask"], t1w)
+    subject = PreparedSubject.load(prepared)
     start = time.perf_counter()
     try:
-        result = run_native(defacer, t1w, brain, **extra)
+        result = run_native(defacer, subject.img, subject.brain, **extra)
     except DefaceAuditError:
         raise
     except Exception as err:  # the tool's own failure: one line for the QC table, trace in log
@@ -152,7 +172,7 @@ def deface_native(
         raise DefaceError(f"{defacer} failed on {prepared['t1w']}: {message}") from err
     seconds = time.perf_counter() - start
     log.info("%s on %s: %.1f s", defacer, prepared["t1w"], seconds)
-    return finalize(defacer, "native", prepared, result, outputs, seconds, None, qc_params)
+    return finalize(defacer, "native", subject, result, outputs, seconds, None, qc_params)
 
 
 def finalize_container_output(
@@ -167,8 +187,8 @@ def finalize_container_output(
     qc_params: dict | None = None,
 ) -> dict:
     """Finalise a container tool's output ``raw`` (resampled tools are refused: same grid)."""
-    original = load_t1w(prepared["t1w"])
-    data = np.asarray(original.dataobj, dtype=np.float32)
+    subject = PreparedSubject.load(prepared)
+    original, data = subject.img, subject.data
     try:
         defaced_img = load_t1w(raw)
     except DefaceAuditError as err:
@@ -189,4 +209,4 @@ def finalize_container_output(
     # the container rule's Snakemake benchmark file: column "s" is the wall-clock seconds
     seconds = float(pd.read_csv(benchmark, sep="\t")["s"].iloc[0]) if benchmark else float("nan")
     result = DefaceResult(defaced, removed, params)
-    return finalize(defacer, "container", prepared, result, outputs, seconds, image, qc_params)
+    return finalize(defacer, "container", subject, result, outputs, seconds, image, qc_params)

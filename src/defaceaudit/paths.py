@@ -20,8 +20,10 @@ def stage_file(stage: str, subject: str, desc: str, suffix: str, ext: str = ".ni
 
 
 def demo_base_file(base: str, kind: str) -> str:
-    """``kind`` is "T1w" (the real head, RAS) or "brain_mask" (its ROBEX brain mask)."""
-    name = f"{base}_T1w.nii.gz" if kind == "T1w" else f"{base}_desc-brain_mask.nii.gz"
+    """``kind``: "T1w" (the real head, RAS), "brain_mask" (ROBEX) or "head_mask" (Otsu)."""
+    name = (
+        f"{base}_T1w.nii.gz" if kind == "T1w" else f"{base}_desc-{kind.split('_')[0]}_mask.nii.gz"
+    )
     return f"{DEMO_ROOT}/bases/{name}"
 
 

@@ -22,9 +22,8 @@ def failure_reason(logs: list[str]) -> str:
     ]
     logged = [line.split(" ERROR ", 1)[1] for line in lines if " ERROR " in line]
     other = [line for line in lines if "rror" in line]  # a container tool's own stderr
-    for line in logged or other:
-        return line.strip()[:300]
-    return f"no output; see {', '.join(logs)}"
+    found = logged or other
+    return found[0].strip()[:300] if found else f"no output; see {', '.join(logs)}"
 
 
 def collect_qc(expected: list[dict]) -> pd.DataFrame:

@@ -33,8 +33,10 @@ from defaceaudit.tables import write_json, write_tsv
 log = logging.getLogger(__name__)
 
 
-def prepare_base(name: str, out_t1w: Path, out_brain: Path, cache_dir: Path | None = None) -> None:
-    """Fetch base head ``name``, write it in RAS and its ROBEX brain mask.
+def prepare_base(
+    name: str, out_t1w: Path, out_brain: Path, out_head: Path, cache_dir: Path | None = None
+) -> None:
+    """Fetch base head ``name``, write it in RAS with its ROBEX brain mask and its head mask.
 
     The brain mask is cached beside the download, keyed by the head's sha256, so a rerun on the
     same machine neither fetches nor re-extracts (ROBEX takes about a minute per 1 mm head).
@@ -54,6 +56,8 @@ def prepare_base(name: str, out_t1w: Path, out_brain: Path, cache_dir: Path | No
     log.info("brain volume of %s: %.2f L", name, brain.sum() * _voxel_ml(img) / 1000)
     save_nifti(img, out_t1w)
     save_nifti(brain.astype(np.uint8), out_brain, affine=img.affine)
+    head = head_mask(np.asarray(img.dataobj, dtype=np.float32), img.header.get_zooms()[:3])
+    save_nifti(head.astype(np.uint8), out_head, affine=img.affine)
 
 
 def _voxel_ml(img: nib.Nifti1Image) -> float:
@@ -63,6 +67,7 @@ def _voxel_ml(img: nib.Nifti1Image) -> float:
 def build_subject(
     base_t1w: Path,
     base_brain: Path,
+    base_head: Path,
     subject: dict,
     synth: dict,
     out_t1w: Path,
@@ -77,7 +82,7 @@ def build_subject(
     params = SynthParams.from_config(synth)
     base = load_t1w(base_t1w)
     brain = load_mask(base_brain, base)
-    head = head_mask(np.asarray(base.dataobj, dtype=np.float32), base.header.get_zooms()[:3])
+    head = load_mask(base_head, base)
     t1w, subject_brain, affine = synthesize_subject(base, brain, head, who, params)
     log.info(
         "sub-%s from %s: grid %s at %.1f mm", who.subject, who.base, t1w.shape, params.voxel_size_mm
