@@ -13,6 +13,9 @@ min_version("9.19")
 configfile: "config.yaml"
 
 
+report: "rules/captions/workflow.rst"
+
+
 validate(config, schema_path())
 
 
@@ -28,10 +31,14 @@ include: "rules/cohort.smk"
 include: "rules/prepare.smk"
 include: "rules/deface.smk"
 include: "rules/deface_containers.smk"
+include: "rules/metrics.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        all_targets(COHORT, DEFACERS),
+        all_targets(
+            COHORT, DEFACERS, METRIC_PLAN, config["metrics"]["face_panel_subjects"]
+        ),
     localrule: True

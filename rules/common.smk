@@ -6,6 +6,8 @@ from defaceaudit.defacers.plan import defacer_plan, with_backend
 from defaceaudit.demo.synth import synth_config
 from defaceaudit.errors import DefaceAuditError
 from defaceaudit.inputs import cohort_frame
+from defaceaudit.metrics import jobs as metric_jobs
+from defaceaudit.metrics.plan import metric_plan
 from defaceaudit.qc_report import write_qc_tables
 from defaceaudit.targets import all_targets, prepared_files
 
@@ -183,3 +185,55 @@ def container_params(wildcards):
         "fsl_deface": {},
     }
     return params[wildcards.defacer]
+
+
+# Face metrics: which defacers give table rows and which fills the population-average column.
+try:
+    METRIC_PLAN = metric_plan(DEFACERS, config["metrics"])
+except DefaceAuditError as err:
+    raise WorkflowError(str(err)) from None
+
+
+def metric_defacer_pattern():
+    return "|".join(METRIC_PLAN.removing) if METRIC_PLAN.removing else "(?!x)x"
+
+
+def subject_split(wildcards):
+    return COHORT.subjects[wildcards.subject].split
+
+
+def face_metric_inputs(wildcards):
+    return metric_jobs.face_metric_inputs(METRIC_PLAN, wildcards.defacer, wildcards.subject)
+
+
+def face_metric_images(wildcards):
+    return metric_jobs.compared_images(METRIC_PLAN, wildcards.defacer, wildcards.subject)
+
+
+def face_metric_rows(wildcards):
+    return [
+        paths.face_metric_files(d, s)["rows"]
+        for d, s in metric_jobs.metric_jobs(COHORT, METRIC_PLAN)
+    ]
+
+
+def reidentification_files(wildcards):
+    return metric_jobs.reidentification_inputs(COHORT, METRIC_PLAN)
+
+
+def reidentification_gallery(wildcards):
+    return {
+        s: paths.template_alignment_files(s)["faces"] for s in metric_jobs.test_subjects(COHORT)
+    }
+
+
+def reidentification_probe_list(wildcards):
+    return metric_jobs.reidentification_probes(COHORT, METRIC_PLAN)
+
+
+def face_panel_inputs(wildcards):
+    return metric_jobs.face_panel_inputs(METRIC_PLAN, wildcards.subject)
+
+
+def face_panel_columns(wildcards):
+    return metric_jobs.face_panel_columns(METRIC_PLAN, wildcards.subject)

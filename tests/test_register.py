@@ -14,6 +14,7 @@ from defaceaudit.register import (
     downsample,
     from_sitk_transform,
     resample,
+    rigid_register,
     rotation_angle_deg,
     to_sitk,
 )
@@ -108,3 +109,12 @@ def test_downsample_keeps_field_of_view():
     assert small.shape == shape and small.get_data_dtype() == np.float32
     assert abs(small.get_fdata().mean() - img.get_fdata().mean()) < 0.05 * img.get_fdata().mean()
     assert downsample(img, 1.0) is img
+
+
+def test_rigid_register_recovers_known_motion_without_scaling():
+    img, _ = synthetic_head()
+    t_true = rigid((6.0, -4.0, 5.0), (5.0, -7.0, 3.0))
+    t = rigid_register(img, moved_copy(img, t_true), seed=0)
+    assert np.abs((t - t_true) @ BOX)[:3].max() < 1.0
+    singular = np.linalg.svd(t[:3, :3], compute_uv=False)
+    assert np.allclose(singular, 1.0, atol=1e-6)  # a rotation: head size kept

@@ -85,3 +85,60 @@ AVERAGE_HEAD = f"{RESULTS}/deface/avgface/average_head.nii.gz"
 QC_TABLE = f"{RESULTS}/deface/qc_table.tsv"
 QC_SUMMARY = f"{RESULTS}/deface/qc_summary.tsv"
 QC_SUMMARY_MD = f"{RESULTS}/deface/qc_summary.md"
+
+
+# Face metrics (paper section 2.3) and what is built from them.
+METRICS = f"{RESULTS}/metrics"
+
+
+def face_metric_files(defacer: str, subject: str, desc: str | None = None) -> dict[str, str]:
+    """Per test subject and defacer: metric rows (TSV) and the face surfaces of every image
+    compared, in template space (npz, for re-identification)."""
+    desc = desc_label(defacer) if desc is None else desc
+    stage = f"metrics/{defacer}"
+    return {
+        "rows": stage_file(stage, subject, desc, "facemetrics", ".tsv"),
+        "faces": stage_file(stage, subject, desc, "faces", ".npz"),
+    }
+
+
+def template_alignment_files(subject: str) -> dict[str, str]:
+    """Per test subject: rigid transform to the face template (JSON) and the original's face
+    surface in template space (npz)."""
+    return {
+        "transform": stage_file("metrics/template", subject, "template", "xfm", ".json"),
+        "faces": stage_file("metrics/template", subject, "original", "faces", ".npz"),
+    }
+
+
+FACE_METRICS = f"{METRICS}/face_metrics.tsv"
+#: paper tables (TSV and Markdown) and the machine-readable summary and tests
+FACE_TABLE_NAMES = ("table1_masd", "table1_masd_symmetric", "table2_psnr", "table3_ssim")
+FACE_TABLES = {
+    "summary": f"{METRICS}/face_metrics_summary.tsv",
+    "tests": f"{METRICS}/face_metrics_tests.tsv",
+    **{name: f"{METRICS}/{name}.tsv" for name in FACE_TABLE_NAMES},
+    **{f"{name}_md": f"{METRICS}/{name}.md" for name in FACE_TABLE_NAMES},
+}
+#: every table of the stage in one HTML page (the Snakemake report shows it)
+FACE_TABLES_HTML = f"{METRICS}/face_tables.html"
+REIDENTIFICATION = {
+    "ranks": f"{METRICS}/reidentification_ranks.tsv",
+    "summary": f"{METRICS}/reidentification.tsv",
+    "markdown": f"{METRICS}/reidentification.md",
+}
+FIGURES = f"{RESULTS}/figures"
+FIGURE_FILES = {
+    "masd": f"{FIGURES}/face_masd.png",
+    "similarity": f"{FIGURES}/face_similarity.png",
+    "qc": f"{FIGURES}/deface_qc.png",
+    "reidentification": f"{FIGURES}/reidentification.png",
+}
+
+
+def face_panel_file(subject: str) -> str:
+    """Side-by-side face renderings of one test subject (paper Figures 3 and 4)."""
+    return f"{FIGURES}/faces/sub-{subject}_faces.png"
+
+
+REPORT = f"{RESULTS}/report.html"

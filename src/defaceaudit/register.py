@@ -20,6 +20,7 @@ from scipy import ndimage
 __all__ = [
     "SHRINK_FACTORS",
     "affine_register",
+    "rigid_register",
     "coarse_grid",
     "downsample",
     "from_sitk_transform",
@@ -189,6 +190,47 @@ def affine_register(
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
     return from_sitk_transform(aff)
+
+
+def rigid_register(
+    fixed: nib.Nifti1Image,
+    moving: nib.Nifti1Image,
+    *,
+    seed: int = 0,
+    iterations: int = 100,
+    threads: int | None = 1,
+) -> np.ndarray:
+    """Rigid registration (rotation and translation, 6 degrees of freedom) of ``moving`` to
+    ``fixed``: Mattes MI with the pyramid and optimiser of :func:`affine_register`, started from
+    the images' centres of mass, run twice.
+
+    Rigid keeps what identifies a head (its size and shape); an affine would scale it towards the
+    other image. Returns ``T``, 4x4 RAS mm, fixed-world point ``p`` -> moving-world ``T @ p``.
+    """
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    if threads is not None:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+    try:
+        fx, mv = to_sitk(fixed), to_sitk(moving)
+        start = sitk.CenteredTransformInitializer(
+            fx, mv, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+        )
+        rigid = sitk.Euler3DTransform(start)
+        # Two passes, like affine_register's two stages: the first pass's shrinking step stops
+        # about a degree short on a 4 mm head; a second pass from there converges (test_register).
+        for offset in (0, 7):
+            rigid = _stage(
+                fx,
+                mv,
+                rigid,
+                seed=seed + offset,
+                fixed_mask=None,
+                iterations=iterations,
+                threads=threads,
+            )
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+    return from_sitk_transform(rigid)
 
 
 def coarse_grid(img: nib.Nifti1Image, voxel_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:

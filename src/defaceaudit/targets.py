@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from defaceaudit import paths
 from defaceaudit.cohort import Cohort
+from defaceaudit.metrics.plan import MetricPlan
 
 
 def prepared_files(subject: str) -> dict[str, str]:
@@ -31,13 +32,24 @@ def deface_targets(cohort: Cohort, defacers: dict[str, str]) -> list[str]:
     return targets
 
 
-def all_targets(cohort: Cohort, defacers: dict[str, str] | None = None) -> list[str]:
+def all_targets(
+    cohort: Cohort,
+    defacers: dict[str, str] | None = None,
+    metric_plan: MetricPlan | None = None,
+    n_panel_subjects: int = 2,
+) -> list[str]:
     """Sorted, de-duplicated list of every final output of a run on ``cohort``.
 
     ``defacers``: ``{defacer: backend}`` (defacers.plan.defacer_plan); none -> no deface stage.
+    ``metric_plan``: (metrics.plan.metric_plan); none -> no metrics stage. ``n_panel_subjects``:
+    test subjects per split whose faces are rendered side by side.
     """
+    from defaceaudit.metrics.jobs import metric_targets
+
     targets = [paths.COHORT_TABLE, *demo_targets(cohort)]
     for subject in cohort.subjects:
         targets += prepared_files(subject).values()
     targets += deface_targets(cohort, defacers or {})
+    if metric_plan is not None:
+        targets += metric_targets(cohort, metric_plan, n_panel_subjects)
     return sorted(set(targets))

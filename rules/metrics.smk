@@ -1,0 +1,88 @@
+# Face metrics of the test subjects (paper section 2.3): one job per subject and defacer, the
+# paper's Tables 1-3 with bootstrap CIs and Wilcoxon tests, and re-identification.
+
+
+rule align_face_to_template:
+    input:
+        t1w=prepared_files("{subject}")["t1w"],
+        head_mask=prepared_files("{subject}")["head_mask"],
+        template=paths.FACE_TEMPLATE["template"],
+    output:
+        **paths.template_alignment_files("{subject}"),
+    log:
+        log_file("align_face_to_template"),
+    benchmark:
+        benchmark_file("align_face_to_template")
+    params:
+        seed=config["metrics"]["seed"],
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    script:
+        "../workflow_scripts/align_face_to_template.py"
+
+
+rule compute_face_metrics:
+    input:
+        unpack(face_metric_inputs),
+    output:
+        **paths.face_metric_files("{defacer}", "{subject}", "{desc}"),
+    log:
+        log_file("compute_face_metrics", "{defacer}_{subject}_{desc}"),
+    benchmark:
+        benchmark_file("compute_face_metrics", "{defacer}_{subject}_{desc}")
+    wildcard_constraints:
+        defacer=metric_defacer_pattern(),
+    params:
+        images=face_metric_images,
+        test_set=subject_split,
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=6000,
+        runtime=20,
+    script:
+        "../workflow_scripts/compute_face_metrics.py"
+
+
+rule aggregate_face_metrics:
+    input:
+        rows=face_metric_rows,
+    output:
+        rows=paths.FACE_METRICS,
+        **paths.FACE_TABLES,
+    log:
+        log_file("aggregate_face_metrics", "all"),
+    params:
+        n_bootstrap=config["metrics"]["n_bootstrap"],
+        seed=config["metrics"]["seed"],
+    localrule: True
+    conda:
+        "../envs/defaceaudit.yaml"
+    script:
+        "../workflow_scripts/aggregate_face_metrics.py"
+
+
+rule reidentify_faces:
+    input:
+        unpack(reidentification_files),
+    output:
+        **paths.REIDENTIFICATION,
+    log:
+        log_file("reidentify_faces", "all"),
+    benchmark:
+        benchmark_file("reidentify_faces", "all")
+    params:
+        gallery=reidentification_gallery,
+        probes=reidentification_probe_list,
+        n_bootstrap=config["metrics"]["n_bootstrap"],
+        seed=config["metrics"]["seed"],
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../workflow_scripts/reidentify_faces.py"

@@ -1,0 +1,173 @@
+"""The face metrics of one test subject for one defacer: its rows of the paper's Tables 1-3.
+
+For a defacer ``d`` the images compared with the subject's original are: the image defaced by
+``d``, the population-average refaced image (the same for every ``d``), and later the image the
+diffusion models refaced from ``d``'s output. Each gets, against the original (section 2.3):
+
+* MASD of the face, paper direction (every vertex of the image's face to the original's) and
+  symmetric (:mod:`defaceaudit.metrics.surface`);
+* SSIM and PSNR over the whole head (the original's head mask M3) and over the face area
+  M5 = M1 & M2 & M3 & M4 (Figure S1): M1 the region ``d`` removed, M2 the region the
+  population-average refacer altered, M3 and M4 the head masks of the original and of the
+  population-average image. Without a population-average refacer, M5 = M1 & M3. Both regions use
+  one intensity scale: the original's 99.5th percentile inside its head mask.
+
+Arrays are ``[X, Y, Z]`` on the original's RAS grid; distances in mm, PSNR in dB.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from defaceaudit.errors import ImageError
+from defaceaudit.masks import head_mask
+from defaceaudit.metrics.plan import IMAGE_TYPES
+from defaceaudit.metrics.similarity import similarity
+from defaceaudit.metrics.surface import FaceCrop, face_vertices, masd_from_vertices
+from defaceaudit.metrics.template_space import apply_transform, save_faces, to_world
+from defaceaudit.nifti import load_mask, load_t1w, to_ras, voxel_sizes_mm
+from defaceaudit.tables import write_tsv
+
+log = logging.getLogger(__name__)
+
+#: columns of a metric row, in order (the per-job TSVs and results/metrics/face_metrics.tsv)
+COLUMNS = (
+    "subject",
+    "test_set",
+    "defacer",
+    "image_type",
+    "image",
+    "masd_mm",
+    "masd_symmetric_mm",
+    "ssim_head",
+    "psnr_head_db",
+    "ssim_face",
+    "psnr_face_db",
+    "n_face_voxels",
+)
+
+
+def face_area(
+    removed: np.ndarray,
+    original_head: np.ndarray,
+    population_altered: np.ndarray | None = None,
+    population_head: np.ndarray | None = None,
+) -> np.ndarray:
+    """M5 of the paper's Figure S1: the intersection of the masks given (bool ``[X, Y, Z]``)."""
+    area = np.asarray(removed, bool) & np.asarray(original_head, bool)
+    for mask in (population_altered, population_head):
+        if mask is not None:
+            area &= np.asarray(mask, bool)
+    return area
+
+
+def _load_on_grid(path: str | os.PathLike, reference, reference_path) -> np.ndarray:
+    """Voxels ``[X, Y, Z]`` float32 of ``path``, refused unless on ``reference``'s grid."""
+    img = to_ras(load_t1w(path))
+    if img.shape != reference.shape or not np.allclose(img.affine, reference.affine, atol=1e-3):
+        raise ImageError(
+            f"{path}: grid {img.shape} differs from {reference.shape} of the original "
+            f"{reference_path}"
+        )
+    return np.asarray(img.dataobj, dtype=np.float32)
+
+
+def measure_face_metrics(
+    subject: str,
+    test_set: str,
+    defacer: str,
+    prepared: dict,
+    images: dict[str, dict],
+    transform: str | os.PathLike | None = None,
+    out_rows: str | os.PathLike | None = None,
+    out_faces: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Rows of one subject and defacer; written to ``out_rows`` (TSV) when given.
+
+    Args:
+        prepared: the original's prepared files: ``t1w``, ``head_mask``.
+        images: ``image_type -> {"image": name, "t1w": path, "removed": path}`` for the image
+            types present (``defaced`` is required and its ``removed`` is M1;
+            ``population_average``'s ``removed`` is M2).
+        transform: JSON from :func:`~defaceaudit.metrics.template_space.align_to_template`; with
+            ``out_faces``, the face vertices of every image go there in template world (npz).
+    Returns a DataFrame with :data:`COLUMNS`, one row per image type, in paper order.
+    """
+    if "defaced" not in images:
+        raise ValueError("measure_face_metrics needs the defaced image")
+    original_img = to_ras(load_t1w(prepared["t1w"]))
+    original = np.asarray(original_img.dataobj, dtype=np.float32)
+    original_head = load_mask(
+        prepared["head_mask"], original_img, canonical=True, reference_name=prepared["t1w"]
+    )
+    spacing = voxel_sizes_mm(original_img.affine)
+    crop = FaceCrop.from_head(original_head)
+    original_faces = face_vertices(original_head, crop, spacing)
+
+    data, heads, faces = {}, {}, {}
+    for kind, entry in images.items():
+        data[kind] = _load_on_grid(entry["t1w"], original_img, prepared["t1w"])
+        try:
+            heads[kind] = head_mask(data[kind], spacing)
+        except ValueError as err:
+            raise ImageError(f"{entry['t1w']}: no head to measure ({err})") from err
+    removed = load_mask(images["defaced"]["removed"], original_img, canonical=True)
+    population = images.get("population_average")
+    altered = population_head = None
+    if population is not None:
+        altered = load_mask(population["removed"], original_img, canonical=True)
+        population_head = heads["population_average"]
+    area = face_area(removed, original_head, altered, population_head)
+    if not area.any():
+        log.warning("%s / %s: the face area M5 is empty; face SSIM/PSNR are n/a", subject, defacer)
+
+    rows = []
+    for kind in (k for k in IMAGE_TYPES if k in images):
+        try:
+            faces[kind] = face_vertices(heads[kind], crop, spacing)
+            distance = masd_from_vertices(original_faces, faces[kind])
+        except ValueError as err:  # no face surface left inside the crop
+            log.warning("%s / %s / %s: %s; MASD is n/a", subject, defacer, kind, err)
+            distance = {"masd_mm": np.nan, "masd_symmetric_mm": np.nan}
+        whole = similarity(original, data[kind], original_head)
+        face = (
+            similarity(original, data[kind], area, scale_mask=original_head)
+            if area.any()
+            else {"ssim": np.nan, "psnr_db": np.nan}
+        )
+        rows.append(
+            {
+                "subject": subject,
+                "test_set": test_set,
+                "defacer": defacer,
+                "image_type": kind,
+                "image": images[kind]["image"],
+                "masd_mm": distance["masd_mm"],
+                "masd_symmetric_mm": distance["masd_symmetric_mm"],
+                "ssim_head": whole["ssim"],
+                "psnr_head_db": whole["psnr_db"],
+                "ssim_face": face["ssim"],
+                "psnr_face_db": face["psnr_db"],
+                "n_face_voxels": int(area.sum()),
+            }
+        )
+        log.info("%s / %s / %s: %s", subject, defacer, kind, rows[-1])
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    if out_faces is not None and transform is not None:
+        matrix = np.asarray(json.loads(Path(transform).read_text())["subject_to_template_ras_mm"])
+        world = {
+            f"{kind}__{images[kind]['image']}": apply_transform(
+                to_world(verts, spacing, original_img.affine), matrix
+            )
+            for kind, verts in faces.items()
+        }
+        save_faces(out_faces, world, subject=subject, defacer=defacer)
+    if out_rows is not None:
+        write_tsv(frame, out_rows)
+    return frame

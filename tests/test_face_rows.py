@@ -1,0 +1,205 @@
+"""Face metrics of one subject and defacer (M5 face area, rows) and re-identification."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic import synthetic_head
+
+from defaceaudit.errors import ImageError, InputError
+from defaceaudit.masks import head_mask
+from defaceaudit.metrics.face_rows import COLUMNS, face_area, measure_face_metrics
+from defaceaudit.metrics.plan import metric_plan
+from defaceaudit.metrics.reidentify import rank_probes, reidentify_files, summarise_ranks
+from defaceaudit.metrics.template_space import apply_transform, load_faces, save_faces, to_world
+from defaceaudit.nifti import voxel_sizes_mm
+
+
+def test_face_area_is_the_intersection_of_the_four_masks():
+    shape = (6, 6, 6)
+    masks = [np.zeros(shape, bool) for _ in range(4)]
+    for i, mask in enumerate(masks):
+        mask[i:, :, :] = True
+    area = face_area(masks[0], masks[2], masks[1], masks[3])
+    assert area.sum() == 3 * 36 and area[3:].all()
+    assert face_area(masks[0], masks[2]).sum() == 4 * 36  # no population average: M1 & M3
+
+
+def _write_subject(folder, shift_vox=0):
+    """A synthetic original, its head mask, a copy with the front zeroed (defaced), and a copy
+    with the front replaced by a shifted face (a stand-in population average)."""
+    img, _ = synthetic_head(shape=(40, 50, 44), voxel_mm=4.0, seed=3)
+    data = img.get_fdata(dtype=np.float32)
+    head = head_mask(data, voxel_sizes_mm(img.affine))
+    removed = np.zeros(data.shape, bool)
+    removed[:, 34:, :22] = True  # anterior, inferior block: the face
+    removed &= data > 0
+    defaced = np.where(removed, 0.0, data).astype(np.float32)
+    average = data.copy()
+    average[removed] = np.roll(data, shift_vox, axis=1)[removed] * 0.9
+    files = {}
+    for name, arr in (
+        ("t1w", data),
+        ("head", head),
+        ("defaced", defaced),
+        ("removed", removed),
+        ("average", average),
+    ):
+        files[name] = folder / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(arr.astype(np.float32), img.affine), files[name])
+    transform = folder / "xfm.json"
+    transform.write_text(json.dumps({"subject_to_template_ras_mm": np.eye(4).tolist()}))
+    files["transform"] = transform
+    return files
+
+
+def _images(files):
+    return {
+        "defaced": {"image": "cutter", "t1w": files["defaced"], "removed": files["removed"]},
+        "population_average": {
+            "image": "avgface",
+            "t1w": files["average"],
+            "removed": files["removed"],
+        },
+    }
+
+
+def test_rows_of_one_subject_have_the_paper_columns_and_sane_values(tmp_path):
+    files = _write_subject(tmp_path, shift_vox=1)
+    out = tmp_path / "rows.tsv"
+    faces = tmp_path / "faces.npz"
+    rows = measure_face_metrics(
+        "s1",
+        "internal_test",
+        "cutter",
+        {"t1w": files["t1w"], "head_mask": files["head"]},
+        _images(files),
+        transform=files["transform"],
+        out_rows=out,
+        out_faces=faces,
+    )
+    assert list(rows.columns) == list(COLUMNS)
+    assert list(rows["image_type"]) == ["defaced", "population_average"]
+    defaced, average = rows.iloc[0], rows.iloc[1]
+    # removing the face moves the surface further than a nearly-right replacement
+    assert defaced["masd_mm"] > average["masd_mm"] > 0
+    assert defaced["psnr_face_db"] < average["psnr_face_db"]
+    assert defaced["ssim_head"] < 1 and defaced["n_face_voxels"] > 0
+    written = pd.read_csv(out, sep="\t")
+    assert len(written) == 2 and written["image"].tolist() == ["cutter", "avgface"]
+    assert set(load_faces(faces)) == {"defaced__cutter", "population_average__avgface"}
+
+
+def test_an_unchanged_image_has_zero_distance_and_infinite_psnr(tmp_path):
+    files = _write_subject(tmp_path)
+    images = {"defaced": {"image": "none", "t1w": files["t1w"], "removed": files["removed"]}}
+    rows = measure_face_metrics(
+        "s1", "external_test", "none", {"t1w": files["t1w"], "head_mask": files["head"]}, images
+    )
+    row = rows.iloc[0]
+    assert row["masd_mm"] == 0.0 and row["masd_symmetric_mm"] == 0.0
+    assert row["ssim_head"] == pytest.approx(1.0) and row["psnr_head_db"] == float("inf")
+    assert row["ssim_face"] == pytest.approx(1.0)
+
+
+def test_an_image_on_another_grid_is_refused_with_both_names(tmp_path):
+    files = _write_subject(tmp_path)
+    other = tmp_path / "cropped.nii.gz"
+    img = nib.load(files["defaced"])
+    nib.save(nib.Nifti1Image(img.get_fdata()[:-1], img.affine), other)
+    images = {"defaced": {"image": "x", "t1w": other, "removed": files["removed"]}}
+    with pytest.raises(ImageError, match="differs") as err:
+        measure_face_metrics(
+            "s1", "internal_test", "x", {"t1w": files["t1w"], "head_mask": files["head"]}, images
+        )
+    assert str(other) in str(err.value) and str(files["t1w"]) in str(err.value)
+
+
+def test_world_vertices_follow_the_affine_and_transform():
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    affine[:3, 3] = [10, 20, 30]
+    verts = np.array([[2.0, 3.0, 4.0]])  # voxel (1, 1, 1) times spacing
+    world = to_world(verts, (2.0, 3.0, 4.0), affine)
+    assert np.allclose(world, [[12, 23, 34]])
+    shift = np.eye(4)
+    shift[:3, 3] = [1, -1, 0]
+    assert np.allclose(apply_transform(world, shift), [[13, 22, 34]])
+
+
+def _sphere(radius, n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(n, 3))
+    return radius * v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_each_probe_ranks_its_own_face_first_when_faces_differ():
+    gallery = {f"s{i}": _sphere(60 + 3 * i, seed=i) for i in range(6)}
+    probes = [
+        {
+            "subject": s,
+            "test_set": "internal_test",
+            "image_type": "x",
+            "image": "x",
+            "vertices": v + 0.2,
+        }
+        for s, v in gallery.items()
+    ]
+    ranks = rank_probes(gallery, probes)
+    assert (ranks["rank"] == 1).all() and (ranks["nearest"] == ranks["subject"]).all()
+    summary = summarise_ranks(ranks, n_resamples=200, seed=1)
+    row = summary.iloc[0]
+    assert row["rank1_rate"] == 1.0 and row["chance_rank1"] == pytest.approx(1 / 6)
+    assert row["chance_rank5"] == pytest.approx(5 / 6)
+
+
+def test_a_face_equally_far_from_all_ranks_last():
+    gallery = {"a": _sphere(60, seed=1), "b": _sphere(60, seed=1)}
+    probe = {
+        "subject": "a",
+        "test_set": "t",
+        "image_type": "x",
+        "image": "x",
+        "vertices": _sphere(70, seed=2),
+    }
+    assert rank_probes(gallery, [probe])["rank"].iloc[0] == 2  # ties count against the probe
+
+
+def test_reidentify_files_ranks_a_shared_image_once(tmp_path):
+    gallery, probes = {}, []
+    for i, subject in enumerate(("a", "b", "c")):
+        gallery[subject] = tmp_path / f"{subject}_orig.npz"
+        save_faces(gallery[subject], {"original": _sphere(60 + 4 * i, seed=i)})
+        for defacer in ("d1", "d2"):
+            path = tmp_path / f"{subject}_{defacer}.npz"
+            save_faces(
+                path,
+                {
+                    f"defaced__{defacer}": _sphere(50, seed=9),
+                    "population_average__avg": _sphere(60 + 4 * i, seed=i + 3),
+                },
+            )
+            probes.append(
+                {"subject": subject, "test_set": "internal_test", "defacer": defacer, "faces": path}
+            )
+    out = {k: tmp_path / f"{k}.out" for k in ("ranks", "summary", "markdown")}
+    summary = reidentify_files(gallery, probes, out, n_resamples=100)
+    ranks = pd.read_csv(out["ranks"], sep="\t")
+    assert len(ranks) == 3 * 3  # d1, d2 and the shared average, once per subject
+    avg = summary[summary["image"] == "avg"].iloc[0]
+    assert avg["rank1_rate"] == 1.0 and avg["n_probes"] == 3
+    assert "Rank-1 rate" in out["markdown"].read_text()
+
+
+def test_metric_plan_takes_the_population_average_refacer_as_a_column():
+    plan = metric_plan(
+        {"quickshear": "native", "avgface": "native"}, {"population_average": "auto"}
+    )
+    assert plan.removing == ("quickshear",) and plan.population_average == "avgface"
+    both = {"mri_reface": "container", "avgface": "native", "pydeface": "container"}
+    assert metric_plan(both, {"population_average": "auto"}).population_average == "mri_reface"
+    assert metric_plan(both, {"population_average": "avgface"}).population_average == "avgface"
+    assert metric_plan(both, {"population_average": "none"}).population_average is None
+    with pytest.raises(InputError, match="metrics.population_average: mri_reface"):
+        metric_plan({"quickshear": "native"}, {"population_average": "mri_reface"})

@@ -1,0 +1,14 @@
+"""Snakemake adapter: re-identification ranks and rates (metrics.reidentify)."""
+
+from defaceaudit.metrics.reidentify import reidentify_files
+from defaceaudit.workflow import run_step
+
+run_step(
+    snakemake.log[0],
+    reidentify_files,
+    gallery=snakemake.params.gallery,
+    probes=snakemake.params.probes,
+    out=dict(snakemake.output.items()),
+    n_resamples=snakemake.params.n_bootstrap,
+    seed=snakemake.params.seed,
+)

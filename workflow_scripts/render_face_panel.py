@@ -1,0 +1,15 @@
+"""Snakemake adapter: side-by-side face renderings of one test subject (report_figures)."""
+
+from defaceaudit.report_figures import write_face_panel
+from defaceaudit.workflow import run_step
+
+inputs = dict(snakemake.input.items())
+run_step(
+    snakemake.log[0],
+    write_face_panel,
+    subject=snakemake.wildcards.subject,
+    original=inputs["original"],
+    columns=snakemake.params.columns,
+    row_files=[v for k, v in inputs.items() if k.endswith("__rows")],
+    out_png=snakemake.output[0],
+)
