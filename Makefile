@@ -1,5 +1,6 @@
-# Two entry points (README): `make demo` runs the pipeline on the demo cohort, `make test` runs
-# the lint gates and the test suite. Both create .venv first, once (idempotent).
+# Two entry points (README): `make demo` runs the pipeline on the demo cohort and writes its
+# HTML report, `make test` runs the lint gates and the test suite. Both create .venv first,
+# once (idempotent).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,6 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --keep-going --printshellcmds
+	$(BIN)/snakemake --report results/report.html
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

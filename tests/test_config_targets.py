@@ -100,3 +100,27 @@ def test_targets_include_every_subject_and_defacer():
     assert "results/deface/fsl_deface/sub-ex01/anat/sub-ex01_desc-fsldeface_T1w.nii.gz" in targets
     deface = [t for t in targets if t.startswith("results/deface/") and "/sub-" in t]
     assert len(deface) == 4 * 2 * 5
+
+
+def test_metric_targets_cover_every_test_subject_and_defacer_row():
+    from defaceaudit import paths
+    from defaceaudit.defacers.plan import defacer_plan
+    from defaceaudit.metrics.plan import metric_plan
+
+    config = validate_config({"demo": {"n_train": 2, "n_internal_test": 1, "n_external_test": 1}})
+    cohort = load_cohort(config)
+    defacers = defacer_plan(config["deface"])
+    plan = metric_plan(defacers, config["metrics"])
+    targets = all_targets(cohort, defacers, plan, n_panel_subjects=1)
+    for subject in ("in01", "ex01"):
+        for defacer in ("quickshear", "facemask", "skullstrip"):
+            assert paths.face_metric_files(defacer, subject)["rows"] in targets
+        assert paths.face_panel_file(subject) in targets
+    assert not any("sub-tr01" in t for t in targets if t.startswith(paths.METRICS))
+    assert not any("avgface" in t for t in targets if t.startswith(paths.METRICS))
+    assert {paths.FACE_METRICS, paths.FACE_TABLES_HTML, *paths.FIGURE_FILES.values()} <= set(
+        targets
+    )
+    assert all_targets(cohort, defacers) == [
+        t for t in targets if not t.startswith((paths.METRICS, paths.FIGURES))
+    ]

@@ -67,6 +67,12 @@ def test_dry_run_default_config_has_a_job_per_subject(workdir):
     assert counts["write_demo_tables"] == 2
     for subject in ("tr01", "tr16", "in04", "ex04"):
         assert f"subject={subject}" in done.stdout
+    # face metrics: 8 test subjects x 3 face-removing defacers (avgface is a column, not a row)
+    assert counts["compute_face_metrics"] == 8 * 3
+    assert counts["align_face_to_template"] == 8
+    assert counts["render_face_panel"] == 4
+    for rule in ("aggregate_face_metrics", "reidentify_faces", "plot_face_figures"):
+        assert counts[rule] == 1
 
 
 def write_subject(folder: Path, name: str, kind: str = "good", seed: int = 0) -> tuple[Path, Path]:
@@ -172,6 +178,29 @@ def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(workdir):
         for subject in cohort["subject"]:
             for path in paths.defaced_files(defacer, subject).values():
                 assert (workdir / path).stat().st_size > 0, path
+
+    # face metrics of every test subject x face-removing defacer x image type, with tables
+    metrics = pd.read_csv(results / "metrics" / "face_metrics.tsv", sep="\t", na_values="n/a")
+    assert len(metrics) == 2 * 3 * 2  # in01, ex01 x quickshear, facemask, skullstrip x 2 types
+    assert set(metrics["image_type"]) == {"defaced", "population_average"}
+    assert metrics[["masd_mm", "ssim_head", "psnr_head_db"]].notna().all().all()
+    defaced = metrics[metrics["image_type"] == "defaced"].set_index(["subject", "defacer"])
+    average = metrics[metrics["image_type"] == "population_average"].set_index(
+        ["subject", "defacer"]
+    )
+    assert (defaced["masd_mm"] > average["masd_mm"]).all()  # a removed face is further away
+    for name in paths.FACE_TABLE_NAMES:
+        assert "Internal (N=1)" in (results / "metrics" / f"{name}.md").read_text()
+    reid = pd.read_csv(results / "metrics" / "reidentification.tsv", sep="\t")
+    assert set(reid["image"]) == {"quickshear", "facemask", "skullstrip", "avgface"}
+    assert (reid["chance_rank1"] == 0.5).all()
+    for figure in paths.FIGURE_FILES.values():
+        assert (workdir / figure).stat().st_size > 10_000, figure
+    for subject in ("in01", "ex01"):
+        assert (workdir / paths.face_panel_file(subject)).stat().st_size > 10_000
+    report = run_snakemake(workdir, "--report", "results/report.html", config=config)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (results / "report.html").stat().st_size > 100_000
 
     # the same seed gives the same images
     before = nib.load(results / "demo/bids/internal/sub-tr01/anat/sub-tr01_T1w.nii.gz").get_fdata()

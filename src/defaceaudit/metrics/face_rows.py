@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from defaceaudit.errors import ImageError
+from defaceaudit.face_tables import FACE_METRIC_COLUMNS
 from defaceaudit.masks import head_mask
 from defaceaudit.metrics.plan import IMAGE_TYPES
 from defaceaudit.metrics.similarity import similarity
@@ -37,20 +38,7 @@ from defaceaudit.tables import write_tsv
 log = logging.getLogger(__name__)
 
 #: columns of a metric row, in order (the per-job TSVs and results/metrics/face_metrics.tsv)
-COLUMNS = (
-    "subject",
-    "test_set",
-    "defacer",
-    "image_type",
-    "image",
-    "masd_mm",
-    "masd_symmetric_mm",
-    "ssim_head",
-    "psnr_head_db",
-    "ssim_face",
-    "psnr_face_db",
-    "n_face_voxels",
-)
+COLUMNS = FACE_METRIC_COLUMNS
 
 
 def face_area(

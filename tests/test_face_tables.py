@@ -1,0 +1,285 @@
+"""Tables 1-3 from a small seeded synthetic face-metric table."""
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from defaceaudit import face_tables, tables
+from defaceaudit.face_tables import (
+    FACE_METRIC_COLUMNS,
+    TABLE_NAMES,
+    format_p,
+    paired_tests,
+    paper_tables,
+    read_face_metrics,
+    summarise,
+    write_face_tables,
+)
+from defaceaudit.stats import bootstrap_mean_ci, wilcoxon_paired
+
+N_RESAMPLES = 200  # fast; the statistics are tested in test_stats.py
+#: typical values per image type: MASD (mm), PSNR head / face (dB), SSIM head / face
+LEVELS = {
+    "defaced": (4.0, 15.0, 5.0, 0.90, 0.01),
+    "population_average": (0.8, 20.0, 12.0, 0.90, 0.30),
+    "dpm_refaced": (0.6, 22.0, 11.5, 0.93, 0.20),
+}
+DEFACERS = ("quickshear", "pydeface")
+
+
+def _image_name(image_type, defacer):
+    return {"defaced": defacer, "population_average": "avgface"}.get(image_type, f"dpm_{defacer}")
+
+
+def face_rows(image_types=("defaced", "population_average"), n_internal=4, n_external=6, seed=0):
+    """One row per subject x defacer x image type, metrics around LEVELS with seeded noise."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for test_set, n in (("external_test", n_external), ("internal_test", n_internal)):
+        for s in range(n):
+            for defacer in DEFACERS:
+                for image_type in image_types:
+                    masd, psnr_h, psnr_f, ssim_h, ssim_f = LEVELS[image_type]
+                    masd = masd + rng.normal(0, 0.2)
+                    records.append(
+                        {
+                            "subject": f"{test_set[:3]}{s:02d}",
+                            "test_set": test_set,
+                            "defacer": defacer,
+                            "image_type": image_type,
+                            "image": _image_name(image_type, defacer),
+                            "masd_mm": masd,
+                            "masd_symmetric_mm": masd * 1.1 + rng.normal(0, 0.05),
+                            "ssim_head": ssim_h + rng.normal(0, 0.01),
+                            "psnr_head_db": psnr_h + rng.normal(0, 0.5),
+                            "ssim_face": ssim_f + rng.normal(0, 0.01),
+                            "psnr_face_db": psnr_f + rng.normal(0, 0.5),
+                            "n_face_voxels": int(rng.integers(1000, 2000)),
+                        }
+                    )
+    return pd.DataFrame.from_records(records, columns=list(FACE_METRIC_COLUMNS))
+
+
+def _all_tables(rows):
+    summary = summarise(rows, n_resamples=N_RESAMPLES)
+    return summary, paired_tests(rows), paper_tables(summary, paired_tests(rows))
+
+
+def test_table_shapes_headers_and_order():
+    _, _, out = _all_tables(face_rows())
+    assert list(out) == list(TABLE_NAMES)
+    assert list(out["table1_masd"].columns) == [
+        "Testing set",
+        "Defaced by",
+        "Defaced",
+        "Refaced with a population average",
+        "Refaced with DPMs",
+        "p: population average vs DPMs",
+        "p: defaced vs population average",
+        "p: defaced vs DPMs",
+    ]
+    assert list(out["table2_psnr"].columns[2:]) == [
+        f"{region}: {kind}"
+        for region in ("Whole head", "Face (M5)")
+        for kind in ("defaced", "population average", "DPMs-refaced")
+    ]
+    for table in out.values():
+        assert table.shape[0] == 4
+        # internal before external (paper order), defacers alphabetically
+        assert table["Testing set"].tolist() == ["Internal (N=4)"] * 2 + ["External (N=6)"] * 2
+        assert table["Defaced by"].tolist() == ["pydeface", "quickshear"] * 2
+
+
+def test_missing_dpm_rows_give_na_cells():
+    _, _, out = _all_tables(face_rows())
+    t1 = out["table1_masd"]
+    assert (t1["Refaced with DPMs"] == "n/a").all()
+    assert (t1["p: population average vs DPMs"] == "n/a").all()
+    assert (t1["p: defaced vs DPMs"] == "n/a").all()
+    assert (t1["p: defaced vs population average"] != "n/a").all()
+    assert (out["table3_ssim"]["Face (M5): DPMs-refaced"] == "n/a").all()
+    assert t1["Defaced"].str.fullmatch(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]").all()
+    assert out["table3_ssim"]["Whole head: defaced"].str.fullmatch(r"0\.\d{3} \[.*\]").all()
+
+
+def test_population_average_only_and_defaced_only():
+    _, tests, out = _all_tables(face_rows(image_types=("defaced",)))
+    assert tests.empty
+    assert (out["table1_masd"]["Refaced with a population average"] == "n/a").all()
+    assert (out["table1_masd"]["p: defaced vs population average"] == "n/a").all()
+
+
+def test_summary_cells_are_bootstrap_means():
+    rows = face_rows()
+    summary = summarise(rows, n_resamples=N_RESAMPLES, seed=3)
+    cell = summary.query(
+        "test_set == 'internal_test' and defacer == 'quickshear' and metric == 'masd_mm' "
+        "and image_type == 'defaced'"
+    ).iloc[0]
+    values = rows.query(
+        "test_set == 'internal_test' and defacer == 'quickshear' and image_type == 'defaced'"
+    )["masd_mm"]
+    expected = bootstrap_mean_ci(values, n_resamples=N_RESAMPLES, seed=3)
+    assert (cell["n"], cell["mean"], cell["ci_low"], cell["ci_high"]) == (
+        expected["n"],
+        expected["mean"],
+        expected["ci_low"],
+        expected["ci_high"],
+    )
+    assert cell["image"] == "quickshear"
+    # 2 test sets x 2 defacers x 6 metrics x 2 image types
+    assert len(summary) == 48
+
+
+def test_p_values_equal_wilcoxon_on_the_same_pairs():
+    rows = face_rows(image_types=tuple(LEVELS))
+    # drop one subject's DPM image: the pair test must use only subjects with both images
+    rows = rows.drop(
+        rows.index[(rows["subject"] == "ext03") & (rows["image_type"] == "dpm_refaced")]
+    )
+    summary, tests, out = _all_tables(rows)
+    for (test_set, defacer), block in rows.groupby(["test_set", "defacer"]):
+        wide = block.pivot(index="subject", columns="image_type", values="masd_mm").dropna()
+        expected = wilcoxon_paired(wide["population_average"], wide["dpm_refaced"])
+        row = tests.query(
+            "test_set == @test_set and defacer == @defacer and metric == 'masd_mm' "
+            "and image_a == 'population_average' and image_b == 'dpm_refaced'"
+        ).iloc[0]
+        assert row["n"] == expected["n"] == len(wide)
+        assert row["p_value"] == expected["p_value"]
+        assert row["statistic"] == expected["statistic"]
+        label = out["table1_masd"]
+        cell = label.loc[
+            label["Testing set"].str.startswith("Internal" if test_set == "internal_test" else "E")
+            & (label["Defaced by"] == defacer),
+            "p: population average vs DPMs",
+        ].item()
+        assert cell == format_p(expected["p_value"])
+    assert set(tests["method"]) == {"exact"}
+    assert tests.query("test_set == 'external_test'")["n"].min() == 5
+
+
+def test_format_p():
+    assert format_p(0.0261) == "0.026"
+    assert format_p(3.14e-5) == "3.1e-05"
+    assert format_p(1.0) == "1.000"
+    assert format_p(float("nan")) == "n/a"
+    assert format_p(0.0) == "<1e-300"
+    assert "<<" not in format_p(1e-12)
+
+
+def test_infinite_psnr_is_excluded_and_counted():
+    rows = face_rows(image_types=tuple(LEVELS))
+    hit = (rows["subject"] == "int01") & (rows["defacer"] == "pydeface")
+    rows.loc[hit & (rows["image_type"] == "dpm_refaced"), "psnr_head_db"] = np.inf
+    rows.loc[hit & (rows["image_type"] == "population_average"), "psnr_head_db"] = np.inf
+    summary, tests, out = _all_tables(rows)
+    cell = summary.query(
+        "test_set == 'internal_test' and defacer == 'pydeface' and metric == 'psnr_head_db' "
+        "and image_type == 'dpm_refaced'"
+    ).iloc[0]
+    assert (cell["n"], cell["n_infinite"], cell["n_missing"]) == (3, 1, 0)
+    assert np.isfinite([cell["mean"], cell["ci_low"], cell["ci_high"]]).all()
+    assert out["table2_psnr"]["Testing set"].iloc[0] == "Internal (N=4)"
+    assert "inf" not in " ".join(out["table2_psnr"].iloc[:, 2:].to_numpy().ravel())
+    test = tests.query(
+        "test_set == 'internal_test' and defacer == 'pydeface' and metric == 'psnr_head_db' "
+        "and image_a == 'population_average' and image_b == 'dpm_refaced'"
+    ).iloc[0]
+    assert (test["n"], test["n_nonzero"]) == (4, 3)  # inf vs inf is a tie
+    markdown = face_tables.table_markdown("table2_psnr", out["table2_psnr"], summary, tests)
+    assert "(2 in this table" in markdown
+
+
+def _out_paths(folder: Path) -> dict[str, str]:
+    out = {"summary": str(folder / "summary.tsv"), "tests": str(folder / "tests.tsv")}
+    for name in TABLE_NAMES:
+        out[name] = str(folder / f"{name}.tsv")
+        out[f"{name}_md"] = str(folder / f"{name}.md")
+    return out
+
+
+def test_write_face_tables_writes_atomically(tmp_path, monkeypatch):
+    out = _out_paths(tmp_path / "tables")
+    Path(out["table1_masd_md"]).parent.mkdir()
+    Path(out["table1_masd_md"]).write_text("old\n")
+    seen = {}
+
+    @contextmanager
+    def spy(path):
+        with tables.atomic_path(path) as tmp:
+            yield tmp
+            # the content went to a temporary file; the target is untouched until the rename
+            seen[str(path)] = (
+                Path(tmp).name,
+                Path(path).read_text() if Path(path).exists() else None,
+            )
+
+    monkeypatch.setattr(face_tables, "atomic_path", spy)
+    written = write_face_tables(face_rows(), out, n_resamples=N_RESAMPLES, seed=1)
+    md_paths = [out[f"{n}_md"] for n in TABLE_NAMES]
+    assert sorted(seen) == sorted(md_paths)
+    assert seen[out["table1_masd_md"]][1] == "old\n"
+    assert all(name.startswith(".") and ".tmp-" in name for name, _ in seen.values())
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == sorted(
+        Path(p).name for p in out.values()
+    )
+    text = Path(out["table1_masd_md"]).read_text().splitlines()
+    assert text[0].startswith("Table 1. Mean absolute surface distance (mm)")
+    assert "other -> original" in text[0]
+    body = "\n".join(text)
+    assert "| Testing set" in body and "Internal (N=4)" in body
+    assert f"n={N_RESAMPLES} resamples" in body and "Wilcoxon signed-rank" in body
+    assert "avgface" in body
+    # formatted cells are written verbatim (tabulate would print 0.125 p-values as numbers)
+    p_cells = written["table1_masd"]["p: defaced vs population average"]
+    assert all(f"| {p} " in body for p in p_cells)
+    assert "Face (M5): the intersection" in Path(out["table3_ssim_md"]).read_text()
+    tsv = pd.read_csv(out["table1_masd"], sep="\t", keep_default_na=False, dtype=str)
+    pd.testing.assert_frame_equal(tsv, written["table1_masd"])
+    summary = pd.read_csv(out["summary"], sep="\t")
+    assert list(summary.columns[:4]) == ["test_set", "defacer", "metric", "image_type"]
+
+
+def test_write_face_tables_checks_output_keys(tmp_path):
+    with pytest.raises(ValueError, match="missing keys"):
+        write_face_tables(face_rows(), {"summary": str(tmp_path / "s.tsv")})
+    with pytest.raises(ValueError, match="unknown keys"):
+        out = _out_paths(tmp_path) | {"table4": str(tmp_path / "t4.tsv")}
+        write_face_tables(face_rows(), out)
+
+
+def test_read_face_metrics_round_trip(tmp_path):
+    rows = face_rows(image_types=("defaced", "population_average"))
+    rows.loc[0, "masd_mm"] = np.nan
+    rows.loc[1, "psnr_head_db"] = np.inf
+    half = len(rows) // 2
+    paths = [tmp_path / "a.tsv", tmp_path / "b.tsv"]
+    tables.write_tsv(rows.iloc[:half], paths[0])
+    tables.write_tsv(rows.iloc[half:], paths[1])
+    assert "n/a" in paths[0].read_text()
+    back = read_face_metrics(paths)
+    assert list(back.columns) == list(FACE_METRIC_COLUMNS)
+    assert back["subject"].iloc[0] == "ext00"
+    assert np.isnan(back.loc[0, "masd_mm"]) and np.isinf(back.loc[1, "psnr_head_db"])
+    np.testing.assert_array_equal(back["masd_mm"].to_numpy(), rows["masd_mm"].to_numpy())
+    assert list(read_face_metrics([]).columns) == list(FACE_METRIC_COLUMNS)
+
+
+def test_bad_input_is_rejected():
+    rows = face_rows()
+    with pytest.raises(ValueError, match="more than one"):
+        summarise(pd.concat([rows, rows.iloc[:1]]))
+    with pytest.raises(ValueError, match="ssim_face"):
+        paired_tests(rows.drop(columns="ssim_face"))
+
+
+def test_empty_input_gives_empty_tables():
+    rows = face_rows().iloc[:0]
+    _, tests, out = _all_tables(rows)
+    assert tests.empty
+    assert all(t.empty for t in out.values())
+    assert "Refaced with DPMs" in out["table1_masd"].columns
