@@ -38,7 +38,5 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        all_targets(
-            COHORT, DEFACERS, METRIC_PLAN, config["metrics"]["face_panel_subjects"]
-        ),
+        all_targets(COHORT, DEFACERS, METRIC_PLAN, config["metrics"]["face_panel_subjects"]),
     localrule: True

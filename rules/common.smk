@@ -7,6 +7,7 @@ from defaceaudit.demo.synth import synth_config
 from defaceaudit.errors import DefaceAuditError
 from defaceaudit.inputs import cohort_frame
 from defaceaudit.metrics import jobs as metric_jobs
+from defaceaudit.metrics.aggregate import aggregate_available_rows
 from defaceaudit.metrics.plan import metric_plan
 from defaceaudit.qc_report import write_qc_tables
 from defaceaudit.targets import all_targets, prepared_files
@@ -237,3 +238,22 @@ def face_panel_inputs(wildcards):
 
 def face_panel_columns(wildcards):
     return metric_jobs.face_panel_columns(METRIC_PLAN, wildcards.subject)
+
+
+def on_failure():
+    """The QC table with each failed deface job and its error, and the face tables of the rows
+    that exist, marked PARTIAL (see README, 'Face metrics')."""
+    if DEFACERS:
+        write_qc_tables(
+            expected_qc_records(), paths.QC_TABLE, paths.QC_SUMMARY, paths.QC_SUMMARY_MD
+        )
+        print(f"QC table with the failed jobs: {paths.QC_TABLE}")
+    missing = aggregate_available_rows(
+        face_metric_rows(None),
+        paths.FACE_METRICS,
+        paths.FACE_TABLES,
+        n_resamples=config["metrics"]["n_bootstrap"],
+        seed=config["metrics"]["seed"],
+    )
+    if missing:
+        print(f"PARTIAL face tables ({len(missing)} jobs missing): {paths.FACE_METRICS}")

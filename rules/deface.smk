@@ -95,13 +95,3 @@ rule write_qc_table:
         expected=expected_qc_records,
     script:
         "../workflow_scripts/write_qc_table.py"
-
-
-onerror:
-    # With --keep-going a failed defacer job leaves no QC record and write_qc_table cannot run:
-    # write the table anyway, listing each failed job with its one-line error.
-    if DEFACERS:
-        write_qc_tables(
-            expected_qc_records(), paths.QC_TABLE, paths.QC_SUMMARY, paths.QC_SUMMARY_MD
-        )
-        print(f"QC table with the failed jobs: {paths.QC_TABLE}")

@@ -13,13 +13,13 @@ rule align_face_to_template:
         log_file("align_face_to_template"),
     benchmark:
         benchmark_file("align_face_to_template")
-    params:
-        seed=config["metrics"]["seed"],
     conda:
         "../envs/defaceaudit.yaml"
     resources:
         mem_mb=3000,
         runtime=20,
+    params:
+        seed=config["metrics"]["seed"],
     script:
         "../workflow_scripts/align_face_to_template.py"
 
@@ -35,14 +35,14 @@ rule compute_face_metrics:
         benchmark_file("compute_face_metrics", "{defacer}_{subject}_{desc}")
     wildcard_constraints:
         defacer=metric_defacer_pattern(),
-    params:
-        images=face_metric_images,
-        test_set=subject_split,
     conda:
         "../envs/defaceaudit.yaml"
     resources:
         mem_mb=6000,
         runtime=20,
+    params:
+        images=face_metric_images,
+        test_set=subject_split,
     script:
         "../workflow_scripts/compute_face_metrics.py"
 
@@ -51,16 +51,16 @@ rule aggregate_face_metrics:
     input:
         rows=face_metric_rows,
     output:
-        rows=paths.FACE_METRICS,
         **paths.FACE_TABLES,
+        rows=paths.FACE_METRICS,
     log:
         log_file("aggregate_face_metrics", "all"),
-    params:
-        n_bootstrap=config["metrics"]["n_bootstrap"],
-        seed=config["metrics"]["seed"],
     localrule: True
     conda:
         "../envs/defaceaudit.yaml"
+    params:
+        n_bootstrap=config["metrics"]["n_bootstrap"],
+        seed=config["metrics"]["seed"],
     script:
         "../workflow_scripts/aggregate_face_metrics.py"
 
@@ -74,15 +74,15 @@ rule reidentify_faces:
         log_file("reidentify_faces", "all"),
     benchmark:
         benchmark_file("reidentify_faces", "all")
-    params:
-        gallery=reidentification_gallery,
-        probes=reidentification_probe_list,
-        n_bootstrap=config["metrics"]["n_bootstrap"],
-        seed=config["metrics"]["seed"],
     conda:
         "../envs/defaceaudit.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        gallery=reidentification_gallery,
+        probes=reidentification_probe_list,
+        n_bootstrap=config["metrics"]["n_bootstrap"],
+        seed=config["metrics"]["seed"],
     script:
         "../workflow_scripts/reidentify_faces.py"

@@ -45,13 +45,13 @@ rule render_face_panel:
         ),
     log:
         log_file("render_face_panel"),
-    params:
-        columns=face_panel_columns,
     conda:
         "../envs/defaceaudit.yaml"
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        columns=face_panel_columns,
     script:
         "../workflow_scripts/render_face_panel.py"
 
@@ -70,3 +70,9 @@ rule write_tables_page:
         "../envs/defaceaudit.yaml"
     script:
         "../workflow_scripts/write_tables_page.py"
+
+
+onerror:
+    # With --keep-going a failed job leaves the aggregates without some inputs, so their rules
+    # cannot run: write what the finished jobs allow, each table saying what it lacks.
+    on_failure()

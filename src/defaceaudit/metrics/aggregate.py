@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+from pathlib import Path
 
 import pandas as pd
 
@@ -38,6 +39,38 @@ def aggregate_face_metrics(
     write_tsv(rows, out_rows)
     write_face_tables(rows, out_tables, n_resamples=n_resamples, seed=seed)
     return rows
+
+
+def aggregate_available_rows(
+    row_files: list[str | os.PathLike],
+    out_rows: str | os.PathLike,
+    out_tables: dict[str, str | os.PathLike],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> list[str]:
+    """After a run with failed jobs (``--keep-going``): the tables of the rows that exist, each
+    Markdown table marked PARTIAL with the row files it lacks. Returns the missing files (nothing
+    is written when no row file exists). The next run rebuilds complete tables once the failed
+    jobs succeed, because their row files are then newer than these tables.
+    """
+    present = [f for f in row_files if Path(f).exists()]
+    missing = [str(f) for f in row_files if not Path(f).exists()]
+    if not present or not missing:
+        return missing
+    aggregate_face_metrics(present, out_rows, out_tables, n_resamples=n_resamples, seed=seed)
+    note = (
+        f"\nPARTIAL: {len(missing)} of {len(row_files)} subject x defacer jobs have no rows "
+        f"(failed or not run; see results/logs/compute_face_metrics/ and the QC table): "
+        + ", ".join(Path(m).name for m in missing)
+        + "\n"
+    )
+    for key, path in out_tables.items():
+        if key.endswith("_md"):
+            text = Path(path).read_text(encoding="utf-8")
+            with atomic_path(path) as tmp:
+                tmp.write_text(text + note, encoding="utf-8")
+    return missing
 
 
 def write_tables_page(
