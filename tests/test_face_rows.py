@@ -203,3 +203,38 @@ def test_metric_plan_takes_the_population_average_refacer_as_a_column():
     assert metric_plan(both, {"population_average": "none"}).population_average is None
     with pytest.raises(InputError, match="metrics.population_average: mri_reface"):
         metric_plan({"quickshear": "native"}, {"population_average": "mri_reface"})
+
+
+def test_partial_tables_after_failed_jobs_say_what_they_lack(tmp_path):
+    from defaceaudit import paths
+    from defaceaudit.metrics.aggregate import aggregate_available_rows
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(4):
+        rows = pd.DataFrame(
+            [
+                {
+                    "subject": f"s{i}",
+                    "test_set": "internal_test",
+                    "defacer": "cutter",
+                    "image_type": kind,
+                    "image": image,
+                    **{c: rng.random() for c in COLUMNS[5:-1]},
+                    "n_face_voxels": 10,
+                }
+                for kind, image in (("defaced", "cutter"), ("population_average", "avgface"))
+            ],
+            columns=list(COLUMNS),
+        )
+        files.append(tmp_path / f"s{i}.tsv")
+        if i < 3:  # the fourth job failed
+            rows.to_csv(files[-1], sep="\t", index=False)
+    out = {k: tmp_path / "tables" / v.rsplit("/", 1)[1] for k, v in paths.FACE_TABLES.items()}
+    missing = aggregate_available_rows(files, tmp_path / "rows.tsv", out, n_resamples=100)
+    assert missing == [str(files[3])]
+    assert len(pd.read_csv(tmp_path / "rows.tsv", sep="\t")) == 6
+    table1 = out["table1_masd_md"].read_text()
+    assert "Internal (N=3)" in table1 and "PARTIAL: 1 of 4" in table1 and "s3.tsv" in table1
+    assert aggregate_available_rows(files[:3], tmp_path / "again.tsv", out) == []
+    assert not (tmp_path / "again.tsv").exists()  # complete: the rule itself writes the tables
