@@ -43,6 +43,7 @@ rule compute_face_metrics:
     params:
         images=face_metric_images,
         test_set=subject_split,
+        seed=config["metrics"]["seed"],
     script:
         "../workflow_scripts/compute_face_metrics.py"
 

@@ -76,7 +76,7 @@ def test_rows_of_one_subject_have_the_paper_columns_and_sane_values(tmp_path):
         "cutter",
         {"t1w": files["t1w"], "head_mask": files["head"]},
         _images(files),
-        transform=files["transform"],
+        template=files["t1w"],
         out_rows=out,
         out_faces=faces,
     )

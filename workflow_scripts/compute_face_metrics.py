@@ -11,7 +11,8 @@ run_step(
     defacer=snakemake.wildcards.defacer,
     prepared={"t1w": snakemake.input.t1w, "head_mask": snakemake.input.head_mask},
     images=snakemake.params.images,
-    transform=snakemake.input.transform,
+    template=snakemake.input.template,
     out_rows=snakemake.output.rows,
     out_faces=snakemake.output.faces,
+    seed=snakemake.params.seed,
 )

@@ -52,7 +52,7 @@ __all__ = [
 IMAGE_TYPE_LABELS = {
     "original": "original",
     "defaced": "defaced",
-    "population_average": "population average (mri_reface)",
+    "population_average": "population average",
     "dpm_refaced": "DPM-refaced",
 }
 #: Test sets in plotting order, with their panel labels.

@@ -17,10 +17,8 @@ Arrays are ``[X, Y, Z]`` on the original's RAS grid; distances in mm, PSNR in dB
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,7 +29,13 @@ from defaceaudit.masks import head_mask
 from defaceaudit.metrics.plan import IMAGE_TYPES
 from defaceaudit.metrics.similarity import similarity
 from defaceaudit.metrics.surface import FaceCrop, face_vertices, masd_from_vertices
-from defaceaudit.metrics.template_space import apply_transform, save_faces, to_world
+from defaceaudit.metrics.template_space import (
+    apply_transform,
+    load_template,
+    register_to_template,
+    save_faces,
+    to_world,
+)
 from defaceaudit.nifti import load_mask, load_t1w, to_ras, voxel_sizes_mm
 from defaceaudit.tables import write_tsv
 
@@ -55,15 +59,16 @@ def face_area(
     return area
 
 
-def _load_on_grid(path: str | os.PathLike, reference, reference_path) -> np.ndarray:
-    """Voxels ``[X, Y, Z]`` float32 of ``path``, refused unless on ``reference``'s grid."""
+def _load_on_grid(path: str | os.PathLike, reference, reference_path):
+    """The image (RAS) at ``path`` and its voxels ``[X, Y, Z]`` float32, refused unless on
+    ``reference``'s grid."""
     img = to_ras(load_t1w(path))
     if img.shape != reference.shape or not np.allclose(img.affine, reference.affine, atol=1e-3):
         raise ImageError(
             f"{path}: grid {img.shape} differs from {reference.shape} of the original "
             f"{reference_path}"
         )
-    return np.asarray(img.dataobj, dtype=np.float32)
+    return img, np.asarray(img.dataobj, dtype=np.float32)
 
 
 def measure_face_metrics(
@@ -72,9 +77,10 @@ def measure_face_metrics(
     defacer: str,
     prepared: dict,
     images: dict[str, dict],
-    transform: str | os.PathLike | None = None,
+    template: str | os.PathLike | None = None,
     out_rows: str | os.PathLike | None = None,
     out_faces: str | os.PathLike | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Rows of one subject and defacer; written to ``out_rows`` (TSV) when given.
 
@@ -83,8 +89,10 @@ def measure_face_metrics(
         images: ``image_type -> {"image": name, "t1w": path, "removed": path}`` for the image
             types present (``defaced`` is required and its ``removed`` is M1;
             ``population_average``'s ``removed`` is M2).
-        transform: JSON from :func:`~defaceaudit.metrics.template_space.align_to_template`; with
-            ``out_faces``, the face vertices of every image go there in template world (npz).
+        template: the template head; with ``out_faces``, every image is registered rigidly to
+            it on its own, as an attacker would (the defaced head, not the original, drives its
+            registration), and its face vertices go to ``out_faces`` in template world (npz).
+        seed: seed of those registrations.
     Returns a DataFrame with :data:`COLUMNS`, one row per image type, in paper order.
     """
     if "defaced" not in images:
@@ -98,9 +106,9 @@ def measure_face_metrics(
     crop = FaceCrop.from_head(original_head)
     original_faces = face_vertices(original_head, crop, spacing)
 
-    data, heads, faces = {}, {}, {}
+    loaded, data, heads, faces = {}, {}, {}, {}
     for kind, entry in images.items():
-        data[kind] = _load_on_grid(entry["t1w"], original_img, prepared["t1w"])
+        loaded[kind], data[kind] = _load_on_grid(entry["t1w"], original_img, prepared["t1w"])
         try:
             heads[kind] = head_mask(data[kind], spacing)
         except ValueError as err:
@@ -147,14 +155,14 @@ def measure_face_metrics(
         )
         log.info("%s / %s / %s: %s", subject, defacer, kind, rows[-1])
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    if out_faces is not None and transform is not None:
-        matrix = np.asarray(json.loads(Path(transform).read_text())["subject_to_template_ras_mm"])
-        world = {
-            f"{kind}__{images[kind]['image']}": apply_transform(
+    if out_faces is not None and template is not None:
+        reference = load_template(template, spacing)
+        world = {}
+        for kind, verts in faces.items():
+            matrix = register_to_template(loaded[kind], reference, seed=seed)
+            world[f"{kind}__{images[kind]['image']}"] = apply_transform(
                 to_world(verts, spacing, original_img.affine), matrix
             )
-            for kind, verts in faces.items()
-        }
         save_faces(out_faces, world, subject=subject, defacer=defacer)
     if out_rows is not None:
         write_tsv(frame, out_rows)

@@ -37,7 +37,7 @@ def face_metric_inputs(plan: MetricPlan, defacer: str, subject: str) -> dict[str
     for kind, entry in compared_images(plan, defacer, subject).items():
         files[f"{kind}_t1w"] = entry["t1w"]
         files[f"{kind}_removed"] = entry["removed"]
-    files["transform"] = paths.template_alignment_files(subject)["transform"]
+    files["template"] = paths.FACE_TEMPLATE["template"]
     return files
 
 

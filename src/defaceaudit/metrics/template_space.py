@@ -4,9 +4,10 @@ MASD (paper section 2.3) compares two images of ONE subject on one grid. To rank
 subject's original face against an image of another subject, the faces must share a frame: each
 test subject's original is registered rigidly (rotation and translation, so head size and shape
 stay what identifies it) to a template head, and face vertices are carried into template world
-(RAS, mm). Defaced and refaced images of a subject lie on its original's grid and in the same
-position (defacing moves nothing), so they use that subject's transform; an attacker would get
-the same transform by registering on the brain, which defacing leaves in place.
+(RAS, mm). Each defaced or refaced image is registered to the template ON ITS OWN, as an attacker
+would do without the original (what is left of the head drives its registration); reusing the
+original's transform would align the intact part of the face perfectly with its own original and
+inflate re-identification.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
+import nibabel as nib
 import numpy as np
 
 from defaceaudit.metrics.surface import FaceCrop, face_vertices
@@ -56,6 +58,24 @@ def load_faces(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k[len("vertices_") :]: data[k] for k in data.files if k.startswith("vertices_")}
 
 
+def load_template(path: str | os.PathLike, spacing_mm) -> nib.Nifti1Image:
+    """The template head (RAS), anti-aliased down to the subject's voxel size ``spacing_mm``
+    (never finer than :data:`TEMPLATE_VOXEL_MM`).
+
+    ITK builds a pyramid of the moving image too, so a template much finer than the subject
+    costs time without adding accuracy.
+    """
+    return downsample(to_ras(load_t1w(path)), max(TEMPLATE_VOXEL_MM, *spacing_mm))
+
+
+def register_to_template(
+    img: nib.Nifti1Image, template: nib.Nifti1Image, seed: int = 0
+) -> np.ndarray:
+    """Rigid transform (4x4, RAS mm) from ``img``'s world to ``template``'s world: fixed = the
+    image, moving = the template (:func:`defaceaudit.register.rigid_register`)."""
+    return rigid_register(img, template, seed=seed)
+
+
 def align_to_template(
     t1w: str | os.PathLike,
     head_mask: str | os.PathLike,
@@ -76,11 +96,7 @@ def align_to_template(
     img = to_ras(load_t1w(t1w))
     head = load_mask(head_mask, img, canonical=True, reference_name=t1w)
     spacing = voxel_sizes_mm(img.affine)
-    # The template is 1 mm; ITK builds a pyramid of the moving image too, so a template much finer
-    # than the subject costs time without adding accuracy: anti-aliased down to the subject's
-    # voxel size (never finer than TEMPLATE_VOXEL_MM).
-    reference = downsample(to_ras(load_t1w(template)), max(TEMPLATE_VOXEL_MM, max(spacing)))
-    transform = rigid_register(img, reference, seed=seed)
+    transform = register_to_template(img, load_template(template, spacing), seed=seed)
     verts = face_vertices(head, FaceCrop.from_head(head), spacing)
     world = apply_transform(to_world(verts, spacing, img.affine), transform)
     save_faces(out_faces, {"original": world}, subject=str(t1w))
