@@ -5,7 +5,7 @@ from snakemake.utils import min_version, validate
 from defaceaudit.config import schema_path
 from defaceaudit.inputs import SUBJECT_PATTERN
 from defaceaudit.demo.sources import BASE_HEADS
-from defaceaudit.paths import DEMO_DATASETS
+from defaceaudit.paths import DEMO_DATASETS, REFACE_MODELS
 
 min_version("9.19")
 
@@ -24,6 +24,7 @@ wildcard_constraints:
     base="|".join(BASE_HEADS),
     dataset="|".join(DEMO_DATASETS),
     desc="[A-Za-z0-9]+",
+    model="|".join(REFACE_MODELS),
 
 
 include: "rules/common.smk"
@@ -31,6 +32,7 @@ include: "rules/cohort.smk"
 include: "rules/prepare.smk"
 include: "rules/deface.smk"
 include: "rules/deface_containers.smk"
+include: "rules/refacing.smk"
 include: "rules/metrics.smk"
 include: "rules/report.smk"
 

@@ -4,6 +4,7 @@ from defaceaudit.cohort import load_cohort
 from defaceaudit.defacers import containers
 from defaceaudit.defacers.plan import defacer_plan, with_backend
 from defaceaudit.demo.synth import synth_config
+from defaceaudit.diffusion import jobs as reface_jobs
 from defaceaudit.errors import DefaceAuditError
 from defaceaudit.inputs import cohort_frame
 from defaceaudit.metrics import jobs as metric_jobs
@@ -190,7 +191,7 @@ def container_params(wildcards):
 
 # Face metrics: which defacers give table rows and which fills the population-average column.
 try:
-    METRIC_PLAN = metric_plan(DEFACERS, config["metrics"])
+    METRIC_PLAN = metric_plan(DEFACERS, config["metrics"], config["reface"]["enabled"])
 except DefaceAuditError as err:
     raise WorkflowError(str(err)) from None
 
@@ -257,3 +258,11 @@ def on_failure():
     )
     if missing:
         print(f"PARTIAL face tables ({len(missing)} jobs missing): {paths.FACE_METRICS}")
+
+
+def reface_training_inputs(wildcards):
+    return reface_jobs.training_pairs(COHORT, METRIC_PLAN, wildcards.model)
+
+
+def reface_sample_inputs(wildcards):
+    return reface_jobs.sample_inputs(wildcards.defacer, wildcards.subject)

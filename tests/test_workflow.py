@@ -23,6 +23,12 @@ from defaceaudit.masks import face_volume_ml
 pytestmark = pytest.mark.workflow
 
 WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "envs", "config.yaml")
+#: refacing settings of the tiny real runs: the demo's networks, few steps (plumbing only)
+FAST_REFACE = {
+    "stage1": {"training": {"steps": 6, "checkpoint_every": 3, "log_every": 3}},
+    "stage2": {"training": {"steps": 6, "checkpoint_every": 3, "log_every": 3}},
+    "sampling": {"steps": 2},
+}
 BIN = Path(sys.executable).parent
 
 
@@ -71,6 +77,9 @@ def test_dry_run_default_config_has_a_job_per_subject(workdir):
     assert counts["compute_face_metrics"] == 8 * 3
     assert counts["align_face_to_template"] == 8
     assert counts["render_face_panel"] == 4
+    # refacing: two model pairs (face, skull-stripped), every test subject x row defacer
+    assert counts["train_stage1"] == counts["train_stage2"] == 2
+    assert counts["sample_refaced"] == 8 * 3
     for rule in ("aggregate_face_metrics", "reidentify_faces", "plot_face_figures"):
         assert counts[rule] == 1
 
@@ -141,6 +150,7 @@ def test_bad_images_fail_alone_with_keep_going(workdir):
 def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(workdir):
     config = {"demo": {"n_train": 2, "n_internal_test": 1, "n_external_test": 1}}
     config["demo"]["voxel_size_mm"] = 4.0
+    config["reface"] = FAST_REFACE
     done = run_snakemake(workdir, "--cores", "2", config=config)
     assert done.returncode == 0, done.stderr[-3000:]
     results = workdir / "results"
@@ -181,8 +191,8 @@ def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(workdir):
 
     # face metrics of every test subject x face-removing defacer x image type, with tables
     metrics = pd.read_csv(results / "metrics" / "face_metrics.tsv", sep="\t", na_values="n/a")
-    assert len(metrics) == 2 * 3 * 2  # in01, ex01 x quickshear, facemask, skullstrip x 2 types
-    assert set(metrics["image_type"]) == {"defaced", "population_average"}
+    assert len(metrics) == 2 * 3 * 3  # in01, ex01 x quickshear, facemask, skullstrip x 3 types
+    assert set(metrics["image_type"]) == {"defaced", "population_average", "dpm_refaced"}
     assert metrics[["masd_mm", "ssim_head", "psnr_head_db"]].notna().all().all()
     defaced = metrics[metrics["image_type"] == "defaced"].set_index(["subject", "defacer"])
     average = metrics[metrics["image_type"] == "population_average"].set_index(
@@ -191,8 +201,16 @@ def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(workdir):
     assert (defaced["masd_mm"] > average["masd_mm"]).all()  # a removed face is further away
     for name in paths.FACE_TABLE_NAMES:
         assert "Internal (N=1)" in (results / "metrics" / f"{name}.md").read_text()
+    table1 = pd.read_csv(results / "metrics" / "table1_masd.tsv", sep="\t", na_values="n/a")
+    assert table1.filter(like="DPM").iloc[:, 0].notna().all()  # the DPM column is filled
+    for subject in ("in01", "ex01"):
+        for defacer in ("quickshear", "facemask", "skullstrip"):
+            refaced = workdir / paths.refaced_files(defacer, subject)["t1w"]
+            assert nib.load(refaced).shape == (48, 68, 56)
     reid = pd.read_csv(results / "metrics" / "reidentification.tsv", sep="\t")
-    assert set(reid["image"]) == {"quickshear", "facemask", "skullstrip", "avgface"}
+    assert set(reid["image"]) == {"quickshear", "facemask", "skullstrip", "avgface"} | {
+        f"dpm_{d}" for d in ("quickshear", "facemask", "skullstrip")
+    }
     assert (reid["chance_rank1"] == 0.5).all()
     for figure in paths.FIGURE_FILES.values():
         assert (workdir / figure).stat().st_size > 10_000, figure
@@ -298,3 +316,54 @@ def test_failed_defacing_is_listed_in_the_qc_table(workdir):
     assert (
         workdir / "results/deface/skullstrip/sub-good/figures/sub-good_desc-skullstrip_qc.png"
     ).stat().st_size > 1000
+
+
+def test_killed_training_job_resumes_from_its_checkpoint(workdir):
+    import signal
+    import time
+
+    rows = []
+    for i, (name, split) in enumerate((("a", "train"), ("b", "train"), ("c", "internal_test"))):
+        t1w, mask = write_subject(workdir, name, seed=i)
+        row = {"subject": name, "t1w": str(t1w), "split": split, "age": 40, "sex": "F"}
+        rows.append({**row, "brain_mask": str(mask)})
+    config = manifest_config(workdir, rows)
+    config["deface"] = {"defacers": ["quickshear"]}
+    config["reface"] = {"stage1": {"training": {"steps": 400, "checkpoint_every": 5}}}
+    target = paths.reface_checkpoint("face", 1)
+    resume = workdir / f"{target}.resume.pt"
+    (workdir / "test_config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [str(BIN / "snakemake"), target, "--cores", "1", "--configfile", "test_config.yaml"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    first = subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not resume.exists() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    assert resume.exists(), "no periodic checkpoint appeared"
+    # the training job dies (a preempted GPU node): kill its process, not Snakemake
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"train_refacing_stage" in cmdline and os.getpgid(int(proc.name)) == first.pid:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+        except (ValueError, OSError):
+            continue
+    assert killed >= 1
+    assert first.wait(timeout=120) != 0  # Snakemake reports the failed job
+    assert not (workdir / target).exists() and resume.exists()
+
+    config["reface"]["stage1"]["training"]["steps"] = 20  # finish quickly this time
+    done = run_snakemake(workdir, "--cores", "1", "--rerun-incomplete", target, config=config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (workdir / "results" / "logs" / "train_stage1" / "face.log").read_text()
+    assert "resuming from" in log and "stage1.pt.resume.pt" in log
+    assert (workdir / target).exists() and not resume.exists()

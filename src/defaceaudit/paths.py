@@ -142,3 +142,26 @@ def face_panel_file(subject: str) -> str:
 
 
 REPORT = f"{RESULTS}/report.html"
+
+
+# Refacing (paper section 2.1): model pairs trained on the train split, refaced test images.
+REFACE = f"{RESULTS}/reface"
+#: model pairs: "face" (every face-removing defacer but skull-stripping) and "skullstrip"
+REFACE_MODELS = ("face", "skullstrip")
+
+
+def reface_checkpoint(model: str, stage: int | str) -> str:
+    """Final checkpoint of one stage of a model pair (a resume file sits beside it)."""
+    return f"{REFACE}/models/{model}/stage{stage}.pt"
+
+
+def refaced_files(defacer: str, subject: str, desc: str | None = None) -> dict[str, str]:
+    """The DPM-refaced image of ``subject`` from ``defacer``'s output, the mask of the voxels
+    the cascade generated, and a sidecar."""
+    desc = f"dpm{desc_label(defacer) if desc is None else desc}"
+    stage = f"reface/dpm/{defacer}"
+    return {
+        "t1w": stage_file(stage, subject, desc, "T1w"),
+        "removed": stage_file(stage, subject, f"{desc}generated", "mask"),
+        "sidecar": stage_file(stage, subject, desc, "T1w", ".json"),
+    }

@@ -21,12 +21,20 @@ def metric_jobs(cohort: Cohort, plan: MetricPlan) -> list[tuple[str, str]]:
 
 def compared_images(plan: MetricPlan, defacer: str, subject: str) -> dict[str, dict]:
     """``image_type -> {"image", "t1w", "removed"}`` compared with ``subject``'s original for
-    the row of ``defacer`` (the defaced image and, when one runs, the population average)."""
+    the row of ``defacer``: the defaced image and, when they run, the population average and
+    the DPM-refaced image."""
     images = {}
     for kind, producer in (("defaced", defacer), ("population_average", plan.population_average)):
         if producer is not None:
             files = paths.defaced_files(producer, subject)
             images[kind] = {"image": producer, "t1w": files["t1w"], "removed": files["removed"]}
+    if plan.refaced:
+        files = paths.refaced_files(defacer, subject)
+        images["dpm_refaced"] = {
+            "image": f"dpm_{defacer}",
+            "t1w": files["t1w"],
+            "removed": files["removed"],
+        }
     return images
 
 
@@ -81,6 +89,10 @@ def metric_targets(cohort: Cohort, plan: MetricPlan, n_panel_subjects: int) -> l
     for defacer, subject in jobs:
         targets += paths.face_metric_files(defacer, subject).values()
     targets += [paths.face_panel_file(s) for s in face_panel_subjects(cohort, n_panel_subjects)]
+    if plan.refaced:
+        from defaceaudit.diffusion.jobs import reface_targets
+
+        targets += reface_targets(cohort, plan, test_subjects(cohort))
     return targets
 
 

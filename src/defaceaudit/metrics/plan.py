@@ -22,13 +22,15 @@ TEST_SPLITS = ("internal_test", "external_test")
 @dataclass(frozen=True)
 class MetricPlan:
     """``removing``: defacers whose output is a table row; ``population_average``: the refacer
-    whose output fills the population-average column (None: the column is n/a)."""
+    whose output fills the population-average column (None: the column is n/a); ``refaced``:
+    whether the diffusion models reface every row's defaced test images (the DPM column)."""
 
     removing: tuple[str, ...]
     population_average: str | None
+    refaced: bool = False
 
 
-def metric_plan(defacers: dict[str, str], metrics: dict) -> MetricPlan:
+def metric_plan(defacers: dict[str, str], metrics: dict, refaced: bool = False) -> MetricPlan:
     """The plan for ``defacers`` (``{defacer: backend}``) and the config's ``metrics`` section.
 
     ``metrics["population_average"]``: ``auto`` takes mri_reface when it runs, else avgface,
@@ -48,4 +50,4 @@ def metric_plan(defacers: dict[str, str], metrics: dict) -> MetricPlan:
     else:
         population = choice
     removing = tuple(d for d in defacers if d not in POPULATION_AVERAGE_REFACERS)
-    return MetricPlan(removing=removing, population_average=population)
+    return MetricPlan(removing=removing, population_average=population, refaced=refaced)

@@ -1,0 +1,74 @@
+# Refacing (paper section 2.1): a cascade of DDIM models trained on the train split only (one
+# pair for every face-removing defacer, one for skull-stripped inputs), sampled per test subject
+# and defacer. GPU rules: resources gpu=1 on a cluster; `reface.device` picks the device.
+
+
+rule train_stage1:
+    input:
+        unpack(reface_training_inputs),
+    output:
+        paths.reface_checkpoint("{model}", 1),
+    log:
+        log_file("train_stage1", "{model}"),
+    benchmark:
+        benchmark_file("train_stage1", "{model}")
+    params:
+        config=config["reface"],
+        device=config["reface"]["device"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../envs/defaceaudit.yaml"
+    script:
+        "../workflow_scripts/train_refacing_stage.py"
+
+
+rule train_stage2:
+    input:
+        unpack(reface_training_inputs),
+    output:
+        paths.reface_checkpoint("{model}", 2),
+    log:
+        log_file("train_stage2", "{model}"),
+    benchmark:
+        benchmark_file("train_stage2", "{model}")
+    params:
+        config=config["reface"],
+        device=config["reface"]["device"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=480,
+    conda:
+        "../envs/defaceaudit.yaml"
+    script:
+        "../workflow_scripts/train_refacing_stage.py"
+
+
+rule sample_refaced:
+    input:
+        unpack(reface_sample_inputs),
+    output:
+        **paths.refaced_files("{defacer}", "{subject}", "{desc}"),
+    log:
+        log_file("sample_refaced", "{defacer}_{subject}_{desc}"),
+    benchmark:
+        benchmark_file("sample_refaced", "{defacer}_{subject}_{desc}")
+    wildcard_constraints:
+        defacer=metric_defacer_pattern(),
+    params:
+        sampling=config["reface"]["sampling"],
+        device=config["reface"]["device"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/defaceaudit.yaml"
+    script:
+        "../workflow_scripts/sample_refaced.py"

@@ -1,0 +1,185 @@
+"""The refacing cascade (paper section 2.1): what each stage sees and how a face is sampled.
+
+Stage 1 (3-D, low resolution): x0 = the original downsampled by ``factor``; condition = the
+defaced image downsampled the same way. Stage 2 (2.5-D, full resolution, slabs of 8 axial slices,
+stride 4): x0 = a slab of the original; conditions = the same slab of the stage-1 result
+upsampled to full resolution and of the full-resolution defaced image. In training the stage-1
+result is stood in for by the original downsampled and upsampled again (what a perfect stage 1
+would give); at sampling time it is the real stage-1 sample.
+
+Sampling a subject: stage 1 by DDIM on the whole low-resolution volume; upsample; stage 2 by
+DDIM whose state is the whole full-resolution volume: at every step it is cut into slabs (8
+slices, stride 4, the last slab aligned to the volume's end), all slabs go through the network
+(``slab_batch`` at a time) and their x0 predictions are merged by averaging the overlaps
+(:func:`defaceaudit.diffusion.slabs.slab_predictor`). Averaging x0 at EVERY step, with one
+shared noisy volume, keeps neighbouring slabs consistent on their shared slices throughout the
+reverse process; averaging once at the end would reconcile slabs that drifted apart and leave
+seams. With paste-back (default) the voxels defacing left
+untouched are written into x0 at every step and into the final volume, so only the removed region
+is generated.
+
+Tensors are [B, C, X, Y, Z], intensities in [-1, 1] (:mod:`defaceaudit.diffusion.volumes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from defaceaudit.diffusion.ddim import ddim_sample, model_predictor, paste_known_hook
+from defaceaudit.diffusion.schedule import DiffusionSchedule
+from defaceaudit.diffusion.slabs import SLAB_SIZE, SLAB_STRIDE, slab_predictor
+from defaceaudit.diffusion.volumes import downsample, upsample
+
+
+@dataclass
+class PairSet:
+    """Training pairs on one padded grid, in [-1, 1]: ``inputs`` (defaced) and ``targets``
+    (originals), each [N, 1, X, Y, Z] float32 (CPU)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    def __post_init__(self):
+        if self.inputs.shape != self.targets.shape or self.inputs.ndim != 5:
+            raise ValueError(
+                f"pairs need equal [N, 1, X, Y, Z] shapes, got {tuple(self.inputs.shape)} "
+                f"and {tuple(self.targets.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
+def stage1_batches(
+    pairs: PairSet, factor: int, batch_size: int
+) -> Callable[[np.random.Generator], Iterator[dict]]:
+    """Batches for stage 1: ``{"x0": [B, 1, x, y, z], "cond": [B, 1, x, y, z]}`` at 1/factor."""
+    low_targets = downsample(pairs.targets, factor)
+    low_inputs = downsample(pairs.inputs, factor)
+
+    def batches(rng: np.random.Generator) -> Iterator[dict]:
+        while True:
+            index = torch.as_tensor(rng.integers(0, len(pairs), batch_size))
+            yield {"x0": low_targets[index], "cond": low_inputs[index]}
+
+    return batches
+
+
+def stage2_batches(
+    pairs: PairSet, factor: int, batch_size: int
+) -> Callable[[np.random.Generator], Iterator[dict]]:
+    """Batches for stage 2: ``{"x0": [B, 1, X, Y, 8], "cond": [B, 2, X, Y, 8]}``: random pairs,
+    random slab positions (any start, not only the stride's, so every slice is seen)."""
+    coarse = upsample(downsample(pairs.targets, factor), pairs.targets.shape[2:])
+    conditions = torch.cat([coarse, pairs.inputs], dim=1)
+    depth = pairs.targets.shape[-1]
+
+    def batches(rng: np.random.Generator) -> Iterator[dict]:
+        while True:
+            index = rng.integers(0, len(pairs), batch_size)
+            starts = rng.integers(0, depth - SLAB_SIZE + 1, batch_size)
+            x0 = [
+                pairs.targets[i, ..., s : s + SLAB_SIZE] for i, s in zip(index, starts, strict=True)
+            ]
+            cond = [
+                conditions[i, ..., s : s + SLAB_SIZE] for i, s in zip(index, starts, strict=True)
+            ]
+            yield {"x0": torch.stack(x0), "cond": torch.stack(cond)}
+
+    return batches
+
+
+def diffusion_loss(schedule: DiffusionSchedule):
+    """``loss_fn(model, batch, generator)`` for the training loop: x0-prediction MSE."""
+
+    def loss_fn(model, batch, generator=None):
+        device = next(model.parameters()).device
+        return schedule.x0_loss(
+            model, batch["x0"].to(device), batch["cond"].to(device), generator=generator
+        )
+
+    return loss_fn
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """DDIM settings chosen at sampling time (not training time)."""
+
+    steps: int = 10
+    eta: float = 0.0
+    seed: int = 0
+    paste_back: bool = True
+    slab_batch: int = 8
+
+
+def _chunked(predict: Callable, batch: int) -> Callable:
+    """``predict(x, cond, t)`` applied to slabs ``batch`` at a time (bounded memory)."""
+
+    def run(x_t, cond, t):
+        parts = [
+            predict(x_t[i : i + batch], cond[i : i + batch], t[i : i + batch])
+            for i in range(0, x_t.shape[0], batch)
+        ]
+        return torch.cat(parts)
+
+    return run
+
+
+@torch.no_grad()
+def sample_cascade(
+    stage1: torch.nn.Module,
+    stage2: torch.nn.Module,
+    schedule1: DiffusionSchedule,
+    schedule2: DiffusionSchedule,
+    defaced: torch.Tensor,
+    keep: torch.Tensor,
+    factor: int,
+    settings: SamplingSettings,
+) -> torch.Tensor:
+    """Reface one padded volume.
+
+    Args:
+        defaced: [1, 1, X, Y, Z] in [-1, 1] on the models' device; sizes as
+            :func:`~defaceaudit.diffusion.volumes.padded_shape` gives them.
+        keep: [1, 1, X, Y, Z] bool, the voxels defacing left untouched (pasted back when
+            ``settings.paste_back``).
+    Returns the refaced volume [1, 1, X, Y, Z] in [-1, 1].
+    """
+    device, dtype = defaced.device, defaced.dtype
+    generator = torch.Generator(device=device).manual_seed(int(settings.seed))
+    low_cond = downsample(defaced, factor)
+    low = ddim_sample(
+        model_predictor(stage1),
+        tuple(low_cond.shape),
+        low_cond,
+        schedule1,
+        steps=settings.steps,
+        eta=settings.eta,
+        generator=generator,
+        device=device,
+        dtype=dtype,
+    )
+    coarse = upsample(low, defaced.shape[2:])
+    predict = slab_predictor(
+        model_predictor(stage2), SLAB_SIZE, SLAB_STRIDE, max_slabs=settings.slab_batch
+    )
+    hook = paste_known_hook(defaced, keep) if settings.paste_back else None
+    out = ddim_sample(
+        predict,
+        tuple(defaced.shape),
+        torch.cat([coarse, defaced], dim=1),
+        schedule2,
+        steps=settings.steps,
+        eta=settings.eta,
+        generator=generator,
+        x0_hook=hook,
+        device=device,
+        dtype=dtype,
+    )
+    if settings.paste_back:
+        out = torch.where(keep, defaced, out)
+    return out

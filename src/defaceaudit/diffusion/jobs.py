@@ -1,0 +1,55 @@
+"""The refacing jobs of a run and the files each reads, as plain functions (tested without
+Snakemake; rules/refacing.smk calls them)."""
+
+from __future__ import annotations
+
+from defaceaudit import paths
+from defaceaudit.cohort import Cohort
+from defaceaudit.metrics.plan import MetricPlan
+from defaceaudit.targets import prepared_files
+
+
+def model_for(defacer: str) -> str:
+    """The model pair that refaces ``defacer``'s output."""
+    return "skullstrip" if defacer == "skullstrip" else "face"
+
+
+def refaced_defacers(plan: MetricPlan) -> list[str]:
+    """Face-removing defacers whose test images are refaced (all of them)."""
+    return list(plan.removing)
+
+
+def models_needed(plan: MetricPlan) -> list[str]:
+    return sorted({model_for(d) for d in refaced_defacers(plan)}, key=paths.REFACE_MODELS.index)
+
+
+def training_pairs(cohort: Cohort, plan: MetricPlan, model: str) -> dict[str, list[str]]:
+    """Train subject x defacer pairs of a model: ``{"originals": [...], "defaced": [...]}``
+    (prepared originals repeated once per defacer)."""
+    originals, defaced = [], []
+    for defacer in refaced_defacers(plan):
+        if model_for(defacer) != model:
+            continue
+        for subject in cohort.ids("train"):
+            originals.append(prepared_files(subject)["t1w"])
+            defaced.append(paths.defaced_files(defacer, subject)["t1w"])
+    return {"originals": originals, "defaced": defaced}
+
+
+def sample_inputs(defacer: str, subject: str) -> dict[str, str]:
+    defaced = paths.defaced_files(defacer, subject)
+    model = model_for(defacer)
+    return {
+        "defaced": defaced["t1w"],
+        "removed": defaced["removed"],
+        "stage1": paths.reface_checkpoint(model, 1),
+        "stage2": paths.reface_checkpoint(model, 2),
+    }
+
+
+def reface_targets(cohort: Cohort, plan: MetricPlan, test_subjects: list[str]) -> list[str]:
+    targets = [paths.reface_checkpoint(m, s) for m in models_needed(plan) for s in (1, 2)]
+    for subject in test_subjects:
+        for defacer in refaced_defacers(plan):
+            targets += paths.refaced_files(defacer, subject).values()
+    return targets

@@ -1,0 +1,206 @@
+"""Training and sampling jobs of the refacing cascade, on files (the rules call these).
+
+One model pair (stage 1 + stage 2) is trained on every train subject x face-removing defacer
+(defaced input, original target), as the paper's 720 pairs; a second pair is trained on
+skull-stripped inputs (paper Figure 5). Checkpoints are self-describing: sampling rebuilds each
+network from the checkpoint's own config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from defaceaudit import __version__
+from defaceaudit.diffusion.cascade import (
+    PairSet,
+    SamplingSettings,
+    diffusion_loss,
+    sample_cascade,
+    stage1_batches,
+    stage2_batches,
+)
+from defaceaudit.diffusion.checkpoint import model_from_checkpoint
+from defaceaudit.diffusion.schedule import DiffusionSchedule
+from defaceaudit.diffusion.train import device_from_config, train
+from defaceaudit.diffusion.unet import required_multiple, unet_from_config
+from defaceaudit.diffusion.volumes import (
+    crop_volume,
+    from_unit,
+    intensity_scale,
+    pad_volume,
+    padded_shape,
+    to_unit,
+)
+from defaceaudit.errors import ImageError
+from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras
+from defaceaudit.tables import write_json
+
+log = logging.getLogger(__name__)
+
+
+def _grid_multiples(config: dict) -> tuple[int, int, int]:
+    """(downsampling factor, stage-1 multiple, stage-2 multiple) of a refacing config."""
+    return (
+        int(config["downsample_factor"]),
+        required_multiple(config["stage1"]["network"]["channels"]),
+        required_multiple(config["stage2"]["network"]["channels"]),
+    )
+
+
+def load_pairs(
+    originals: Sequence[str | os.PathLike], defaced: Sequence[str | os.PathLike], config: dict
+) -> PairSet:
+    """Training pairs (defaced input, original target) in [-1, 1] on one padded grid.
+
+    ``originals[i]`` and ``defaced[i]`` are one pair (same subject and grid). Each pair is scaled
+    by its defaced image's :func:`intensity_scale`; all are padded with -1 to the largest
+    :func:`padded_shape` among them.
+    """
+    if len(originals) != len(defaced) or not originals:
+        raise ValueError(f"need matching, non-empty pairs, got {len(originals)}/{len(defaced)}")
+    factor, m1, m2 = _grid_multiples(config)
+    volumes = []
+    for original_path, defaced_path in zip(originals, defaced, strict=True):
+        original = to_ras(load_t1w(original_path))
+        other = to_ras(load_t1w(defaced_path))
+        if other.shape != original.shape:
+            raise ImageError(f"{defaced_path}: grid {other.shape} differs from {original_path}")
+        d = np.asarray(other.dataobj, dtype=np.float32)
+        scale = intensity_scale(d)
+        volumes.append((to_unit(d, scale), to_unit(np.asarray(original.dataobj), scale)))
+    shape = np.max([padded_shape(v[0].shape, factor, m1, m2) for v in volumes], axis=0)
+    inputs = torch.from_numpy(np.stack([pad_volume(v[0], shape) for v in volumes]))[:, None]
+    targets = torch.from_numpy(np.stack([pad_volume(v[1], shape) for v in volumes]))[:, None]
+    log.info("%d training pairs on a padded grid %s", len(volumes), tuple(int(s) for s in shape))
+    return PairSet(inputs, targets)
+
+
+def _schedule(config: dict) -> DiffusionSchedule:
+    return DiffusionSchedule(**config["schedule"])
+
+
+def train_refacing_stage(
+    stage: int,
+    originals: Sequence[str | os.PathLike],
+    defaced: Sequence[str | os.PathLike],
+    config: dict,
+    checkpoint: str | os.PathLike,
+    device: str = "auto",
+) -> dict:
+    """Train stage ``stage`` (1 or 2) of a refacing model pair and write its checkpoint.
+
+    ``config``: the resolved ``reface`` section (network, training, schedule, downsampling);
+    stored in the checkpoint. A periodic resume file beside the checkpoint lets a killed job
+    continue where it stopped (:func:`defaceaudit.diffusion.train.train`).
+    """
+    key = f"stage{stage}"
+    pairs = load_pairs(originals, defaced, config)
+    factor = int(config["downsample_factor"])
+    batch_size = int(config[key]["training"]["batch_size"])
+    batches = (stage1_batches if stage == 1 else stage2_batches)(pairs, factor, batch_size)
+    in_channels = 2 if stage == 1 else 3  # x_t + conditions
+    stage_config = {
+        "stage": stage,
+        "network": {**config[key]["network"], "in_channels": in_channels, "out_channels": 1},
+        "training": config[key]["training"],
+        "schedule": config["schedule"],
+        "downsample_factor": factor,
+        "defaceaudit_version": __version__,
+        "pairs": len(pairs),
+    }
+    return train(
+        build_model=lambda cfg: unet_from_config(cfg["network"]),
+        loss_fn=diffusion_loss(_schedule(stage_config)),
+        batches=batches,
+        config=stage_config,
+        checkpoint_path=checkpoint,
+        device=device_from_config(device),
+        log=log,
+    )
+
+
+def load_sampler(checkpoint: str | os.PathLike, device: torch.device):
+    """(EMA network in eval mode, schedule, config) rebuilt from a checkpoint's own config."""
+    model, config = model_from_checkpoint(
+        checkpoint, lambda cfg: unet_from_config(cfg["network"]), map_location=device
+    )
+    return model.to(device), _schedule(config), config
+
+
+def reface_subject(
+    defaced: str | os.PathLike,
+    removed: str | os.PathLike,
+    stage1: str | os.PathLike,
+    stage2: str | os.PathLike,
+    outputs: dict,
+    sampling: dict,
+    device: str = "auto",
+) -> dict:
+    """Reface one defaced image with a trained model pair.
+
+    Args:
+        defaced: the defacer's output (prepared grid); removed: its removed-region mask (the
+            voxels not pasted back).
+        outputs: paths ``t1w`` (refaced image, the defaced image's units), ``removed`` (the
+            voxels the cascade generated), ``sidecar`` (JSON).
+        sampling: :class:`~defaceaudit.diffusion.cascade.SamplingSettings` fields.
+    """
+    torch_device = device_from_config(device)
+    img = to_ras(load_t1w(defaced))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    generated = load_mask(removed, img, canonical=True, reference_name=defaced)
+    model1, schedule1, config1 = load_sampler(stage1, torch_device)
+    model2, schedule2, config2 = load_sampler(stage2, torch_device)
+    factor = int(config1["downsample_factor"])
+    shape = padded_shape(
+        data.shape,
+        factor,
+        required_multiple(config1["network"]["channels"]),
+        required_multiple(config2["network"]["channels"]),
+    )
+    scale = intensity_scale(data)
+    unit = torch.from_numpy(pad_volume(to_unit(data, scale), shape))[None, None]
+    keep = torch.from_numpy(pad_volume(np.where(generated, -1.0, 1.0), shape) > 0)[None, None]
+    settings = SamplingSettings(**sampling)
+    start = time.perf_counter()
+    out = sample_cascade(
+        model1,
+        model2,
+        schedule1,
+        schedule2,
+        unit.to(torch_device),
+        keep.to(torch_device),
+        factor,
+        settings,
+    )
+    seconds = time.perf_counter() - start
+    refaced = from_unit(crop_volume(out[0, 0].float().cpu().numpy(), data.shape), scale)
+    if settings.paste_back:
+        refaced = np.where(generated, refaced, data)
+    written = [save_nifti(refaced, outputs["t1w"], img.affine, np.float32)]
+    try:
+        written.append(save_nifti(generated, outputs["removed"], img.affine, np.uint8))
+        record = {
+            "tool": "defaceaudit DDIM refacing cascade",
+            "source": str(defaced),
+            "stage1": str(stage1),
+            "stage2": str(stage2),
+            "sampling": sampling,
+            "device": str(torch_device),
+            "intensity_scale": scale,
+            "seconds": round(seconds, 2),
+            "defaceaudit_version": __version__,
+        }
+        write_json(record, outputs["sidecar"])
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    log.info("refaced %s in %.1f s on %s", defaced, seconds, torch_device)
+    return record

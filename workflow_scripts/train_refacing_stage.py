@@ -1,0 +1,15 @@
+"""Snakemake adapter: train one stage of a refacing model pair (diffusion.refacing)."""
+
+from defaceaudit.diffusion.refacing import train_refacing_stage
+from defaceaudit.workflow import run_step
+
+run_step(
+    snakemake.log[0],
+    train_refacing_stage,
+    stage=1 if snakemake.rule == "train_stage1" else 2,
+    originals=list(snakemake.input.originals),
+    defaced=list(snakemake.input.defaced),
+    config=snakemake.params.config,
+    checkpoint=snakemake.output[0],
+    device=snakemake.params.device,
+)
