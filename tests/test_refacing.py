@@ -210,3 +210,24 @@ def test_train_then_reface_files(tmp_path, caplog):
     assert refaced.shape == defaced.shape
     assert np.allclose(refaced[~removed], defaced[~removed])
     assert (refaced[removed] > 0).any()  # something was generated in the removed region
+
+
+def test_generation_window_covers_the_removed_region_on_valid_sizes():
+    from defaceaudit.diffusion.cascade import generation_window
+
+    keep = torch.ones(32, 48, 40, dtype=torch.bool)
+    keep[20:27, 30:44, 3:9] = False
+    window = generation_window(keep, multiple=4, margin=2)
+    inside = torch.zeros_like(keep)
+    inside[window] = True
+    assert inside[~keep].all()  # every voxel to generate is in the window
+    sizes = [w.stop - w.start for w in window]
+    assert sizes[0] % 4 == 0 and sizes[1] % 4 == 0 and sizes[2] >= 8
+    assert sizes[0] < 32 and sizes[1] < 48  # smaller than the volume
+    assert all(w.start >= 0 and w.stop <= n for w, n in zip(window, keep.shape, strict=True))
+
+
+def test_stage2_trains_on_in_plane_crops():
+    pairs = pair_set(shape=(16, 24, 16))
+    batch = next(stage2_batches(pairs, factor=2, batch_size=2, patch=8)(np.random.default_rng(0)))
+    assert batch["x0"].shape == (2, 1, 8, 8, 8) and batch["cond"].shape == (2, 2, 8, 8, 8)

@@ -70,24 +70,29 @@ def stage1_batches(
 
 
 def stage2_batches(
-    pairs: PairSet, factor: int, batch_size: int
+    pairs: PairSet, factor: int, batch_size: int, patch: int = 0
 ) -> Callable[[np.random.Generator], Iterator[dict]]:
-    """Batches for stage 2: ``{"x0": [B, 1, X, Y, 8], "cond": [B, 2, X, Y, 8]}``: random pairs,
-    random slab positions (any start, not only the stride's, so every slice is seen)."""
+    """Batches for stage 2: ``{"x0": [B, 1, P, P, 8], "cond": [B, 2, P, P, 8]}``: random pairs,
+    random slab positions (any start, not only the stride's, so every slice is seen) and, when
+    ``patch`` > 0, a random in-plane crop of ``patch`` x ``patch`` voxels (the network is
+    convolutional, so it samples whole slabs after training on crops; crops cut the cost of a
+    step several-fold). ``patch`` = 0 or larger than the grid: whole slabs [B, *, X, Y, 8]."""
     coarse = upsample(downsample(pairs.targets, factor), pairs.targets.shape[2:])
     conditions = torch.cat([coarse, pairs.inputs], dim=1)
-    depth = pairs.targets.shape[-1]
+    nx, ny, depth = pairs.targets.shape[2:]
+    px, py = (min(patch, nx), min(patch, ny)) if patch > 0 else (nx, ny)
 
     def batches(rng: np.random.Generator) -> Iterator[dict]:
         while True:
             index = rng.integers(0, len(pairs), batch_size)
             starts = rng.integers(0, depth - SLAB_SIZE + 1, batch_size)
-            x0 = [
-                pairs.targets[i, ..., s : s + SLAB_SIZE] for i, s in zip(index, starts, strict=True)
-            ]
-            cond = [
-                conditions[i, ..., s : s + SLAB_SIZE] for i, s in zip(index, starts, strict=True)
-            ]
+            xs = rng.integers(0, nx - px + 1, batch_size)
+            ys = rng.integers(0, ny - py + 1, batch_size)
+            x0, cond = [], []
+            for i, s, x, y in zip(index, starts, xs, ys, strict=True):
+                window = (slice(x, x + px), slice(y, y + py), slice(s, s + SLAB_SIZE))
+                x0.append(pairs.targets[i, :, *window])
+                cond.append(conditions[i, :, *window])
             yield {"x0": torch.stack(x0), "cond": torch.stack(cond)}
 
     return batches
@@ -129,6 +134,35 @@ def _chunked(predict: Callable, batch: int) -> Callable:
     return run
 
 
+#: voxels of context kept around the region to generate (stage 2 sees them as known voxels)
+WINDOW_MARGIN = 8
+
+
+def generation_window(keep: torch.Tensor, multiple: int, margin: int = WINDOW_MARGIN):
+    """The box [X, Y, Z] (three slices) that stage 2 samples: the bounding box of the voxels to
+    generate (``~keep``, [X, Y, Z] bool), grown by ``margin`` voxels of known context, its
+    in-plane sizes rounded up to ``multiple`` and its depth to at least one slab, all within
+    the volume (whose sizes already divide by ``multiple``)."""
+    shape = keep.shape
+    todo = torch.nonzero(~keep)
+    if todo.numel() == 0:  # nothing to generate: the smallest valid box
+        lo = torch.zeros(3, dtype=torch.long)
+        hi = torch.zeros(3, dtype=torch.long)
+    else:
+        lo, hi = todo.min(dim=0).values, todo.max(dim=0).values + 1
+    window = []
+    for axis, n in enumerate(shape):
+        need = multiple if axis < 2 else SLAB_SIZE
+        start = max(0, int(lo[axis]) - margin)
+        stop = min(n, int(hi[axis]) + margin)
+        size = max(need, stop - start)
+        if axis < 2:
+            size = min(n, -(-size // multiple) * multiple)
+        start = min(start, n - size)
+        window.append(slice(start, start + size))
+    return tuple(window)
+
+
 @torch.no_grad()
 def sample_cascade(
     stage1: torch.nn.Module,
@@ -139,6 +173,7 @@ def sample_cascade(
     keep: torch.Tensor,
     factor: int,
     settings: SamplingSettings,
+    multiple: int = 1,
 ) -> torch.Tensor:
     """Reface one padded volume.
 
@@ -147,6 +182,9 @@ def sample_cascade(
             :func:`~defaceaudit.diffusion.volumes.padded_shape` gives them.
         keep: [1, 1, X, Y, Z] bool, the voxels defacing left untouched (pasted back when
             ``settings.paste_back``).
+        multiple: stage 2's size multiple (:func:`~defaceaudit.diffusion.unet.required_multiple`).
+            With paste-back, stage 2 runs only on :func:`generation_window`: slabs holding no
+            voxel to generate would be overwritten by the paste-back anyway.
     Returns the refaced volume [1, 1, X, Y, Z] in [-1, 1].
     """
     device, dtype = defaced.device, defaced.dtype
@@ -164,14 +202,20 @@ def sample_cascade(
         dtype=dtype,
     )
     coarse = upsample(low, defaced.shape[2:])
+    window = (
+        generation_window(keep[0, 0], multiple, margin=WINDOW_MARGIN)
+        if settings.paste_back
+        else tuple(slice(0, n) for n in defaced.shape[2:])
+    )
+    region = (slice(None), slice(None), *window)
     predict = slab_predictor(
         model_predictor(stage2), SLAB_SIZE, SLAB_STRIDE, max_slabs=settings.slab_batch
     )
-    hook = paste_known_hook(defaced, keep) if settings.paste_back else None
-    out = ddim_sample(
+    hook = paste_known_hook(defaced[region], keep[region]) if settings.paste_back else None
+    crop = ddim_sample(
         predict,
-        tuple(defaced.shape),
-        torch.cat([coarse, defaced], dim=1),
+        tuple(defaced[region].shape),
+        torch.cat([coarse[region], defaced[region]], dim=1),
         schedule2,
         steps=settings.steps,
         eta=settings.eta,
@@ -180,6 +224,8 @@ def sample_cascade(
         device=device,
         dtype=dtype,
     )
+    out = defaced.clone()
+    out[region] = crop
     if settings.paste_back:
         out = torch.where(keep, defaced, out)
     return out

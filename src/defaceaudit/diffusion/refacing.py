@@ -103,7 +103,10 @@ def train_refacing_stage(
     pairs = load_pairs(originals, defaced, config)
     factor = int(config["downsample_factor"])
     batch_size = int(config[key]["training"]["batch_size"])
-    batches = (stage1_batches if stage == 1 else stage2_batches)(pairs, factor, batch_size)
+    if stage == 1:
+        batches = stage1_batches(pairs, factor, batch_size)
+    else:
+        batches = stage2_batches(pairs, factor, batch_size, int(config.get("slab_patch", 0)))
     in_channels = 2 if stage == 1 else 3  # x_t + conditions
     stage_config = {
         "stage": stage,
@@ -111,6 +114,7 @@ def train_refacing_stage(
         "training": config[key]["training"],
         "schedule": config["schedule"],
         "downsample_factor": factor,
+        "slab_patch": int(config.get("slab_patch", 0)),
         "defaceaudit_version": __version__,
         "pairs": len(pairs),
     }
@@ -158,11 +162,9 @@ def reface_subject(
     model1, schedule1, config1 = load_sampler(stage1, torch_device)
     model2, schedule2, config2 = load_sampler(stage2, torch_device)
     factor = int(config1["downsample_factor"])
+    multiple2 = required_multiple(config2["network"]["channels"])
     shape = padded_shape(
-        data.shape,
-        factor,
-        required_multiple(config1["network"]["channels"]),
-        required_multiple(config2["network"]["channels"]),
+        data.shape, factor, required_multiple(config1["network"]["channels"]), multiple2
     )
     scale = intensity_scale(data)
     unit = torch.from_numpy(pad_volume(to_unit(data, scale), shape))[None, None]
@@ -178,6 +180,7 @@ def reface_subject(
         keep.to(torch_device),
         factor,
         settings,
+        multiple=multiple2,
     )
     seconds = time.perf_counter() - start
     refaced = from_unit(crop_volume(out[0, 0].float().cpu().numpy(), data.shape), scale)
