@@ -1,7 +1,11 @@
 import numpy as np
 import pytest
+from scipy import ndimage
+from skimage.measure import marching_cubes
+from skimage.metrics import structural_similarity
 
-from defaceaudit.metrics.similarity import similarity
+from defaceaudit.metrics import similarity as similarity_module
+from defaceaudit.metrics.similarity import normalise, similarity
 from defaceaudit.metrics.surface import FaceCrop, face_vertices, masd
 
 
@@ -33,6 +37,116 @@ def test_a_shifted_face_has_a_larger_distance_than_itself():
     shifted = np.roll(head, 2, axis=1)
     assert masd(head, head, (1, 1, 1))["masd_mm"] == 0.0
     assert masd(head, shifted, (1, 1, 1))["masd_mm"] > 0.5
+
+
+def reference_face_vertices(head, crop, spacing):
+    """The straightforward computation: smoothing and marching cubes on the whole volume."""
+    spacing = np.asarray(spacing, dtype=float)
+    smooth = ndimage.gaussian_filter(np.pad(crop.apply(head), 3).astype(np.float32), 1.0)
+    verts = marching_cubes(smooth, level=0.5, spacing=tuple(spacing))[0] - 3 * spacing
+    on_caps = (verts[:, 1] <= (crop.y_min + 0.5) * spacing[1]) | (
+        verts[:, 2] <= (crop.z_min + 0.5) * spacing[2]
+    )
+    return verts[~on_caps]
+
+
+@pytest.mark.parametrize(
+    ("centre", "spacing"),
+    [
+        (None, (1.0, 1.0, 1.0)),
+        ((50, 80, 62), (1.0, 1.0, 1.0)),  # cut by the volume's anterior and superior faces
+        ((30, 60, 55), (1.2, 0.9, 1.1)),  # cut by the right face too, anisotropic voxels
+    ],
+)
+def test_face_vertices_on_the_bounding_box_match_the_whole_volume(centre, spacing):
+    head = ball(30, shape=(60, 90, 70), centre=centre)
+    crop = FaceCrop.from_head(head)
+    fast = face_vertices(head, crop, spacing)
+    expected = reference_face_vertices(head, crop, spacing)
+    assert fast.shape == expected.shape
+    assert np.abs(fast - expected).max() < 1e-4  # float32 rounding of the vertex positions
+
+
+def test_masd_accepts_the_original_vertices_and_crop():
+    head, other = ball(40), ball(43)
+    crop = FaceCrop.from_head(head)
+    vertices = face_vertices(head, crop, (1.0, 1.0, 1.0))
+    plain = masd(head, other, (1.0, 1.0, 1.0))
+    reused = masd(head, other, (1.0, 1.0, 1.0), original_vertices=vertices, crop=crop)
+    assert reused == plain
+    lower = FaceCrop(z_min=crop.z_min, y_min=crop.y_min + 20)  # a smaller face region
+    cropped = masd(head, other, (1.0, 1.0, 1.0), crop=lower)
+    assert cropped["n_vertices_original"] < plain["n_vertices_original"]
+    with pytest.raises(ValueError, match="original_vertices"):
+        masd(head, other, (1.0, 1.0, 1.0), original_vertices=np.zeros((0, 3)))
+
+
+def ssim_volumes(shape=(48, 40, 36)):
+    """A textured original (float32, Fortran order as nibabel loads it) and a noisy copy with
+    a zeroed block; masks reaching one face of the volume and lying inside it."""
+    rng = np.random.default_rng(5)
+    original = ndimage.gaussian_filter(rng.random(shape), 2.0) * 800 + 100
+    original = np.asfortranarray(original.astype(np.float32))
+    other = (original + rng.normal(0, 20, shape)).astype(np.float32)
+    other[30:, 25:, 20:] = 0.0
+    inner = ball(12, shape=shape, centre=(20, 18, 16))
+    at_edge = ball(14, shape=shape, centre=(44, 36, 18))  # cut by two faces of the volume
+    return original, other, inner, at_edge
+
+
+@pytest.mark.parametrize("which", ["inner", "at_edge", "union"])
+def test_ssim_inside_the_mask_is_the_whole_volume_map_bit_for_bit(which):
+    original, other, inner, at_edge = ssim_volumes()
+    mask = {"inner": inner, "at_edge": at_edge, "union": inner | at_edge}[which]
+    scale = 731.25
+    values, squared = similarity_module._masked_terms(original, other, mask, scale)
+    a, b = original.astype(float) / scale, other.astype(float) / scale
+    full = structural_similarity(
+        a,
+        b,
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        full=True,
+    )[1]
+    assert np.array_equal(values, full[mask])
+    assert np.array_equal(squared, ((a - b) ** 2)[mask])
+    result = similarity(original, other, mask)
+    scale = np.percentile(original[mask].astype(float), 99.5)
+    a, b = original.astype(float) / scale, other.astype(float) / scale
+    full = structural_similarity(
+        a,
+        b,
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        full=True,
+    )[1]
+    assert result["ssim"] == full[mask].mean()
+    assert result["psnr_db"] == 10 * np.log10(1.0 / np.mean((a[mask] - b[mask]) ** 2))
+    assert result["n_voxels"] == mask.sum()
+
+
+def test_scale_mask_sets_the_intensity_scale():
+    rng = np.random.default_rng(6)
+    shape = (40, 40, 40)
+    head = ball(18, shape=shape)
+    face = head & (np.indices(shape)[1] > 28)  # the front of the head
+    original = np.where(head, 100.0, 0.0)
+    original[face] = 50.0  # darker face: its own 99.5th percentile is 50, the head's is 100
+    other = original + rng.normal(0.0, 2.0, shape)
+    own = similarity(original, other, face)
+    shared = similarity(original, other, face, scale_mask=head)
+    assert shared["n_voxels"] == own["n_voxels"] == face.sum()
+    # twice the scale: a quarter of the normalised MSE, 20 log10(2) dB more PSNR
+    assert shared["psnr_db"] - own["psnr_db"] == pytest.approx(20 * np.log10(2), abs=1e-9)
+    assert shared["ssim"] != own["ssim"]  # the constants C1, C2 weigh differently
+    scaled, _ = normalise(original, other, face, scale_mask=head)
+    assert scaled.max() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="grids differ"):
+        similarity(original, other, face, scale_mask=head[:-1])
 
 
 def test_identical_volumes_give_ssim_one_and_infinite_psnr():

@@ -18,8 +18,9 @@ whole volumes, since no window centred in the mask reaches past the box.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
-from defaceaudit.masks import gaussian_filter, in_slabs, percentile
+from defaceaudit.masks import available_threads, bounding_box, in_slabs, percentile
 
 #: percentile of the original's intensities (inside the scale mask) that becomes 1
 SCALE_PERCENTILE = 99.5
@@ -28,6 +29,10 @@ SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 #: reach of the window in voxels, as scipy.ndimage rounds it: int(3.5 * 1.5 + 0.5) = 5
 SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+#: rows (along axis 0) of the slabs the SSIM map is computed in: the first Gaussian pass reads
+#: SSIM_RADIUS more rows on each side, so thin slabs repeat work, thick ones hold more memory
+#: (about ten float64 arrays of the slab's size per thread)
+_SLAB_ROWS = 32
 
 
 def _scale(original: np.ndarray, scale_mask: np.ndarray) -> float:
@@ -57,16 +62,6 @@ def normalise(
     return original / scale, other / scale
 
 
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Bounding box of a non-empty bool array grown by ``margin`` voxels, within the array."""
-    box = []
-    for axis, size in enumerate(mask.shape):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        box.append(slice(max(0, int(hits[0]) - margin), min(size, int(hits[-1]) + 1 + margin)))
-    return tuple(box)
-
-
 def _masked_terms(
     original: np.ndarray,
     other: np.ndarray,
@@ -83,66 +78,130 @@ def _masked_terms(
     C1 = 0.01^2, C2 = 0.03^2 (data range 1), the Gaussian mirrored at the volume's faces. The
     operations are those of ``skimage.metrics.structural_similarity(a, b, data_range=1,
     gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True)``, so the values
-    are its map's, bit for bit (tested), at a fraction of the memory and time: the Gaussians run
-    in threads on the mask's bounding box grown by :data:`SSIM_RADIUS` (no window centred in the
-    mask reaches past it, so nothing changes inside the mask), and the ratio is evaluated at the
-    mask's voxels only.
+    are its map's, bit for bit (tested), in a fraction of the memory and time. Only the mask's
+    bounding box grown by :data:`SSIM_RADIUS` is read (no window centred in the mask reaches
+    past it), in slabs of :data:`_SLAB_ROWS` rows along axis 0 run in threads
+    (:func:`_slab_terms`); the ratio is evaluated at the mask's voxels only.
     """
-    box = _box(mask, SSIM_RADIUS)
+    box = bounding_box(mask, SSIM_RADIUS)
     inside = mask[box]
-    a, b = _normalised_box(original, box, scale), _normalised_box(other, box, scale)
-    squared, spare = a[inside], b[inside]
-    np.subtract(squared, spare, out=squared)
-    np.multiply(squared, squared, out=squared)
-    # Gaussian-weighted local means at the mask's voxels: the products first, while a and b are
-    # intact, then a and b themselves, each filtered in place (three box-sized buffers in all).
-    work = np.empty(inside.shape, dtype=np.float64)
-    mean_ab = _local_mean(np.multiply(a, b, out=work), inside)
-    var_a = _local_mean(np.multiply(a, a, out=work), inside)  # the mean of a^2, for now
-    var_b = _local_mean(np.multiply(b, b, out=work), inside)
-    mu_a, mu_b = _local_mean(a, inside), _local_mean(b, inside)
-    del a, b, work
-    # The ratio in place, in skimage's order of operations (its "1.0 *" population-covariance
-    # factor is exact and left out): every new array would cost fresh memory, whose first touch
-    # is a good part of the time on a 256^3 volume.
-    c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
-    denominator = np.multiply(mu_a, mu_a)
-    var_a -= denominator  # s_a = <a^2> - mu_a^2
-    np.multiply(mu_b, mu_b, out=spare)
-    var_b -= spare  # s_b
-    denominator += spare
-    denominator += c1  # B1 = mu_a^2 + mu_b^2 + C1
-    np.multiply(mu_a, mu_b, out=spare)
-    mean_ab -= spare  # s_ab = <ab> - mu_a mu_b
-    var_a += var_b
-    var_a += c2  # B2 = s_a + s_b + C2
-    denominator *= var_a
-    ssim = np.multiply(mu_a, 2, out=spare)
-    ssim *= mu_b
-    ssim += c1  # A1 = 2 mu_a mu_b + C1
-    mean_ab *= 2
-    mean_ab += c2  # A2 = 2 s_ab + C2
-    ssim *= mean_ab
-    ssim /= denominator
+    # where each row's voxels go in the C-ordered outputs
+    starts = np.concatenate([[0], np.cumsum(np.count_nonzero(inside, axis=(1, 2)))])
+    ssim = np.empty(int(starts[-1]), dtype=np.float64)
+    squared = np.empty_like(ssim)
+
+    def one(slab: slice) -> None:
+        rows = slice(int(starts[slab.start]), int(starts[slab.stop]))
+        ssim[rows], squared[rows] = _slab_terms(original, other, box, inside, slab, scale)
+
+    n_rows, threads = inside.shape[0], available_threads()
+    # about _SLAB_ROWS rows each, as many slabs for every thread
+    in_slabs(one, n_rows, threads, parts=threads * max(1, round(n_rows / _SLAB_ROWS / threads)))
     return ssim, squared
 
 
-def _local_mean(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """``values`` Gaussian-filtered IN PLACE (the SSIM window), then its voxels in ``inside``."""
-    gaussian_filter(values, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect", output=values)
-    return values[inside]
+def _slab_terms(
+    original: np.ndarray,
+    other: np.ndarray,
+    box: tuple[slice, ...],
+    inside: np.ndarray,
+    slab: slice,
+    scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """SSIM values and squared differences at ``inside[slab]`` (``slab``: rows of ``box``).
+
+    The slab is read across its own bounding box of the mask grown by :data:`SSIM_RADIUS`, with
+    that many more rows on both sides (fewer at the box's ends) for the first Gaussian pass,
+    along axis 0; the two other passes need only the slab's rows. Each filtered map is the same
+    as scipy's ``gaussian_filter`` of the whole volume inside the mask: the passes are the same
+    1-D filters in the same order, and no window centred in the mask reaches past a cut.
+    """
+    keep = inside[slab]
+    if not keep.any():
+        return np.empty(0), np.empty(0)
+    # the slab's own box across the rows: a head is narrower near its ends
+    _, cols, depth = bounding_box(keep, SSIM_RADIUS)
+    keep = keep[:, cols, depth]
+    low = max(0, slab.start - SSIM_RADIUS)
+    high = min(inside.shape[0], slab.stop + SSIM_RADIUS)
+    region = (
+        slice(box[0].start + low, box[0].start + high),
+        slice(box[1].start + cols.start, box[1].start + cols.stop),
+        slice(box[2].start + depth.start, box[2].start + depth.stop),
+    )
+    a = _normalised(original, region, scale)
+    b = _normalised(other, region, scale)
+    centre = slice(slab.start - low, slab.stop - low)
+    squared = a[centre][keep] - b[centre][keep]
+    squared *= squared
+    filtered = {}
+    for name, first, second in (
+        ("ab", a, b),
+        ("aa", a, a),
+        ("bb", b, b),
+        ("a", a, None),
+        ("b", b, None),
+    ):
+        values = first if second is None else first * second
+        # first pass on the rows with their margin, then only the slab's rows, in place
+        values = ndimage.gaussian_filter1d(
+            values, SSIM_SIGMA, axis=0, mode="reflect", truncate=SSIM_TRUNCATE
+        )[centre]
+        for axis in (1, 2):
+            ndimage.gaussian_filter1d(
+                values, SSIM_SIGMA, axis=axis, output=values, mode="reflect", truncate=SSIM_TRUNCATE
+            )
+        filtered[name] = values[keep]
+    return _ssim_ratio(**filtered), squared
 
 
-def _normalised_box(volume: np.ndarray, box: tuple[slice, ...], scale: float) -> np.ndarray:
-    """``volume[box] / scale`` in float64, C order whatever ``volume``'s (nibabel's is Fortran:
-    the Gaussian passes run on contiguous lines); converted in slabs, in threads."""
+def _ssim_ratio(
+    a: np.ndarray, b: np.ndarray, aa: np.ndarray, bb: np.ndarray, ab: np.ndarray
+) -> np.ndarray:
+    """The SSIM ratio from local means of a, b, a^2, b^2 and ab (1-D, overwritten).
+
+    In place, in skimage's order of operations (its "1.0 *" population-covariance factor is
+    exact and left out): every new array would cost fresh memory.
+    """
+    c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
+    denominator = np.multiply(a, a)
+    aa -= denominator  # s_a = <a^2> - mu_a^2
+    spare = np.multiply(b, b)
+    bb -= spare  # s_b
+    denominator += spare
+    denominator += c1  # B1 = mu_a^2 + mu_b^2 + C1
+    np.multiply(a, b, out=spare)
+    ab -= spare  # s_ab = <ab> - mu_a mu_b
+    aa += bb
+    aa += c2  # B2 = s_a + s_b + C2
+    denominator *= aa
+    ssim = np.multiply(a, 2, out=spare)
+    ssim *= b
+    ssim += c1  # A1 = 2 mu_a mu_b + C1
+    ab *= 2
+    ab += c2  # A2 = 2 s_ab + C2
+    ssim *= ab
+    ssim /= denominator
+    return ssim
+
+
+def _normalised(volume: np.ndarray, box: tuple[slice, ...], scale: float) -> np.ndarray:
+    """``volume[box] / scale`` in float64 and C order, whatever ``volume``'s order.
+
+    nibabel loads Fortran-ordered arrays, but the Gaussian passes want contiguous lines. The
+    copy is then a transposition, done in blocks of 16 x 32 lines so that reads and writes both
+    stay in cache (twice as fast as one strided copy).
+    """
     out = np.empty(tuple(s.stop - s.start for s in box), dtype=np.float64)
-
-    def one(slab: slice) -> None:
-        rows = slice(box[0].start + slab.start, box[0].start + slab.stop)
-        np.divide(volume[(rows, *box[1:])], scale, out=out[slab], dtype=np.float64)
-
-    in_slabs(one, out.shape[0])
+    rows, cols, depth = box
+    for i in range(0, out.shape[0], 16):
+        for k in range(0, out.shape[2], 32):
+            source = volume[
+                rows.start + i : min(rows.start + i + 16, rows.stop),
+                cols,
+                depth.start + k : min(depth.start + k + 32, depth.stop),
+            ]
+            np.divide(source, scale, out=out[i : i + 16, :, k : k + 32], dtype=np.float64)
     return out
 
 

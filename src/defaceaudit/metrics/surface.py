@@ -25,7 +25,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
-from defaceaudit.masks import gaussian_filter
+from defaceaudit.masks import bounding_box, gaussian_filter
 
 #: Gaussian smoothing of the binary mask before marching cubes, in voxels
 SMOOTHING_VOXELS = 1.0
@@ -73,15 +73,12 @@ def _face_window(head: np.ndarray, crop: FaceCrop) -> tuple[np.ndarray, np.ndarr
     in ``head``'s grid, negative where the window reaches beyond the volume).
     """
     kept = np.asarray(head[:, crop.y_min :, crop.z_min :], dtype=bool)
-    axes_hit = [np.flatnonzero(kept.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
-    if any(hits.size == 0 for hits in axes_hit):
+    if not kept.any():
         raise ValueError("the face crop is empty")
-    low = np.array([hits[0] for hits in axes_hit])
-    high = np.array([hits[-1] + 1 for hits in axes_hit])
-    window = np.zeros(tuple(high - low + 2 * _WINDOW_MARGIN), dtype=np.float32)
-    inner = tuple(slice(_WINDOW_MARGIN, -_WINDOW_MARGIN) for _ in range(3))
-    window[inner] = kept[tuple(slice(a, b) for a, b in zip(low, high, strict=True))]
-    start = low + np.array([0, crop.y_min, crop.z_min]) - _WINDOW_MARGIN
+    box = bounding_box(kept)
+    window = np.zeros(tuple(s.stop - s.start + 2 * _WINDOW_MARGIN for s in box), dtype=np.float32)
+    window[(slice(_WINDOW_MARGIN, -_WINDOW_MARGIN),) * 3] = kept[box]
+    start = np.array([s.start for s in box]) + [0, crop.y_min, crop.z_min] - _WINDOW_MARGIN
     return window, start
 
 
