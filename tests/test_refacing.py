@@ -92,12 +92,12 @@ def test_sampling_is_seeded_and_pastes_back_the_untouched_voxels():
     keep = defaced > -1
     settings = SamplingSettings(steps=3, eta=0.5, seed=7, paste_back=True, slab_batch=2)
     args = (tiny_net(2), tiny_net(3, seed=1), schedule, schedule, defaced, keep, 2)
-    first = sample_cascade(*args, settings)
-    again = sample_cascade(*args, settings)
+    first = sample_cascade(*args, settings, multiple=2)
+    again = sample_cascade(*args, settings, multiple=2)
     assert first.shape == defaced.shape and torch.equal(first, again)
     assert torch.equal(first[keep], defaced[keep])  # paste-back: untouched voxels are exact
     assert not torch.equal(first[~keep], defaced[~keep])  # the removed region is generated
-    free = sample_cascade(*args, SamplingSettings(steps=3, seed=7, paste_back=False))
+    free = sample_cascade(*args, SamplingSettings(steps=3, seed=7, paste_back=False), multiple=2)
     assert not torch.equal(free[keep], defaced[keep])
 
 

@@ -173,7 +173,8 @@ def sample_cascade(
     keep: torch.Tensor,
     factor: int,
     settings: SamplingSettings,
-    multiple: int = 1,
+    *,
+    multiple: int,
 ) -> torch.Tensor:
     """Reface one padded volume.
 
