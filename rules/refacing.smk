@@ -12,16 +12,16 @@ rule train_stage1:
         log_file("train_stage1", "{model}"),
     benchmark:
         benchmark_file("train_stage1", "{model}")
-    params:
-        config=config["reface"],
-        device=config["reface"]["device"],
+    conda:
+        "../envs/defaceaudit.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=240,
-    conda:
-        "../envs/defaceaudit.yaml"
+    params:
+        config=config["reface"],
+        device=config["reface"]["device"],
     script:
         "../workflow_scripts/train_refacing_stage.py"
 
@@ -35,16 +35,16 @@ rule train_stage2:
         log_file("train_stage2", "{model}"),
     benchmark:
         benchmark_file("train_stage2", "{model}")
-    params:
-        config=config["reface"],
-        device=config["reface"]["device"],
+    conda:
+        "../envs/defaceaudit.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=480,
-    conda:
-        "../envs/defaceaudit.yaml"
+    params:
+        config=config["reface"],
+        device=config["reface"]["device"],
     script:
         "../workflow_scripts/train_refacing_stage.py"
 
@@ -60,15 +60,15 @@ rule sample_refaced:
         benchmark_file("sample_refaced", "{defacer}_{subject}_{desc}")
     wildcard_constraints:
         defacer=metric_defacer_pattern(),
-    params:
-        sampling=config["reface"]["sampling"],
-        device=config["reface"]["device"],
+    conda:
+        "../envs/defaceaudit.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=30,
-    conda:
-        "../envs/defaceaudit.yaml"
+    params:
+        sampling=config["reface"]["sampling"],
+        device=config["reface"]["device"],
     script:
         "../workflow_scripts/sample_refaced.py"
