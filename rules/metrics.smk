@@ -37,6 +37,7 @@ rule compute_face_metrics:
         defacer=metric_defacer_pattern(),
     conda:
         "../envs/defaceaudit.yaml"
+    threads: 2
     resources:
         mem_mb=6000,
         runtime=20,
