@@ -20,13 +20,10 @@ from defaceaudit.diffusion.schedule import DiffusionSchedule
 from defaceaudit.diffusion.slabs import (
     extract_slabs,
     merge_slabs,
-    slab_consensus_hook,
     slab_predictor,
     slab_starts,
 )
 from defaceaudit.diffusion.unet import (
-    crop_padding,
-    pad_to_multiple,
     randomise_output_layer,
     randomise_zero_initialised,
     required_multiple,
@@ -230,21 +227,6 @@ def test_unet_config_is_checked_and_timesteps_matter():
         assert not torch.allclose(model(x, torch.tensor([10])), model(x, torch.tensor([900])))
 
 
-def test_pad_to_multiple_round_trips():
-    x = _gaussian((1, 2, 13, 16, 7), 50, torch.float32)
-    padded, crop = pad_to_multiple(x, 8)
-    assert padded.shape == (1, 2, 16, 16, 8)
-    assert torch.equal(crop_padding(padded, crop), x)
-    background = torch.ones_like(padded, dtype=torch.bool)
-    background[crop] = False
-    assert torch.all(padded[background] == -1.0)
-    same, crop = pad_to_multiple(x, 1)
-    assert same.shape == x.shape and torch.equal(crop_padding(same, crop), x)
-
-
-# -- slabs --------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("depth", [8, 9, 12, 13, 50])
 def test_slab_tiling_and_merging_reproduce_the_volume(depth):
     starts = slab_starts(depth)
@@ -297,18 +279,3 @@ def test_slab_predictor_sampling_equals_whole_volume_sampling(eta):
     whole = sample(pointwise)
     slabwise = sample(slab_predictor(pointwise, max_slabs=2))
     torch.testing.assert_close(slabwise, whole, rtol=0, atol=1e-12)
-
-
-def test_slab_consensus_hook_makes_overlapping_slabs_agree():
-    depth = 13
-    starts = slab_starts(depth)
-    slabs = _gaussian((2 * len(starts), 1, 3, 3, 8), 70)  # slabs that disagree on shared slices
-    hooked = slab_consensus_hook(starts, depth, batch=2)(slabs, 500)
-    merged = merge_slabs(slabs, starts, depth, batch=2)
-    torch.testing.assert_close(hooked, extract_slabs(merged, starts, 8), rtol=0, atol=0)
-    # slices 4..7 lie in slabs 0 and 1 of volume 0; they now agree and hold the mean
-    assert torch.equal(hooked[0, ..., 4:8], hooked[1, ..., 0:4])
-    torch.testing.assert_close(hooked[0, ..., 4], (slabs[0, ..., 4] + slabs[1, ..., 0]) / 2)
-    # slice 5 lies in all three slabs (the last one is aligned with the end)
-    mean5 = (slabs[0, ..., 5] + slabs[1, ..., 1] + slabs[2, ..., 0]) / 3
-    torch.testing.assert_close(hooked[2, ..., 0], mean5)

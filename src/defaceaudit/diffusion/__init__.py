@@ -19,14 +19,11 @@ from defaceaudit.diffusion.schedule import DiffusionSchedule
 from defaceaudit.diffusion.slabs import (
     extract_slabs,
     merge_slabs,
-    slab_consensus_hook,
     slab_predictor,
     slab_starts,
 )
 from defaceaudit.diffusion.unet import (
     build_unet,
-    crop_padding,
-    pad_to_multiple,
     required_multiple,
     unet_from_config,
 )
@@ -34,17 +31,14 @@ from defaceaudit.diffusion.unet import (
 __all__ = [
     "DiffusionSchedule",
     "build_unet",
-    "crop_padding",
     "ddim_sample",
     "ddim_step",
     "ddim_timesteps",
     "extract_slabs",
     "merge_slabs",
     "model_predictor",
-    "pad_to_multiple",
     "paste_known_hook",
     "required_multiple",
-    "slab_consensus_hook",
     "slab_predictor",
     "slab_starts",
     "unet_from_config",

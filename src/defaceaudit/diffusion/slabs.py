@@ -4,13 +4,11 @@ next slab (paper section 2.1). The axial axis is the last one: volumes are [B, C
 The slabs start every ``stride`` slices; the last slab is aligned with the volume's end, so every
 slice is covered whatever the depth (it may overlap its neighbour by more than ``size - stride``).
 
-Sampling (see :mod:`defaceaudit.diffusion.cascade`): the x0 predictions of overlapping slabs are
-averaged at EVERY DDIM step, through the ``x0_hook`` of
-:func:`~defaceaudit.diffusion.ddim.ddim_sample` (:func:`slab_consensus_hook`: merge the slabs'
-x0 into one volume, cut it again), so neighbouring slabs agree on their shared slices throughout
-the reverse process instead of drifting apart and being reconciled only at the end, which leaves
-seams. :func:`slab_predictor` is the alternative that keeps the sampling state as one volume:
-the noisy image, its noise and every x0 then agree on shared slices by construction.
+Sampling (see :mod:`defaceaudit.diffusion.cascade`): :func:`slab_predictor` keeps the DDIM state
+as one volume; at EVERY step it cuts the noisy volume into slabs, runs the network on them and
+averages the overlapping x0 predictions back into one volume. Neighbouring slabs then agree on
+their shared slices (noisy image, noise and x0) throughout the reverse process, instead of
+drifting apart and being reconciled only at the end, which leaves seams.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from defaceaudit.diffusion.ddim import Predictor, X0Hook
+from defaceaudit.diffusion.ddim import Predictor
 
 #: axial slices per slab and slab stride (paper section 2.1: 8 slices, 4 overlapping)
 SLAB_SIZE = 8
@@ -94,24 +92,6 @@ def merge_slabs(slabs: torch.Tensor, starts: Sequence[int], depth: int, batch: i
         empty = torch.nonzero(count == 0).flatten().tolist()
         raise ValueError(f"axial slices {empty} are covered by no slab")
     return out
-
-
-def slab_consensus_hook(
-    starts: Sequence[int],
-    depth: int,
-    batch: int,
-    size: int = SLAB_SIZE,
-    then: X0Hook | None = None,
-) -> X0Hook:
-    """An ``x0_hook`` for sampling slabs [B * S, C, X, Y, size]: average the overlapping x0
-    predictions (:func:`merge_slabs`) and cut them again, at every DDIM step; ``then`` (e.g.
-    paste-back on the slabs) is applied afterwards."""
-
-    def hook(x0: torch.Tensor, t: int) -> torch.Tensor:
-        x0 = extract_slabs(merge_slabs(x0, starts, depth, batch), starts, size)
-        return x0 if then is None else then(x0, t)
-
-    return hook
 
 
 def slab_predictor(

@@ -7,7 +7,7 @@ concatenation, so ``in_channels = 1 + condition channels`` and ``out_channels = 
 
 The config is a plain dict (saved in checkpoints, so sampling rebuilds the network from the
 checkpoint's own settings). Every spatial size must divide by :func:`required_multiple`;
-:func:`pad_to_multiple` pads other volumes with -1 (background in [-1, 1]).
+:mod:`defaceaudit.diffusion.volumes` pads volumes with -1 (background in [-1, 1]) to such sizes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 
 #: keys of a UNet config (:func:`unet_from_config`); the first four are required
@@ -93,36 +92,6 @@ def required_multiple(channels: Sequence[int]) -> int:
     """The factor every spatial size must divide by: ``2 ** (len(channels) - 1)`` (one
     down-sampling by 2 between consecutive levels)."""
     return 2 ** (len(channels) - 1)
-
-
-def pad_to_multiple(
-    x: torch.Tensor, multiple: int, value: float = -1.0
-) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """Pad every spatial axis of ``x`` [B, C, *S] to the next multiple of ``multiple``.
-
-    The padding is split between both ends (the extra voxel at the end) and filled with
-    ``value`` (-1: background in [-1, 1]).
-
-    Returns:
-        ``(padded [B, C, *S'], crop)``; ``padded[crop]`` (:func:`crop_padding`) is ``x``.
-    """
-    if multiple < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}")
-    crop: list[slice] = [slice(None), slice(None)]
-    pads: list[int] = []
-    for n in x.shape[2:]:
-        total = -n % multiple
-        before = total // 2
-        crop.append(slice(before, before + n))
-        pads.append((before, total - before))
-    flat = [p for pair in reversed(pads) for p in pair]  # F.pad wants the last axis first
-    padded = F.pad(x, flat, mode="constant", value=value) if any(flat) else x
-    return padded, tuple(crop)
-
-
-def crop_padding(x: torch.Tensor, crop: tuple[slice, ...]) -> torch.Tensor:
-    """Undo :func:`pad_to_multiple`: ``x[crop]``, [B, C, *S'] -> [B, C, *S]."""
-    return x[crop]
 
 
 def _randomise(params: Sequence[torch.nn.Parameter], generator: torch.Generator, std: float):
