@@ -212,6 +212,10 @@ def face_metric_images(wildcards):
     return metric_jobs.compared_images(METRIC_PLAN, wildcards.defacer, wildcards.subject)
 
 
+def face_metric_probes(wildcards):
+    return metric_jobs.probe_types(METRIC_PLAN, wildcards.defacer)
+
+
 def face_metric_rows(wildcards):
     return [
         paths.face_metric_files(d, s)["rows"]

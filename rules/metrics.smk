@@ -43,6 +43,7 @@ rule compute_face_metrics:
         runtime=20,
     params:
         images=face_metric_images,
+        probes=face_metric_probes,
         test_set=subject_split,
         seed=config["metrics"]["seed"],
     script:

@@ -238,3 +238,27 @@ def test_partial_tables_after_failed_jobs_say_what_they_lack(tmp_path):
     assert "Internal (N=3)" in table1 and "PARTIAL: 1 of 4" in table1 and "s3.tsv" in table1
     assert aggregate_available_rows(files[:3], tmp_path / "again.tsv", out) == []
     assert not (tmp_path / "again.tsv").exists()  # complete: the rule itself writes the tables
+
+
+def test_the_shared_population_average_is_registered_in_one_row_only(tmp_path):
+    from defaceaudit.metrics.jobs import probe_types
+
+    plan = metric_plan(
+        {"quickshear": "native", "facemask": "native", "avgface": "native"},
+        {"population_average": "auto"},
+    )
+    assert "population_average" in probe_types(plan, "quickshear")
+    assert "population_average" not in probe_types(plan, "facemask")
+    files = _write_subject(tmp_path, shift_vox=1)
+    faces = tmp_path / "faces.npz"
+    measure_face_metrics(
+        "s1",
+        "internal_test",
+        "cutter",
+        {"t1w": files["t1w"], "head_mask": files["head"]},
+        _images(files),
+        template=files["t1w"],
+        out_faces=faces,
+        probes=probe_types(plan, "facemask"),
+    )
+    assert set(load_faces(faces)) == {"defaced__cutter"}

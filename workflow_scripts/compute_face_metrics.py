@@ -15,4 +15,5 @@ run_step(
     out_rows=snakemake.output.rows,
     out_faces=snakemake.output.faces,
     seed=snakemake.params.seed,
+    probes=tuple(snakemake.params.probes),
 )

@@ -81,6 +81,7 @@ def measure_face_metrics(
     out_rows: str | os.PathLike | None = None,
     out_faces: str | os.PathLike | None = None,
     seed: int = 0,
+    probes: tuple[str, ...] | None = None,
 ) -> pd.DataFrame:
     """Rows of one subject and defacer; written to ``out_rows`` (TSV) when given.
 
@@ -93,6 +94,8 @@ def measure_face_metrics(
             it on its own, as an attacker would (the defaced head, not the original, drives its
             registration), and its face vertices go to ``out_faces`` in template world (npz).
         seed: seed of those registrations.
+        probes: the image types whose faces go to ``out_faces`` (default: all). An image shared
+            by every row of a subject (the population average) is registered in one row only.
     Returns a DataFrame with :data:`COLUMNS`, one row per image type, in paper order.
     """
     if "defaced" not in images:
@@ -159,6 +162,8 @@ def measure_face_metrics(
         reference = load_template(template, spacing)
         world = {}
         for kind, verts in faces.items():
+            if probes is not None and kind not in probes:
+                continue
             matrix = register_to_template(loaded[kind], reference, seed=seed)
             world[f"{kind}__{images[kind]['image']}"] = apply_transform(
                 to_world(verts, spacing, original_img.affine), matrix

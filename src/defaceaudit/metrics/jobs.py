@@ -38,6 +38,15 @@ def compared_images(plan: MetricPlan, defacer: str, subject: str) -> dict[str, d
     return images
 
 
+def probe_types(plan: MetricPlan, defacer: str) -> tuple[str, ...]:
+    """Image types of ``defacer``'s row whose faces go to re-identification: the population
+    average, the same image in every row of a subject, only in the first row."""
+    kinds = ("defaced", "dpm_refaced")
+    if plan.removing and defacer == plan.removing[0]:
+        kinds += ("population_average",)
+    return kinds
+
+
 def face_metric_inputs(plan: MetricPlan, defacer: str, subject: str) -> dict[str, str]:
     """Every file compute_face_metrics reads, by name (Snakemake input)."""
     prepared = prepared_files(subject)
