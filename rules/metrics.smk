@@ -37,7 +37,6 @@ rule compute_face_metrics:
         defacer=metric_defacer_pattern(),
     conda:
         "../envs/defaceaudit.yaml"
-    threads: 2
     resources:
         mem_mb=6000,
         runtime=20,

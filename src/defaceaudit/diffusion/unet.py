@@ -73,6 +73,9 @@ def build_unet(
         attention_levels=attention_levels,
         norm_num_groups=int(norm_num_groups),
         num_head_channels=num_head_channels,
+        # PyTorch's scaled_dot_product_attention in the attention blocks (the middle block always
+        # has one): same parameters, about half the stage-2 sampling time on 2 CPU cores.
+        use_flash_attention=True,
     )
 
 
