@@ -34,11 +34,18 @@ include: "rules/deface.smk"
 include: "rules/deface_containers.smk"
 include: "rules/refacing.smk"
 include: "rules/metrics.smk"
+include: "rules/radiodensity.smk"
 include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        all_targets(COHORT, DEFACERS, METRIC_PLAN, config["metrics"]["face_panel_subjects"]),
+        all_targets(
+            COHORT,
+            DEFACERS,
+            METRIC_PLAN,
+            config["metrics"]["face_panel_subjects"],
+            RADIODENSITY_PLAN,
+        ),
     localrule: True

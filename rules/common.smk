@@ -11,11 +11,13 @@ from defaceaudit.metrics import jobs as metric_jobs
 from defaceaudit.metrics.aggregate import aggregate_available_rows
 from defaceaudit.metrics.plan import metric_plan
 from defaceaudit.qc_report import write_qc_tables
+from defaceaudit.radiodensity.plan import image_files, radiodensity_plan
 from defaceaudit.targets import all_targets, prepared_files
 
 try:
     COHORT = load_cohort(config)
     DEFACERS = defacer_plan(config["deface"])
+    RADIODENSITY_PLAN = radiodensity_plan(COHORT, DEFACERS, config["radiodensity"])
 except DefaceAuditError as err:
     # One line naming the file or subject, instead of a traceback.
     raise WorkflowError(str(err)) from None
@@ -270,3 +272,52 @@ def reface_training_inputs(wildcards):
 
 def reface_sample_inputs(wildcards):
     return reface_jobs.sample_inputs(wildcards.defacer, wildcards.subject)
+
+
+def radiodensity_template():
+    return config["radiodensity"]["template"] or paths.FACE_TEMPLATE["template"]
+
+
+def radiodensity_images(wildcards):
+    return image_files(wildcards.subject, RADIODENSITY_PLAN.image_types)
+
+
+def radiodensity_crop_inputs(wildcards):
+    """The prepared original and brain mask, every defacer's output, and the template."""
+    prepared = prepared_files(wildcards.subject)
+    return {
+        "t1w": prepared["t1w"],
+        "brain_mask": prepared["brain_mask"],
+        "images": list(radiodensity_images(wildcards).values()),
+        "template": radiodensity_template(),
+    }
+
+
+def radiodensity_phenotype(wildcards):
+    return list(RADIODENSITY_PLAN.phenotype)
+
+
+def radiodensity_pattern(key):
+    """Wildcard regex of the plan's image types or body parts (never matches without a plan)."""
+    if RADIODENSITY_PLAN is None:
+        return "(?!x)x"
+    return "|".join(getattr(RADIODENSITY_PLAN, key))
+
+
+def radiodensity_training_inputs(wildcards):
+    """Every subject's face crops (in cohort order) and the targets table."""
+    return {
+        "crops": [paths.radiodensity_crop_files(s)["crops"] for s in COHORT.subjects],
+        "targets": paths.RADIODENSITY_TARGETS,
+    }
+
+
+def radiodensity_predictions(wildcards):
+    return [
+        paths.radiodensity_model_files(i, p)["predictions"] for i, p in RADIODENSITY_PLAN.models()
+    ]
+
+
+def radiodensity_markdown():
+    """The Spearman table, for the tables page (none without the study)."""
+    return [paths.RADIODENSITY_TABLES["markdown"]] if RADIODENSITY_PLAN else []

@@ -61,6 +61,7 @@ rule write_tables_page:
         paths.QC_SUMMARY_MD,
         *[paths.FACE_TABLES[f"{name}_md"] for name in paths.FACE_TABLE_NAMES],
         paths.REIDENTIFICATION["markdown"],
+        *radiodensity_markdown(),
     output:
         report(paths.FACE_TABLES_HTML, caption="captions/tables.rst", category="Tables"),
     log:

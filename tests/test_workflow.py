@@ -82,6 +82,10 @@ def test_dry_run_default_config_has_a_job_per_subject(workdir):
     assert counts["sample_refaced"] == 8 * 3
     for rule in ("aggregate_face_metrics", "reidentify_faces", "plot_face_figures"):
         assert counts[rule] == 1
+    # radiodensity: every subject's crops; original + 4 defacers x 3 body parts
+    assert counts["crop_radiodensity_face"] == 24
+    assert counts["train_radiodensity"] == 5 * 3
+    assert counts["radiodensity_targets"] == counts["evaluate_radiodensity"] == 1
 
 
 def write_subject(folder: Path, name: str, kind: str = "good", seed: int = 0) -> tuple[Path, Path]:
@@ -151,6 +155,8 @@ def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(workdir):
     config = {"demo": {"n_train": 2, "n_internal_test": 1, "n_external_test": 1}}
     config["demo"]["voxel_size_mm"] = 4.0
     config["reface"] = FAST_REFACE
+    # two training subjects cannot fit the radiodensity mixed model: test_workflow_radiodensity
+    config["radiodensity"] = {"enabled": False}
     done = run_snakemake(workdir, "--cores", "2", config=config)
     assert done.returncode == 0, done.stderr[-3000:]
     results = workdir / "results"

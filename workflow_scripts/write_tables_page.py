@@ -8,5 +8,8 @@ run_step(
     write_tables_page,
     markdown_files=list(snakemake.input),
     out_html=snakemake.output[0],
-    title="defaceaudit: defacing QC, face metrics (Tables 1-3) and re-identification",
+    title=(
+        "defaceaudit: defacing QC, face metrics (Tables 1-3), re-identification and the "
+        "radiodensity study"
+    ),
 )

@@ -165,3 +165,39 @@ def refaced_files(defacer: str, subject: str, desc: str | None = None) -> dict[s
         "removed": stage_file(stage, subject, f"{desc}generated", "mask"),
         "sidecar": stage_file(stage, subject, desc, "T1w", ".json"),
     }
+
+
+# Radiodensity study (paper section 3): facial voxels -> CT muscle radiodensity residuals.
+RADIODENSITY = f"{RESULTS}/radiodensity"
+
+
+def radiodensity_crop_files(subject: str) -> dict[str, str]:
+    """Per subject: the face crops of every image type in template space (npz, one array per
+    image type) and the affine transform to the template (JSON)."""
+    return {
+        "crops": stage_file("radiodensity", subject, "face", "crops", ".npz"),
+        "transform": stage_file("radiodensity", subject, "template", "xfm", ".json"),
+    }
+
+
+#: long table of residual targets (eq. 2) with each subject's study split
+RADIODENSITY_TARGETS = f"{RADIODENSITY}/targets.tsv"
+
+
+def radiodensity_model_files(image_type: str, body_part: str) -> dict[str, str]:
+    """One model's predictions (every row, with its split), training history and weights."""
+    root = f"{RADIODENSITY}/models/{image_type}_{body_part}"
+    return {
+        "predictions": f"{root}/predictions.tsv",
+        "history": f"{root}/history.tsv",
+        "model": f"{root}/model.pt",
+    }
+
+
+RADIODENSITY_TABLES = {
+    "table": f"{RADIODENSITY}/spearman.tsv",
+    "markdown": f"{RADIODENSITY}/spearman.md",
+    "bootstrap": f"{RADIODENSITY}/spearman_bootstrap.tsv",
+    "predictions": f"{RADIODENSITY}/predictions.tsv",
+}
+RADIODENSITY_FIGURE = f"{FIGURES}/radiodensity.png"

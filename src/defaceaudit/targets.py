@@ -5,6 +5,7 @@ from __future__ import annotations
 from defaceaudit import paths
 from defaceaudit.cohort import Cohort
 from defaceaudit.metrics.plan import MetricPlan
+from defaceaudit.radiodensity.plan import RadiodensityPlan
 
 
 def prepared_files(subject: str) -> dict[str, str]:
@@ -32,17 +33,30 @@ def deface_targets(cohort: Cohort, defacers: dict[str, str]) -> list[str]:
     return targets
 
 
+def radiodensity_targets(cohort: Cohort, plan: RadiodensityPlan) -> list[str]:
+    """Every subject's face crops, every model's outputs, the Spearman tables and the figure."""
+    targets = [paths.RADIODENSITY_TARGETS, *paths.RADIODENSITY_TABLES.values()]
+    targets.append(paths.RADIODENSITY_FIGURE)
+    for subject in cohort.subjects:
+        targets += paths.radiodensity_crop_files(subject).values()
+    for image_type, body_part in plan.models():
+        targets += paths.radiodensity_model_files(image_type, body_part).values()
+    return targets
+
+
 def all_targets(
     cohort: Cohort,
     defacers: dict[str, str] | None = None,
     metric_plan: MetricPlan | None = None,
     n_panel_subjects: int = 2,
+    radiodensity: RadiodensityPlan | None = None,
 ) -> list[str]:
     """Sorted, de-duplicated list of every final output of a run on ``cohort``.
 
     ``defacers``: ``{defacer: backend}`` (defacers.plan.defacer_plan); none -> no deface stage.
     ``metric_plan``: (metrics.plan.metric_plan); none -> no metrics stage. ``n_panel_subjects``:
-    test subjects per split whose faces are rendered side by side.
+    test subjects per split whose faces are rendered side by side. ``radiodensity``:
+    (radiodensity.plan.radiodensity_plan); none -> no radiodensity study.
     """
     from defaceaudit.metrics.jobs import metric_targets
 
@@ -52,4 +66,6 @@ def all_targets(
     targets += deface_targets(cohort, defacers or {})
     if metric_plan is not None:
         targets += metric_targets(cohort, metric_plan, n_panel_subjects)
+    if radiodensity is not None:
+        targets += radiodensity_targets(cohort, radiodensity)
     return sorted(set(targets))

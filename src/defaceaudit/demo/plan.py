@@ -40,9 +40,9 @@ class PhenotypeModel:
     intercept_hu: tuple[float, ...] = (42.0, 52.0, 56.0)
     age_hu_per_year: tuple[float, ...] = (-0.35, -0.25, -0.20)
     female_hu: tuple[float, ...] = (-4.0, -3.0, -2.0)
-    face_hu_per_mm: tuple[float, ...] = (-1.5, -1.2, -1.0)
-    sd_subject_hu: tuple[float, ...] = (4.0, 3.5, 3.0)
-    sd_visit_hu: tuple[float, ...] = (2.5, 2.5, 2.5)
+    face_hu_per_mm: tuple[float, ...] = (-3.0, -2.5, -2.0)
+    sd_subject_hu: tuple[float, ...] = (2.0, 2.0, 2.0)
+    sd_visit_hu: tuple[float, ...] = (1.5, 1.5, 1.5)
     reference_age: float = 50.0
 
 

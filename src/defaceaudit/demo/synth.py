@@ -44,6 +44,9 @@ class SynthParams:
     noise_pct: float = 2.0
     sex_head_scale_pct: float = 3.0
     ventricle_expansion_mm: float = 2.0
+    #: facial soft-tissue T1w brightness per mm of t_i (percent, at the nose tip; a fattier,
+    #: thicker face is brighter), faded out like the stretch (:func:`face_weight`)
+    face_intensity_pct_per_mm: float = 5.0
 
     @classmethod
     def from_config(cls, demo: dict) -> SynthParams:
@@ -188,6 +191,16 @@ def synthesize_subject(
 
     data = _antialias(np.asarray(base.dataobj, dtype=np.float32), base, params.voxel_size_mm)
     t1w = ndi.map_coordinates(data, base_ijk, order=1, mode="constant", cval=0.0)
+    # facial soft tissue: brighter (fattier) with t_i, where the face is stretched
+    t1w *= np.clip(
+        1.0
+        + params.face_intensity_pct_per_mm
+        / 100.0
+        * subject.face_tissue_mm
+        * face_weight(q, anatomy),
+        0.2,
+        None,
+    )
     brain = ndi.map_coordinates(base_brain.astype(np.float32), base_ijk, order=1) > 0.5
 
     centre = anatomy.brain_centroid + np.asarray(params.fov_offset_mm)

@@ -1,0 +1,239 @@
+"""Seconds and peak memory of training the radiodensity ResNet10 (paper section 3.3).
+
+    python benchmarks/bench_radiodensity.py [--reference benchmarks/reference/radiodensity.json]
+                                            [--save FILE]
+    PYTHONPATH=src python benchmarks/bench_radiodensity.py --gpu [--variants fp32 bf16]
+                                            [--save FILE]
+
+CPU (default): the demo size, face crops of 50 x 22 x 65 voxels (4 mm), 30 training rows of 15
+subjects and 6 validation rows, batch size 4: ``radiodensity.train.train_radiodensity`` itself
+runs 3 epochs (MONAI ResNet10, 14.4 M parameters, random initialisation, AdamW) and the row
+gives the mean seconds of epochs 2 and 3 (epoch 1 carries the one-off costs; an epoch is 30
+subject-balanced draws in 8 steps plus the validation predictions) and the peak resident memory.
+
+GPU (``--gpu``): the paper size, 201 x 87 x 261 crops at 1 mm, batch size 8, in float32 and with
+bf16 autocast: the mean seconds of one training step (zero_grad, forward, MSE, backward, fused
+AdamW step, as in ``train_radiodensity``; 5 steps after 2 warm-up steps, timed between
+``torch.cuda.synchronize()`` calls) and the CUDA allocator's peak (``max_memory_allocated``).
+Needs torch with CUDA, MONAI and the package importable (``PYTHONPATH=src``); without a CUDA
+device ``--gpu`` exits with code 2.
+
+Each case runs in a fresh subprocess (this script with ``--child``), so its peak memory is its
+own: VmHWM (peak resident set; unlike ``ru_maxrss`` not inherited across exec) on the CPU. The
+baseline row (Python with torch, MONAI and the package imported, nothing run; its seconds are
+the import time) is measured the same way. Random crops stand in for faces (the timings do not
+depend on the values). The figures are printed beside a reference run (the committed JSON of an
+earlier run); ``--save FILE`` merges this run's rows into FILE. Each row records the 1-minute
+load average: other work on the machine slows the CPU figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_SHAPE = (50, 22, 65)  # 4 mm crops
+DEMO_BATCH = 4
+DEMO_TRAIN_ROWS = 30  # 15 subjects x 2 visits
+DEMO_VALIDATION_ROWS = 6
+DEMO_EPOCHS = 3
+PAPER_SHAPE = (201, 87, 261)  # 1 mm crops, paper Figure S2
+PAPER_BATCH = 8
+VARIANTS = ("fp32", "bf16")
+WARMUP_STEPS = 2
+TIMED_STEPS = 5
+IMPORT_HINT = "needs torch, MONAI and the package defaceaudit importable (PYTHONPATH=src)"
+
+
+def child(spec: dict) -> dict:
+    """Run one case in this process; returns its row."""
+    start = time.perf_counter()
+    import numpy as np
+    import torch
+
+    from defaceaudit.radiodensity.model import resnet10
+    from defaceaudit.radiodensity.train import train_radiodensity
+
+    if spec["case"] == "baseline":
+        return {"seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
+    if spec["case"] == "epoch":
+        rng = np.random.default_rng(0)
+        n = DEMO_TRAIN_ROWS + DEMO_VALIDATION_ROWS
+        crops = rng.normal(size=(n, *DEMO_SHAPE)).astype(np.float32)
+        subjects = [f"s{i // 2}" for i in range(n)]
+        splits = ["train"] * DEMO_TRAIN_ROWS + ["validation"] * DEMO_VALIDATION_ROWS
+        settings = {
+            "epochs": DEMO_EPOCHS,
+            "batch_size": DEMO_BATCH,
+            "learning_rate": 1e-3,
+            "weight_decay": 0.0,
+            "patience": DEMO_EPOCHS,
+            "seed": 0,
+            "device": "cpu",
+        }
+        _, history, _ = train_radiodensity(crops, rng.normal(size=n), subjects, splits, settings)
+        later = history["seconds"].iloc[1:]
+        return {
+            "seconds": float(later.mean()),
+            "first_epoch_seconds": float(history["seconds"].iloc[0]),
+            "crop": list(DEMO_SHAPE),
+            "batch": DEMO_BATCH,
+            "train_rows": DEMO_TRAIN_ROWS,
+            "validation_rows": DEMO_VALIDATION_ROWS,
+            "threads": torch.get_num_threads(),
+        }
+    # GPU training step at the paper size
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = False
+    torch.cuda.reset_peak_memory_stats(device)
+    bf16 = spec["variant"] == "bf16"
+    torch.manual_seed(0)
+    model = resnet10().to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(PAPER_BATCH, 1, *PAPER_SHAPE, device=device)
+    y = torch.randn(PAPER_BATCH, device=device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        context = (
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            if bf16
+            else contextlib.nullcontext()
+        )
+        with context:
+            pred = model(x).float().squeeze(1)
+        torch.nn.functional.mse_loss(pred, y).backward()
+        optimizer.step()
+
+    for _ in range(WARMUP_STEPS):
+        step()
+    times = []
+    for _ in range(TIMED_STEPS):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return {
+        "seconds": sum(times) / len(times),
+        "seconds_min": min(times),
+        "batch": [PAPER_BATCH, 1, *PAPER_SHAPE],
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def child_main(arg: str) -> None:
+    spec = json.loads(arg)
+    row = child(spec)
+    with open("/proc/self/status") as status:
+        hwm = [line for line in status if line.startswith("VmHWM")][0].split()[1]
+    host_mb = int(hwm) / 1024
+    import torch
+
+    cuda = spec["case"] == "step"
+    row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else host_mb
+    row["host_peak_mb"] = host_mb
+    row["load_average"] = round(os.getloadavg()[0], 2)
+    row["device"] = torch.cuda.get_device_name() if cuda else "cpu"
+    print(json.dumps(row))
+
+
+def run_child(spec: dict) -> dict:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        return {"error": lines[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def print_table(results: dict, reference: dict) -> None:
+    nan = float("nan")
+    width = 44
+    print(f"{'case':<{width}} {'seconds':>9} {'peak MB':>9} | {'ref s':>8} {'ref MB':>8}")
+    for key, row in results.items():
+        ref = reference.get(key, {})
+        if "error" in row:
+            print(f"{key:<{width}} failed: {row['error'][:120]}")
+            continue
+        print(
+            f"{key:<{width}} {row['seconds']:>9.2f} {row['peak_mb']:>9.0f} | "
+            f"{ref.get('seconds', nan):>8.2f} {ref.get('peak_mb', nan):>8.0f}"
+        )
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child_main(sys.argv[2])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=Path(__file__).parent / "reference" / "radiodensity.json",
+    )
+    parser.add_argument("--save", type=Path, default=None)
+    parser.add_argument("--gpu", action="store_true", help="paper-size crops on CUDA")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    args = parser.parse_args()
+    try:
+        import torch
+
+        import defaceaudit.radiodensity  # noqa: F401  (MONAI)
+    except ImportError as err:
+        print(f"bench_radiodensity: {err}; {IMPORT_HINT}", file=sys.stderr)
+        sys.exit(2)
+    if args.gpu and not torch.cuda.is_available():
+        print(
+            "bench_radiodensity: --gpu needs a CUDA device and none is available "
+            f"(torch {torch.__version__}); run without --gpu for the CPU benchmark",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    if args.gpu:
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+        print(
+            f"ResNet10 training step, crops {'x'.join(map(str, PAPER_SHAPE))}, batch {PAPER_BATCH}"
+        )
+        cases = [("gpu paper_1mm baseline", {"case": "baseline"})]
+        cases += [
+            (f"gpu paper_1mm {v} train step", {"case": "step", "variant": v}) for v in args.variants
+        ]
+    else:
+        print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
+        print(
+            f"ResNet10 training epoch, crops {'x'.join(map(str, DEMO_SHAPE))} (4 mm), "
+            f"{DEMO_TRAIN_ROWS} training rows, {DEMO_VALIDATION_ROWS} validation rows, "
+            f"batch {DEMO_BATCH}"
+        )
+        cases = [
+            ("cpu demo_4mm baseline", {"case": "baseline"}),
+            ("cpu demo_4mm train epoch", {"case": "epoch"}),
+        ]
+    reference = json.loads(args.reference.read_text()) if args.reference.exists() else {}
+    results = {name: run_child(spec) for name, spec in cases}
+    print()
+    print_table(results, reference)
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        old = json.loads(args.save.read_text()) if args.save.exists() else {}
+        args.save.write_text(json.dumps({**old, **results}, indent=2, allow_nan=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()

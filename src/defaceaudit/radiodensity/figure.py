@@ -1,0 +1,79 @@
+"""Figure 6 analog: bootstrap distributions of Spearman's rho per body part and image type.
+
+Drawn on matplotlib's Agg canvas without pyplot (no global state, no window), like
+:mod:`defaceaudit.figures`, and written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from defaceaudit.tables import atomic_path
+
+__all__ = ["plot_radiodensity", "significance_stars"]
+
+
+def significance_stars(p: float) -> str:
+    """The paper's marks: ``****`` p <= 1e-4, ``***`` <= 1e-3, ``**`` <= 0.01, ``*`` <= 0.05,
+    ``ns`` otherwise; empty for NaN (the reference image type)."""
+    if not np.isfinite(p):
+        return ""
+    for stars, level in (("****", 1e-4), ("***", 1e-3), ("**", 1e-2), ("*", 0.05)):
+        if p <= level:
+            return stars
+    return "ns"
+
+
+def plot_radiodensity(
+    table: pd.DataFrame, boot_long: pd.DataFrame, out_png: str | os.PathLike
+) -> None:
+    """One panel per body part: box plots of each image type's bootstrap rho (whiskers at the
+    2.5th/97.5th percentiles, i.e. the 95% CI), the rho of all test rows as a diamond, a zero
+    line, and the Wilcoxon marks against the reference (each panel's first image type, as in
+    :func:`~.evaluate.radiodensity_table`'s order). ``table`` and ``boot_long`` are that
+    function's outputs. Writes ``out_png`` atomically; empty inputs give a figure saying so.
+    """
+    parts = list(dict.fromkeys(table["body_part"])) if len(table) else []
+    fig = Figure(figsize=(max(5.5, 3.6 * max(1, len(parts))), 4.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(1, len(parts)), sharey=True, squeeze=False)[0]
+    if not parts:
+        axes[0].text(0.5, 0.5, "no radiodensity results", ha="center", va="center")
+        axes[0].set_axis_off()
+    palette = sns.color_palette("colorblind", 10)
+    for ax, part in zip(axes, parts, strict=False):
+        rows = table.loc[table["body_part"] == part].reset_index(drop=True)
+        types = list(rows["image_type"])
+        colours = {t: palette[7] if i == 0 else palette[i % 10] for i, t in enumerate(types)}
+        boot = boot_long.loc[(boot_long["body_part"] == part) & boot_long["rho"].notna()]
+        data = [boot.loc[boot["image_type"] == t, "rho"].to_numpy() for t in types]
+        if any(d.size for d in data):
+            boxes = ax.boxplot(
+                data,
+                positions=range(len(types)),
+                whis=(2.5, 97.5),
+                showfliers=False,
+                widths=0.6,
+                patch_artist=True,
+                medianprops={"color": "0.15"},
+            )
+            for patch, t in zip(boxes["boxes"], types, strict=True):
+                patch.set_facecolor(colours[t])
+        ax.scatter(range(len(types)), rows["rho"], marker="D", color="black", s=18, zorder=5)
+        ax.axhline(0.0, color="0.4", linewidth=0.8, linestyle="--")
+        top = np.nanmax(np.append(rows["ci_high"].to_numpy(dtype=float), 0.0))
+        for i, p in enumerate(rows["p_value"]):
+            ax.text(i, top + 0.05, significance_stars(float(p)), ha="center", fontsize=9)
+        ax.set_xticks(range(len(types)), types, rotation=30, ha="right", rotation_mode="anchor")
+        ax.set_title(part)
+        ax.set_xlabel("")
+        ax.set_ylabel("Spearman's rho (bootstrap)")
+    fig.suptitle("Muscle radiodensity residuals from facial voxels", fontsize=11)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")

@@ -1,0 +1,102 @@
+"""File-level steps of the radiodensity study that the workflow runs once per cohort.
+
+* :func:`write_targets`: the phenotype tables and the cohort's age and sex -> the long table of
+  residual targets (eq. 2) with every subject's study split (``results/radiodensity/targets.tsv``).
+* :func:`evaluate_models`: every model's predictions -> the Spearman table with bootstrap CIs
+  and Wilcoxon tests against the original (TSV and Markdown), the bootstrap replicates and the
+  Figure 6 analog.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from defaceaudit.errors import InputError
+from defaceaudit.radiodensity.evaluate import radiodensity_table, write_radiodensity_tables
+from defaceaudit.radiodensity.figure import plot_radiodensity
+from defaceaudit.radiodensity.plan import ORIGINAL
+from defaceaudit.radiodensity.targets import assign_subject_splits, lme_residual_targets
+from defaceaudit.tables import write_tsv
+
+log = logging.getLogger(__name__)
+
+
+def _read_phenotype(path: str | os.PathLike) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype={"participant_id": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputError(f"{path}: cannot read the phenotype table ({err})") from err
+    if "participant_id" not in frame.columns:
+        raise InputError(f"{path}: the phenotype table has no participant_id column")
+    return frame
+
+
+def write_targets(
+    phenotype: Sequence[str | os.PathLike],
+    cohort_table: str | os.PathLike,
+    body_parts: Sequence[str],
+    split: Mapping,
+    out_targets: str | os.PathLike,
+) -> pd.DataFrame:
+    """Residual targets of every cohort subject with phenotype rows, with its study split.
+
+    ``phenotype``: TSVs with participant_id (``sub-<subject>``), visit, age and ``<part>_hu``;
+    rows of subjects outside the cohort are dropped (logged). ``cohort_table``: the cohort's
+    subjects.tsv (subject, sex, ...). ``split``: fractions ``train``, ``validation``, ``test``
+    and ``seed`` (:func:`~defaceaudit.radiodensity.targets.assign_subject_splits`, exact
+    sizes: subjects ranked by a hash of their id fill the splits in order). The mixed
+    model is fitted on the train split only. Writes and returns the long table of
+    :func:`~defaceaudit.radiodensity.targets.lme_residual_targets` plus ``subject`` and
+    ``split`` columns.
+    """
+    table = pd.concat([_read_phenotype(p) for p in phenotype], ignore_index=True)
+    cohort = pd.read_csv(cohort_table, sep="\t", dtype={"subject": str})
+    participants = pd.DataFrame(
+        {"participant_id": "sub-" + cohort["subject"], "sex": cohort["sex"]}
+    )
+    outside = sorted(set(table["participant_id"]) - set(participants["participant_id"]))
+    if outside:
+        log.warning("%d phenotype subjects are not in the cohort: %s", len(outside), outside)
+        table = table[~table["participant_id"].isin(outside)]
+    subjects = sorted(table["participant_id"].unique())
+    fractions = {k: split[k] for k in ("train", "validation", "test")}
+    # exact sizes (quota): hash thresholds leave a 24-subject cohort 1 validation subject
+    splits = assign_subject_splits(subjects, fractions, int(split["seed"]), method="quota")
+    train = [s for s in subjects if splits[s] == "train"]
+    targets = lme_residual_targets(table, participants, body_parts, train)
+    targets.insert(0, "subject", targets["participant_id"].str.removeprefix("sub-"))
+    targets["split"] = targets["participant_id"].map(splits)
+    counts = targets.drop_duplicates("participant_id")["split"].value_counts().to_dict()
+    log.info("radiodensity subjects per split: %s", counts)
+    write_tsv(targets, out_targets)
+    return targets
+
+
+def evaluate_models(
+    prediction_files: Sequence[str | os.PathLike],
+    out_table: str | os.PathLike,
+    out_markdown: str | os.PathLike,
+    out_bootstrap: str | os.PathLike,
+    out_predictions: str | os.PathLike,
+    out_figure: str | os.PathLike,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Spearman's rho of every model on the test split, with bootstrap CIs and Wilcoxon tests
+    of each image type's replicates against the original's (paper Figure 6)."""
+    predictions = pd.concat(
+        [pd.read_csv(p, sep="\t", dtype={"participant_id": str}) for p in prediction_files],
+        ignore_index=True,
+    )
+    write_tsv(predictions, out_predictions)
+    table, boot = radiodensity_table(
+        predictions, reference=ORIGINAL, n_resamples=n_resamples, seed=seed
+    )
+    write_radiodensity_tables(table, out_table, out_markdown)
+    write_tsv(boot, out_bootstrap)
+    plot_radiodensity(table, boot, out_figure)
+    return table

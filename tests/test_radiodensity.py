@@ -1,0 +1,514 @@
+"""Radiodensity study (paper section 3): targets, splits, sampler, MedicalNet loading, face crops,
+training, bootstrap statistics, table and figure. Tiny synthetic data, CPU, seconds."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+import torch
+from scipy import stats
+from synthetic import synthetic_head
+
+from defaceaudit.errors import DefaceAuditError, ImageError
+from defaceaudit.radiodensity.crop import CropGeometry, subject_face_crops
+from defaceaudit.radiodensity.evaluate import (
+    radiodensity_table,
+    spearman_bootstrap,
+    write_radiodensity_tables,
+)
+from defaceaudit.radiodensity.figure import plot_radiodensity
+from defaceaudit.radiodensity.model import load_medicalnet, resnet10
+from defaceaudit.radiodensity.sampler import balanced_sampler, subject_balanced_weights
+from defaceaudit.radiodensity.targets import assign_subject_splits, lme_residual_targets
+from defaceaudit.radiodensity.train import EarlyStopping, run_training, train_radiodensity
+from defaceaudit.register import resample
+
+torch.set_num_threads(2)
+
+FRACTIONS = {"train": 0.5, "validation": 0.17, "test": 0.33}
+
+
+# --- targets (eq. 2) ------------------------------------------------------------------------------
+
+
+def _phenotype(n_subjects=24, seed=3):
+    """Visits of a mixed model: y = 40 - 0.3 age - 4 [F] + r_i + e_ij (HU)."""
+    rng = np.random.default_rng(seed)
+    rows, people = [], []
+    for i in range(n_subjects):
+        pid, sex = f"sub-{i:02d}", "F" if i % 2 else "M"
+        people.append({"participant_id": pid, "sex": sex})
+        r = rng.normal(0, 4)
+        age = rng.uniform(20, 80)
+        for visit in range(1, int(rng.integers(1, 4)) + 1):
+            age += rng.uniform(1, 3)
+            y = 40 - 0.3 * age - 4 * (sex == "F") + r + rng.normal(0, 2.5)
+            rows.append({"participant_id": pid, "visit": visit, "age": age, "abdomen_hu": y})
+    phen = pd.DataFrame(rows)
+    phen["shin_hu"] = phen["abdomen_hu"] * 0.5 + 30
+    return phen, pd.DataFrame(people)
+
+
+def test_lme_targets_match_a_direct_mixedlm_fit():
+    phen, people = _phenotype()
+    train = [f"sub-{i:02d}" for i in range(16)]
+    out = lme_residual_targets(phen, people, ["abdomen", "shin"], train)
+    abd = out[out["body_part"] == "abdomen"].reset_index(drop=True)
+    assert len(out) == 2 * len(phen)
+    # direct fit with explicit design matrices (no formula), on the training rows only
+    female = phen["participant_id"].map(people.set_index("participant_id")["sex"]).eq("F")
+    exog = np.column_stack([np.ones(len(phen)), phen["age"], female.astype(float)])
+    fit = phen["participant_id"].isin(train).to_numpy()
+    result = sm.MixedLM(
+        phen["abdomen_hu"].to_numpy()[fit], exog[fit], groups=phen["participant_id"][fit]
+    ).fit(reml=True)
+    fixed = exog @ np.asarray(result.fe_params)
+    np.testing.assert_allclose(abd["fixed_hu"], fixed, rtol=0, atol=1e-4)
+    residual = phen["abdomen_hu"].to_numpy() - fixed
+    np.testing.assert_allclose(abd["residual_hu"], residual, atol=1e-4)
+    # eq. 2 removes the fixed effects only: the random intercept stays in the residual
+    assert np.abs(abd["residual_hu"].to_numpy()[fit] - np.asarray(result.resid)).max() > 1.0
+    z = (residual - residual[fit].mean()) / residual[fit].std(ddof=1)
+    np.testing.assert_allclose(abd["target"], z, atol=1e-4)
+    assert abs(abd["target"][fit].mean()) < 1e-9 and abs(abd["target"][fit].std() - 1) < 1e-9
+    assert list(out.columns) == [
+        "participant_id",
+        "visit",
+        "age",
+        "sex",
+        "body_part",
+        "y_hu",
+        "fixed_hu",
+        "residual_hu",
+        "target",
+    ]
+
+
+def test_lme_targets_explain_their_errors():
+    phen, people = _phenotype()
+    train = people["participant_id"][:16]
+    with pytest.raises(DefaceAuditError, match="thigh_hu"):
+        lme_residual_targets(phen, people, ["thigh"], train)
+    no_sex = people.copy()
+    no_sex.loc[3, "sex"] = np.nan
+    with pytest.raises(DefaceAuditError, match="sub-03: no sex"):
+        lme_residual_targets(phen, no_sex, ["abdomen"], train)
+    with pytest.raises(DefaceAuditError, match="2 training subject"):
+        lme_residual_targets(phen, people, ["abdomen"], ["sub-00", "sub-01"])
+
+
+# --- splits and sampling --------------------------------------------------------------------------
+
+
+def test_splits_are_deterministic_disjoint_and_stable():
+    subjects = [f"sub-{i:03d}" for i in range(300)]
+    a = assign_subject_splits(subjects, FRACTIONS, seed=2025)
+    assert a == assign_subject_splits(list(reversed(subjects)), FRACTIONS, seed=2025)
+    assert list(a) == subjects and set(a.values()) == {"train", "validation", "test"}
+    grown = assign_subject_splits([*subjects, "sub-new"], FRACTIONS, seed=2025)
+    assert {s: grown[s] for s in subjects} == a
+    counts = pd.Series(a).value_counts()
+    for name, fraction in FRACTIONS.items():  # binomial counts within 4 SD
+        assert abs(counts[name] - 300 * fraction) < 4 * np.sqrt(300 * fraction * (1 - fraction))
+    assert assign_subject_splits(subjects, FRACTIONS, seed=1) != a
+    for seed in range(20):  # small cohorts: every split gets someone
+        small = assign_subject_splits(["a", "b", "c"], FRACTIONS, seed=seed)
+        assert sorted(small.values()) == ["test", "train", "validation"]
+    with pytest.raises(DefaceAuditError, match="sum to 1"):
+        assign_subject_splits(subjects, {"train": 0.5, "validation": 0.2, "test": 0.2}, 0)
+
+
+def test_quota_splits_have_exact_sizes():
+    subjects = [f"sub-{i:02d}" for i in range(24)]
+    for seed in range(10):
+        quota = assign_subject_splits(subjects, FRACTIONS, seed, method="quota")
+        assert pd.Series(quota).value_counts().to_dict() == {
+            "train": 12,
+            "test": 8,
+            "validation": 4,
+        }
+        grown = assign_subject_splits([*subjects, "sub-new"], FRACTIONS, seed, method="quota")
+        assert sum(grown[s] != quota[s] for s in subjects) <= 2
+    tiny = assign_subject_splits(
+        ["a", "b", "c"], {"train": 0.9, "validation": 0.05, "test": 0.05}, 0, method="quota"
+    )
+    assert sorted(tiny.values()) == ["test", "train", "validation"]
+
+
+def test_sampler_draws_subjects_equally_often():
+    visits = [1, 2, 3, 1, 4]
+    ids = [f"s{i}" for i, v in enumerate(visits) for _ in range(v)]
+    p = subject_balanced_weights(ids)
+    expected = np.array([1 / (len(visits) * v) for v in visits for _ in range(v)])
+    np.testing.assert_allclose(p, expected)
+    assert p.sum() == pytest.approx(1.0)
+    draws = 200_000
+    sampler = balanced_sampler(ids, draws, seed=7)
+    counts = np.bincount(np.fromiter(iter(sampler), dtype=np.int64), minlength=len(ids))
+    # each row's count is binomial(draws, p): 5 SD leaves a false alarm below 1e-5 over 11 rows
+    assert np.all(np.abs(counts / draws - p) < 5 * np.sqrt(p * (1 - p) / draws))
+    again = np.fromiter(iter(balanced_sampler(ids, 50, seed=7)), dtype=np.int64)
+    assert np.array_equal(again, np.fromiter(iter(balanced_sampler(ids, 50, 7)), dtype=np.int64))
+
+
+# --- MedicalNet -----------------------------------------------------------------------------------
+
+
+@functools.cache
+def _encoder_state() -> dict:
+    """A ResNet10 state dict in MedicalNet's layout: ``module.`` prefixes, no ``fc``."""
+    torch.manual_seed(1)
+    return {f"module.{k}": v for k, v in resnet10().state_dict().items() if not k.startswith("fc.")}
+
+
+def _medicalnet_file(path, edit=None):
+    state = dict(_encoder_state())
+    if edit:
+        edit(state)
+    torch.save({"state_dict": state}, path)
+    return state
+
+
+def test_load_medicalnet_checks_keys_and_names_the_file(tmp_path):
+    good = tmp_path / "resnet_10.pth"
+    state = _medicalnet_file(good)
+    model = resnet10()
+    fc_before = model.fc.weight.detach().clone()
+    load_medicalnet(model, good)
+    for key, value in model.state_dict().items():
+        if key.startswith("fc."):
+            continue
+        assert torch.equal(value, state[f"module.{key}"]), key
+    assert torch.equal(model.fc.weight, fc_before)
+
+    def fails(name, edit, pattern):
+        path = tmp_path / name
+        _medicalnet_file(path, edit)
+        with pytest.raises(DefaceAuditError, match=pattern):
+            load_medicalnet(model, path)  # checked before anything is loaded
+
+    fails(
+        "extra.pth",
+        lambda s: s.update({"module.conv_seg.weight": torch.zeros(2)}),
+        r"extra\.pth.*unexpected keys conv_seg\.weight",
+    )
+    fails(
+        "renamed.pth",
+        lambda s: s.update({"module.conv0.weight": s.pop("module.conv1.weight")}),
+        r"renamed\.pth.*missing keys conv1\.weight",
+    )
+    fails(
+        "shapes.pth",
+        lambda s: s.update({"module.bn1.bias": torch.zeros(3)}),
+        r"shapes\.pth.*bn1\.bias",
+    )
+    plain = tmp_path / "plain.pth"
+    torch.save([1, 2], plain)
+    with pytest.raises(DefaceAuditError, match=r"plain\.pth: not a MedicalNet file"):
+        load_medicalnet(model, plain)
+
+
+# --- face crops -----------------------------------------------------------------------------------
+
+
+def _save(data, affine, path):
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, path)
+    return path
+
+
+def test_crop_geometry_sits_on_the_front_of_the_head():
+    head, _ = synthetic_head()  # scalp ellipsoid to y = 95 mm, nose to y = 120, z centre 10
+    geo = CropGeometry.from_template(head, (44, 10, 50), 4.0, anterior_margin_mm=0.0)
+    assert geo.shape == (44, 10, 50)
+    np.testing.assert_allclose(geo.affine[:3, :3], 4.0 * np.eye(3))
+    centre = geo.affine[:3, 3] + 4.0 * (np.array(geo.shape) - 1) / 2
+    assert abs(centre[0]) < 4.0  # left-right symmetric head
+    front = geo.affine[1, 3] + 4.0 * (geo.shape[1] - 1) + 2.0
+    assert 112 <= front <= 128  # the nose tip, within two 4 mm voxels
+    assert front - geo.affine[1, 3] == pytest.approx(10 * 4.0 - 2.0)  # 40 mm deep: the front
+    wider = CropGeometry.from_template(head, (44, 10, 50), 4.0)  # default: 12 mm of air in front
+    assert wider.affine[1, 3] - geo.affine[1, 3] == pytest.approx(12.0)
+
+
+def test_subject_face_crops_register_mask_and_normalise(tmp_path):
+    template, _ = synthetic_head(seed=0)
+    head, brain = synthetic_head(seed=1)
+    shift = np.array([8.0, -12.0, 4.0])  # the subject's world is the template's moved by shift
+    affine = template.affine.copy()
+    affine[:3, 3] += shift
+    data = np.asarray(head.dataobj)
+    t_path = _save(template.dataobj, template.affine, tmp_path / "template.nii.gz")
+    o_path = _save(data, affine, tmp_path / "orig.nii.gz")
+    b_path = _save(brain, affine, tmp_path / "brain.nii.gz")
+    defaced = data.copy()
+    defaced[:, 45:, :26] = 0.0  # lower front of the head removed
+    d_path = _save(defaced, affine, tmp_path / "defaced.nii.gz")
+    shape = (40, 16, 44)
+    crops = subject_face_crops(
+        o_path,
+        b_path,
+        {"defaced": d_path},
+        t_path,
+        shape,
+        4.0,
+        out_crops=tmp_path / "crops.npz",
+        out_transform=tmp_path / "transform.json",
+    )
+    assert set(crops) == {"original", "defaced"}
+    info = json.loads((tmp_path / "transform.json").read_text())
+    transform = np.array(info["template_to_subject_ras_mm"])
+    np.testing.assert_allclose(transform[:3, 3], shift, atol=2.0)  # the known shift, in mm
+    assert abs(transform[:3, :3] - np.eye(3)).max() < 0.03
+    with np.load(tmp_path / "crops.npz") as saved:
+        assert sorted(saved.files) == ["defaced", "original"]
+        np.testing.assert_array_equal(saved["original"], crops["original"])
+    geo = CropGeometry.from_template(template, shape, 4.0)
+    assert info["crop_affine"] == np.round(geo.affine, 6).tolist()
+    # crop voxel centres -> template world; the template's own brain there is zeroed
+    ijk = np.indices(shape).reshape(3, -1).T
+    world = nib.affines.apply_affine(geo.affine, ijk)
+    x, y, z = world.T
+    in_brain = ((x / 62) ** 2 + (y / 80) ** 2 + ((z - 20) / 60) ** 2 <= 0.9).reshape(shape)
+    assert in_brain.sum() > 50
+    for crop in crops.values():
+        assert crop.dtype == np.float32 and crop.shape == shape
+        assert np.all(crop[in_brain] == 0)
+        values = crop[crop != 0]
+        assert abs(values.mean()) < 1e-5 and abs(values.std() - 1) < 1e-4
+    # the shifted subject lands where the template is: the crops of its head agree
+    reference = np.asarray(template.dataobj)
+    ref_crop = resample((reference, template.affine), (shape, geo.affine))
+    scalp = (crops["original"] != 0) & (ref_crop > 400)
+    assert scalp.sum() > 100
+    assert stats.pearsonr(crops["original"][scalp], ref_crop[scalp])[0] > 0.6
+    # the removed part is empty in the defaced crop
+    removed = nib.affines.apply_affine(np.linalg.inv(affine), world + shift)
+    gone = ((removed[:, 1] >= 45.5) & (removed[:, 2] <= 24.5)).reshape(shape)
+    assert np.all(crops["defaced"][gone] == 0) and (crops["original"][gone] != 0).sum() > 20
+
+    other = _save(data[:-2], affine, tmp_path / "other_grid.nii.gz")
+    with pytest.raises(ImageError, match="other_grid.nii.gz"):
+        subject_face_crops(o_path, b_path, {"x": other}, t_path, shape, 4.0)
+    empty = _save(np.zeros_like(data), affine, tmp_path / "empty.nii.gz")
+    with pytest.raises(ImageError, match="empty.nii.gz"):
+        subject_face_crops(o_path, b_path, {"x": empty}, t_path, shape, 4.0)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+class TinyNet(torch.nn.Module):
+    """A 3-D CNN of a few hundred parameters: enough to read a blob's brightness."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 6, 3, padding=1)
+        self.head = torch.nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3, 4)))
+
+
+def _blob_problem(n_subjects=30, visits=2, size=12, seed=0):
+    """Crops with a central blob whose brightness a_s is the subject's target (+ visit noise)."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices((size,) * 3) - (size - 1) / 2
+    blob = (grid**2).sum(axis=0) <= 9
+    brightness = rng.normal(0, 1, n_subjects)
+    crops = rng.normal(0, 0.3, (n_subjects, size, size, size)).astype(np.float32)
+    crops[:, blob] += brightness[:, None].astype(np.float32) + 1.0
+    index = np.repeat(np.arange(n_subjects), visits)
+    targets = brightness[index] + rng.normal(0, 0.1, index.size)
+    subjects = [f"sub-{i:02d}" for i in index]
+    split_of = np.array(["train"] * 18 + ["validation"] * 6 + ["test"] * 6)
+    return crops, index, targets, subjects, split_of[index]
+
+
+SETTINGS = {
+    "epochs": 60,
+    "batch_size": 8,
+    "learning_rate": 0.02,
+    "weight_decay": 0.0,
+    "patience": 4,
+    "seed": 0,
+    "device": "cpu",
+}
+
+
+def test_train_learns_a_blob_and_restores_the_best_epoch():
+    crops, index, targets, subjects, splits = _blob_problem()
+    args = (crops, targets, subjects, splits)
+    model, history, pred = train_radiodensity(
+        *args, SETTINGS, crop_index=index, build_model=TinyNet
+    )
+    assert list(history.columns) == ["epoch", "train_loss", "validation_loss", "seconds"]
+    test = splits == "test"
+    assert stats.spearmanr(pred[test], targets[test])[0] > 0.7
+    best = history.attrs["best_epoch"]
+    assert best == int(history["epoch"][history["validation_loss"].idxmin()])
+    assert len(history) == best + SETTINGS["patience"] < SETTINGS["epochs"]  # stopped early
+    val = splits == "validation"
+    assert np.mean((pred[val] - targets[val]) ** 2) == pytest.approx(
+        history["validation_loss"].min(), rel=1e-5
+    )
+    # a rerun that simply ends at the best epoch gives the same weights: restoration is exact
+    _, short, again = train_radiodensity(
+        *args, {**SETTINGS, "epochs": best}, crop_index=index, build_model=TinyNet
+    )
+    np.testing.assert_array_equal(again, pred)
+    pd.testing.assert_frame_equal(
+        short.drop(columns="seconds"), history.drop(columns="seconds")[:best]
+    )
+
+
+def test_early_stopping_rule():
+    stopper = EarlyStopping(patience=2)
+    flags = [stopper.update(e, loss) for e, loss in enumerate([3.0, 2.0, 2.5, float("nan")], 1)]
+    assert flags == [True, True, False, False] and stopper.best_epoch == 2 and stopper.stop
+
+
+def test_resnet10_with_medicalnet_weights_trains_one_epoch(tmp_path):
+    weights = tmp_path / "resnet_10.pth"
+    _medicalnet_file(weights)
+    rng = np.random.default_rng(0)
+    crops = rng.normal(size=(4, 16, 16, 16)).astype(np.float32)
+    settings = {**SETTINGS, "epochs": 1, "batch_size": 2, "medicalnet_weights": str(weights)}
+    model, history, pred = train_radiodensity(
+        crops,
+        np.array([0.0, 1.0, -1.0, 0.5]),
+        ["a", "a", "b", "c"],
+        ["train"] * 3 + ["validation"],
+        settings,
+    )
+    assert sum(p.numel() for p in model.parameters()) > 14_000_000
+    assert len(history) == 1 and pred.shape == (4,) and np.all(np.isfinite(pred))
+
+
+def test_run_training_writes_predictions_history_and_model(tmp_path):
+    crops, _, targets, subjects, splits = _blob_problem(n_subjects=30, visits=2)
+    files, split_of = {}, {}
+    for i in range(30):
+        files[f"{i:02d}"] = tmp_path / f"sub-{i:02d}.npz"  # labels without "sub-" work too
+        np.savez(files[f"{i:02d}"], original=crops[i], quickshear=crops[i] * 0)
+        split_of[f"sub-{i:02d}"] = splits[2 * i]
+    rows = pd.DataFrame(
+        {
+            "participant_id": subjects,
+            "visit": [1, 2] * 30,
+            "body_part": "abdomen",
+            "target": targets,
+        }
+    )
+    rows.loc[len(rows)] = ["sub-99", 1, "abdomen", 0.3]  # no crop: left out
+    rows.to_csv(tmp_path / "targets.tsv", sep="\t", index=False)
+    out = run_training(
+        files,
+        "original",
+        tmp_path / "targets.tsv",
+        "abdomen",
+        split_of,
+        {**SETTINGS, "epochs": 3},
+        tmp_path / "pred.tsv",
+        tmp_path / "history.tsv",
+        tmp_path / "model.pt",
+        build_model=TinyNet,
+    )
+    written = pd.read_csv(tmp_path / "pred.tsv", sep="\t")
+    assert list(written.columns) == [
+        "participant_id",
+        "visit",
+        "split",
+        "body_part",
+        "image_type",
+        "target",
+        "prediction",
+    ]
+    assert len(written) == 60 and set(written["image_type"]) == {"original"}
+    np.testing.assert_allclose(written["prediction"], out["prediction"], rtol=1e-6)
+    assert len(pd.read_csv(tmp_path / "history.tsv", sep="\t")) == 3
+    checkpoint = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert checkpoint["settings"]["epochs"] == 3 and checkpoint["crop_shape"] == [12, 12, 12]
+    TinyNet().load_state_dict(checkpoint["state_dict"])
+    with pytest.raises(DefaceAuditError, match="no 'avgface' crop"):
+        run_training(
+            files,
+            "avgface",
+            tmp_path / "targets.tsv",
+            "abdomen",
+            split_of,
+            SETTINGS,
+            tmp_path / "p2.tsv",
+            tmp_path / "h2.tsv",
+            build_model=TinyNet,
+        )
+
+
+# --- statistics, table, figure --------------------------------------------------------------------
+
+
+def _predictions(n_subjects=25, seed=0):
+    rng = np.random.default_rng(seed)
+    subject = np.repeat([f"sub-{i:02d}" for i in range(n_subjects)], 2)
+    target = np.repeat(rng.normal(size=n_subjects), 2) + rng.normal(0, 0.3, subject.size)
+    good = target + rng.normal(0, 0.4, subject.size)
+    bad = rng.normal(size=subject.size)
+    frames = []
+    for image_type, pred in (("original", good), ("quickshear", bad)):
+        frames.append(
+            pd.DataFrame(
+                {
+                    "participant_id": subject,
+                    "split": "test",
+                    "body_part": "abdomen",
+                    "image_type": image_type,
+                    "target": target,
+                    "prediction": pred,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_spearman_bootstrap_resamples_subjects_and_pairs_replicates():
+    frame = _predictions()
+    orig = frame[frame["image_type"] == "original"]
+    res = spearman_bootstrap(orig, n_resamples=500, seed=3)
+    assert res["rho"] == pytest.approx(stats.spearmanr(orig["target"], orig["prediction"])[0])
+    assert res["ci_low"] < res["rho"] < res["ci_high"]
+    assert res["n_subjects"] == 25 and res["n_rows"] == 50 and res["boot"].shape == (500,)
+    shuffled = orig.sample(frac=1.0, random_state=1)  # row order must not matter
+    np.testing.assert_allclose(spearman_bootstrap(shuffled, 500, seed=3)["boot"], res["boot"])
+    assert not np.allclose(spearman_bootstrap(orig, 500, seed=4)["boot"], res["boot"])
+
+
+def test_radiodensity_table_tests_against_the_original(tmp_path):
+    frame = _predictions()
+    table, boot = radiodensity_table(frame, n_resamples=400, seed=0)
+    assert list(table["image_type"]) == ["original", "quickshear"]
+    ref, defaced = table.iloc[0], table.iloc[1]
+    assert np.isnan(ref["p_value"]) and np.isnan(ref["mean_difference"])
+    assert defaced["p_value"] < 1e-10 and defaced["mean_difference"] < -0.4
+    assert defaced["diff_ci_high"] < 0
+    assert len(boot) == 800 and set(boot.columns) == {"body_part", "image_type", "replicate", "rho"}
+    paired = boot.pivot(index="replicate", columns="image_type", values="rho")
+    assert np.mean(paired["quickshear"] - paired["original"]) == pytest.approx(
+        defaced["mean_difference"]
+    )
+    write_radiodensity_tables(table, tmp_path / "t.tsv", tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    assert "| abdomen" in md and "e-" in md
+    assert len(pd.read_csv(tmp_path / "t.tsv", sep="\t")) == 2
+    plot_radiodensity(table, boot, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    fewer = frame.drop(frame.index[(frame["image_type"] == "quickshear")][:2])
+    with pytest.raises(DefaceAuditError, match="other subjects"):
+        radiodensity_table(fewer, n_resamples=10)

@@ -1,0 +1,60 @@
+"""The radiodensity study end to end on a tiny real demo cohort (4 mm, 8 subjects, 2 epochs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_workflow import run_snakemake, workdir  # noqa: F401 (fixture)
+
+from defaceaudit import paths
+
+pytestmark = pytest.mark.workflow
+
+TINY = {
+    "demo": {"n_train": 6, "n_internal_test": 1, "n_external_test": 1, "voxel_size_mm": 4.0},
+    "deface": {"defacers": ["quickshear", "skullstrip"]},
+    "reface": {"enabled": False},
+    "radiodensity": {
+        "body_parts": ["abdomen"],
+        "crop_shape": [40, 16, 48],
+        "voxel_mm": 5.0,
+        "split": {"train": 0.6, "validation": 0.2, "test": 0.2},
+        "training": {"epochs": 2, "batch_size": 4, "patience": 2},
+        "n_bootstrap": 200,
+    },
+}
+
+
+def test_tiny_radiodensity_study_trains_a_model_per_image_type(workdir):  # noqa: F811
+    targets = [paths.RADIODENSITY_TABLES["table"], paths.RADIODENSITY_FIGURE]
+    done = run_snakemake(workdir, *targets, "--cores", "2", config=TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    study = pd.read_csv(workdir / paths.RADIODENSITY_TARGETS, sep="\t")
+    assert study["subject"].nunique() == 8
+    assert set(study["split"]) == {"train", "validation", "test"}
+    assert study.groupby("subject")["split"].nunique().max() == 1  # split by subject
+    train = study[study["split"] == "train"]
+    assert abs(train["target"].mean()) < 1e-6  # z-scored on the training rows
+
+    crops = np.load(workdir / paths.radiodensity_crop_files("tr01")["crops"])
+    assert set(crops.files) == {"original", "quickshear", "skullstrip"}
+    assert crops["original"].shape == (40, 16, 48)
+    assert not np.array_equal(crops["original"], crops["quickshear"])  # the face is gone
+
+    for image_type in ("original", "quickshear", "skullstrip"):
+        files = paths.radiodensity_model_files(image_type, "abdomen")
+        predictions = pd.read_csv(workdir / files["predictions"], sep="\t")
+        assert len(predictions) == len(study)  # every visit row of every subject
+        assert np.isfinite(predictions["prediction"]).all()
+        history = pd.read_csv(workdir / files["history"], sep="\t")
+        assert 1 <= len(history) <= 2
+        assert (workdir / files["model"]).stat().st_size > 1_000_000  # ResNet10 weights
+
+    table = pd.read_csv(workdir / paths.RADIODENSITY_TABLES["table"], sep="\t")
+    assert sorted(table["image_type"]) == ["original", "quickshear", "skullstrip"]
+    assert (table["ci_low"] <= table["ci_high"]).all()
+    markdown = (workdir / paths.RADIODENSITY_TABLES["markdown"]).read_text()
+    assert "quickshear" in markdown and "skullstrip" in markdown
+    assert (workdir / paths.RADIODENSITY_FIGURE).stat().st_size > 10_000

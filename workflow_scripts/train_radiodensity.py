@@ -1,0 +1,21 @@
+"""Snakemake adapter: train one ResNet10 of the radiodensity study (radiodensity.train)."""
+
+import pandas as pd
+
+from defaceaudit.radiodensity.train import run_training
+from defaceaudit.workflow import run_step
+
+targets = pd.read_csv(snakemake.input.targets, sep="\t", dtype={"subject": str})
+run_step(
+    snakemake.log[0],
+    run_training,
+    crop_files=dict(zip(snakemake.params.subjects, snakemake.input.crops, strict=True)),
+    image_type=snakemake.wildcards.image_type,
+    targets_tsv=snakemake.input.targets,
+    body_part=snakemake.wildcards.body_part,
+    splits=dict(zip(targets["subject"], targets["split"], strict=True)),
+    settings=dict(snakemake.params.settings),
+    out_predictions=snakemake.output.predictions,
+    out_history=snakemake.output.history,
+    out_model=snakemake.output.model,
+)
