@@ -5,11 +5,11 @@
     PYTHONPATH=src python benchmarks/bench_radiodensity.py --gpu [--variants fp32 bf16]
                                             [--save FILE]
 
-CPU (default): the demo size, face crops of 50 x 22 x 65 voxels (4 mm), 30 training rows of 15
-subjects and 6 validation rows, batch size 4: ``radiodensity.train.train_radiodensity`` itself
+CPU (default): the demo size, face crops of 34 x 15 x 44 voxels (6 mm), 24 training rows of 12
+subjects and 8 validation rows, batch size 4: ``radiodensity.train.train_radiodensity`` itself
 runs 3 epochs (MONAI ResNet10, 14.4 M parameters, random initialisation, AdamW) and the row
-gives the mean seconds of epochs 2 and 3 (epoch 1 carries the one-off costs; an epoch is 30
-subject-balanced draws in 8 steps plus the validation predictions) and the peak resident memory.
+gives the mean seconds of epochs 2 and 3 (epoch 1 carries the one-off costs; an epoch is 24
+subject-balanced draws in 6 steps plus the validation predictions) and the peak resident memory.
 
 GPU (``--gpu``): the paper size, 201 x 87 x 261 crops at 1 mm, batch size 8, in float32 and with
 bf16 autocast: the mean seconds of one training step (zero_grad, forward, MSE, backward, fused
@@ -39,10 +39,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_SHAPE = (50, 22, 65)  # 4 mm crops
+DEMO_SHAPE = (34, 15, 44)  # 6 mm crops (config.yaml)
 DEMO_BATCH = 4
-DEMO_TRAIN_ROWS = 30  # 15 subjects x 2 visits
-DEMO_VALIDATION_ROWS = 6
+DEMO_TRAIN_ROWS = 24  # 12 subjects x 2 visits
+DEMO_VALIDATION_ROWS = 8
 DEMO_EPOCHS = 3
 PAPER_SHAPE = (201, 87, 261)  # 1 mm crops, paper Figure S2
 PAPER_BATCH = 8
@@ -217,13 +217,13 @@ def main() -> None:
     else:
         print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
         print(
-            f"ResNet10 training epoch, crops {'x'.join(map(str, DEMO_SHAPE))} (4 mm), "
+            f"ResNet10 training epoch, crops {'x'.join(map(str, DEMO_SHAPE))} (6 mm), "
             f"{DEMO_TRAIN_ROWS} training rows, {DEMO_VALIDATION_ROWS} validation rows, "
             f"batch {DEMO_BATCH}"
         )
         cases = [
-            ("cpu demo_4mm baseline", {"case": "baseline"}),
-            ("cpu demo_4mm train epoch", {"case": "epoch"}),
+            ("cpu demo_6mm baseline", {"case": "baseline"}),
+            ("cpu demo_6mm train epoch", {"case": "epoch"}),
         ]
     reference = json.loads(args.reference.read_text()) if args.reference.exists() else {}
     results = {name: run_child(spec) for name, spec in cases}

@@ -1,0 +1,355 @@
+"""Checks of the real SLURM test (run_slurm_test.sh).
+
+``jobs``: from SLURM's own records (``scontrol show job --details --oneliner``, kept for
+MinJobAge after a job ends) and the plugin's sbatch calls in Snakemake's ``--verbose`` log: every
+submitted job has a record and completed with exit code 0; the jobs of profiles/slurm's GPU rules
+asked for and were allocated a GPU in the GPU partition (one at a time: the test node has one),
+every other job neither, in the CPU partition; memory, time limit and CPUs per GPU are the
+profile's set-resources; every group of the profile ran as group jobs.
+
+``compare``: the outputs of two runs of the same workflow and config (SLURM and local).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+)")  # group ids: uuids
+SBATCH_CALL = re.compile(r"sbatch call: (sbatch .*)")
+COMMENT = re.compile(r"^rule_(?P<name>.+?)(?:_wildcards_(?P<wildcards>.*))?$")
+
+
+def parse_scontrol(text: str) -> list[dict[str, str]]:
+    """One dict per job of ``scontrol show job --oneliner`` (fields are KEY=VALUE, no spaces
+    inside the values read here)."""
+    jobs = []
+    for line in text.splitlines():
+        if line.startswith("JobId="):
+            jobs.append(dict(re.findall(r"(\w+)=(\S*)", line)))
+    return jobs
+
+
+def gpu_fields(record: dict[str, str]) -> tuple[bool, bool]:
+    """Whether the job asked for a GPU (TresPerJob or TresPerNode) and whether it was allocated
+    one (JOB_GRES=gpu:N in `scontrol show job --details`; without an accounting database TRES
+    does not list GPUs)."""
+    asked = any("gpu" in record.get(k, "") for k in ("TresPerJob", "TresPerNode"))
+    return asked, "gpu" in record.get("JOB_GRES", "")
+
+
+def overlapping(records: list[dict[str, str]]) -> list[str]:
+    """Pairs of jobs that ran at the same time (StartTime/EndTime, ISO with seconds)."""
+    spans = sorted((r["StartTime"], r["EndTime"], r["JobId"]) for r in records)
+    return [f"{a[2]} and {b[2]}" for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1]]
+
+
+def read_profile(profile: Path) -> tuple[set[str], dict[str, set[str]]]:
+    """From profiles/slurm: its GPU rules (set-resources entries with cpus_per_gpu) and its
+    groups (group -> member rules)."""
+    import yaml
+
+    settings = yaml.safe_load(profile.read_text())
+    entries = settings.get("set-resources", {})
+    gpu_rules = {rule for rule, res in entries.items() if "cpus_per_gpu" in (res or {})}
+    groups: dict[str, set[str]] = {}
+    for rule, group in settings.get("groups", {}).items():
+        groups.setdefault(group, set()).add(rule)
+    return gpu_rules, groups
+
+
+def profile_resources(profile: Path, rule: str, attempt: int) -> dict[str, int]:
+    """The profile's set-resources of a rule at an attempt (the integer ones: mem_mb, runtime,
+    cpus_per_gpu), evaluated as Snakemake does (Python expressions of `attempt`)."""
+    import yaml
+
+    entries = yaml.safe_load(profile.read_text()).get("set-resources", {}).get(rule) or {}
+    resources = {}
+    for name, expr in entries.items():
+        if name in ("mem_mb", "runtime", "cpus_per_gpu"):
+            resources[name] = int(eval(str(expr), {"attempt": attempt}))
+    return resources
+
+
+def minutes(limit: str) -> int:
+    """SLURM's TimeLimit ([D-]HH:MM:SS) in minutes."""
+    days, _, clock = limit.rpartition("-")
+    h, m, _s = (int(x) for x in clock.split(":"))
+    return (int(days) if days else 0) * 1440 + h * 60 + m
+
+
+def resource_problems(record: dict[str, str], rule: str, profile: Path) -> list[str]:
+    """Whether SLURM's record holds the profile's memory, time limit and CPUs per GPU of the
+    rule at some attempt (1 unless the job was retried)."""
+    got = {
+        "mem_mb": int(record.get("MinMemoryNode", "0M").rstrip("M")),
+        "runtime": minutes(record.get("TimeLimit", "0:0:0")),
+    }
+    cpus = re.search(r"gpu:(\d+)", record.get("CpusPerTres", ""))
+    if cpus:
+        got["cpus_per_gpu"] = int(cpus[1])
+    for attempt in (1, 2, 3):
+        want = profile_resources(profile, rule, attempt)
+        if want and all(got.get(k) == v for k, v in want.items()):
+            return []
+    first = profile_resources(profile, rule, 1)
+    if not first:
+        return []  # no entry in the profile: nothing to compare
+    return [f"{rule} job {record['JobId']}: {got} is not the profile's {first} x attempt"]
+
+
+def group_of(name: str, groups: dict[str, set[str]]) -> str | None:
+    """The group whose job a comment name is: Snakemake names a group job
+    `<group>_<its rules, sorted, joined by _>`."""
+    for group, members in groups.items():
+        for n in range(1, len(members) + 1):
+            for rules in combinations(sorted(members), n):
+                if name == f"{group}_{'_'.join(rules)}":
+                    return group
+    return None
+
+
+def check_jobs(args: argparse.Namespace) -> list[str]:
+    args.gpu_rules, groups = read_profile(Path(args.profile))
+    missing_required = set(args.require_gpu_rules) - args.gpu_rules
+    if missing_required:
+        return [f"{args.profile} has no GPU entry for {sorted(missing_required)}"]
+    records = parse_scontrol(Path(args.scontrol).read_text())
+    log = Path(args.snakemake_log).read_text()
+    submitted = {slurm_id for _, slurm_id in SUBMITTED.findall(log)}
+    calls = SBATCH_CALL.findall(log)
+    problems = []
+    if not submitted:
+        return [f"no job submissions in {args.snakemake_log}"]
+    by_id = {r["JobId"]: r for r in records}
+    missing = sorted(submitted - set(by_id), key=int)
+    if missing:
+        problems.append(f"submitted jobs without a SLURM record: {missing}")
+
+    seen_rules: dict[str, int] = {}
+    seen_groups: dict[str, int] = {}
+    for slurm_id in sorted(submitted & set(by_id), key=int):
+        record = by_id[slurm_id]
+        match = COMMENT.match(record.get("Comment", ""))
+        if not match:
+            problems.append(f"job {slurm_id}: no rule in its comment {record.get('Comment')!r}")
+            continue
+        name = match["name"]
+        state, exit_code = record.get("JobState"), record.get("ExitCode")
+        if state != "COMPLETED" or exit_code != "0:0":
+            problems.append(f"job {slurm_id} ({name}): {state}, exit code {exit_code}")
+        gpu_rule = name in args.gpu_rules
+        group = group_of(name, groups)
+        if group is not None:
+            seen_groups[group] = seen_groups.get(group, 0) + 1
+            if groups[group] & args.gpu_rules:
+                problems.append(f"group {group} holds a GPU rule")
+        else:
+            seen_rules[name] = seen_rules.get(name, 0) + 1
+            problems += resource_problems(record, name, Path(args.profile))
+        want_partition = args.gpu_partition if gpu_rule else args.cpu_partition
+        if gpu_fields(record) != (gpu_rule, gpu_rule):
+            problems.append(
+                f"job {slurm_id} ({name}): GPU {'missing' if gpu_rule else 'given'} "
+                f"(TresPerJob={record.get('TresPerJob')}, JOB_GRES={record.get('JOB_GRES')})"
+            )
+        if record.get("Partition") != want_partition:
+            problems.append(
+                f"job {slurm_id} ({name}): partition {record.get('Partition')}, "
+                f"expected {want_partition}"
+            )
+    # The test node has one GPU: jobs holding it must have run one after another.
+    gpu_jobs = [r for r in records if r["JobId"] in submitted and gpu_fields(r)[1]]
+    for pair in overlapping(gpu_jobs):
+        problems.append(f"GPU jobs {pair} ran at the same time on the node's one GPU")
+    for rule in args.require_gpu_rules:
+        if not seen_rules.get(rule):
+            problems.append(f"no SLURM job of GPU rule {rule}")
+    for group in groups:
+        if not seen_groups.get(group):
+            problems.append(f"no group job of group {group}")
+
+    # the plugin's side: the sbatch command lines it ran
+    for call in calls:
+        match = re.search(r"--comment (\S+)", call)
+        name = COMMENT.match(match[1].strip("'")) if match else None
+        if name is None:
+            problems.append(f"sbatch call without a rule comment: {call[:200]}")
+            continue
+        gpu_rule = name["name"] in args.gpu_rules
+        if ("--gpus=1" in call) != gpu_rule:
+            problems.append(f"sbatch call of {name['name']}: --gpus=1 expected {gpu_rule}")
+        if gpu_rule and "--cpus-per-gpu=" not in call:
+            problems.append(f"sbatch call of {name['name']} without --cpus-per-gpu")
+        if re.search(r"--gpus\b(?!=1)|--gres", call) and not gpu_rule:
+            problems.append(f"sbatch call of {name['name']} asks for a GPU")
+    if len(calls) != len(submitted):
+        problems.append(f"{len(calls)} sbatch calls logged for {len(submitted)} submissions")
+
+    print(
+        f"SLURM records: {len(submitted)} jobs, all checked; "
+        + ", ".join(f"{rule} x{n}" for rule, n in sorted(seen_rules.items()))
+        + "; group jobs: "
+        + ", ".join(f"{group} x{n}" for group, n in sorted(seen_groups.items()))
+    )
+    for slurm_id in sorted(submitted & set(by_id), key=int):
+        record = by_id[slurm_id]
+        print(
+            f"  {slurm_id:>4} {record.get('Partition', '?'):4} {record.get('JobState', '?'):9} "
+            f"TRES={record.get('TRES', '?'):40} JOB_GRES={record.get('JOB_GRES', '?'):7} "
+            f"{record.get('Comment', '?')}"
+        )
+    return problems
+
+
+# ----------------------------------------------------------------------------- compare
+#: Sidecar keys that differ between any two runs: wall-clock seconds of the job.
+TIMING_KEYS = {"seconds"}
+#: Relative tolerance for numbers and voxels. On the development machine every output of the two
+#: runs (demo images, prepared images, defaced images after registration, checkpoints, refaced
+#: images, metric tables) was byte-identical; the tolerance only absorbs last-bit differences
+#: where a cluster gives a job other CPUs (threads) than the local run.
+RTOL = 1e-6
+
+
+def output_files(root: Path) -> set[str]:
+    """Every output under results/, relative to it (logs and benchmarks hold timings)."""
+    results = root / "results"
+    return {
+        str(p.relative_to(results))
+        for p in results.rglob("*")
+        if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks")
+    }
+
+
+def json_without_run(path: Path, root: Path) -> object:
+    """A sidecar with its timings dropped and the run's working directory replaced."""
+    import json
+
+    text = path.read_text().replace(str(root.resolve()), "<workdir>")
+    data = json.loads(text)
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in TIMING_KEYS}
+    return data
+
+
+def close_values(a: object, b: object) -> bool:
+    """Equal JSON values, numbers within RTOL."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close_values(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close_values(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return bool(np.isclose(a, b, rtol=RTOL, atol=0.0, equal_nan=True))
+    return a == b
+
+
+def close_arrays(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    if not np.issubdtype(a.dtype, np.number):
+        return bool(np.array_equal(a, b))
+    scale = float(np.nanmax(np.abs(a))) if a.size else 0.0
+    return bool(np.allclose(a, b, rtol=RTOL, atol=RTOL * scale, equal_nan=True))
+
+
+def close_tables(fa: Path, fb: Path) -> bool:
+    import pandas as pd
+
+    ta, tb = pd.read_csv(fa, sep="\t"), pd.read_csv(fb, sep="\t")
+    if list(ta.columns) != list(tb.columns) or ta.shape != tb.shape:
+        return False
+    numeric = ta.select_dtypes("number").columns
+    text = [c for c in ta.columns if c not in numeric]
+    return ta[text].equals(tb[text]) and all(  # column by column: each on its own scale
+        close_arrays(ta[c].to_numpy(float), tb[c].to_numpy(float)) for c in numeric
+    )
+
+
+def close_files(rel: str, a: Path, b: Path) -> bool:
+    """Whether one output of the two runs agrees (its bytes differ)."""
+    import nibabel as nib
+
+    fa, fb = a / "results" / rel, b / "results" / rel
+    if rel.endswith(".json"):
+        return close_values(json_without_run(fa, a), json_without_run(fb, b))
+    if rel.endswith(".tsv"):
+        return close_tables(fa, fb)
+    if rel.endswith((".nii", ".nii.gz")):
+        ia, ib = nib.load(fa), nib.load(fb)
+        return np.allclose(ia.affine, ib.affine) and close_arrays(
+            np.asanyarray(ia.dataobj), np.asanyarray(ib.dataobj)
+        )
+    if rel.endswith(".npz"):
+        with np.load(fa) as za, np.load(fb) as zb:
+            return za.files == zb.files and all(close_arrays(za[k], zb[k]) for k in za.files)
+    return False  # checkpoints, Markdown, HTML: no tolerance to apply
+
+
+def compare(args: argparse.Namespace) -> list[str]:
+    a, b = Path(args.first), Path(args.second)
+    files_a, files_b = output_files(a), output_files(b)
+    problems = []
+    if not files_a:
+        problems.append(f"no outputs under {a}/results")
+    if files_a != files_b:
+        problems.append(
+            f"different outputs: only in {a.name}: {sorted(files_a - files_b)[:10]}; "
+            f"only in {b.name}: {sorted(files_b - files_a)[:10]}"
+        )
+    counts = {
+        "byte-identical": 0,
+        "sidecars equal but for timings and paths": 0,
+        "equal within tolerance": 0,
+        "figures not compared": 0,
+    }
+    for rel in sorted(files_a & files_b):
+        fa, fb = a / "results" / rel, b / "results" / rel
+        if fa.read_bytes() == fb.read_bytes():
+            counts["byte-identical"] += 1
+        elif rel.endswith(".png"):
+            # rendered figures: seaborn's strip-plot jitter is not seeded (figures.plot_qc)
+            counts["figures not compared"] += 1
+            print(f"  not compared (figure): {rel}")
+        elif close_files(rel, a, b):
+            kind = "sidecars equal but for timings and paths" if rel.endswith(".json") else ""
+            counts[kind or "equal within tolerance"] += 1
+        else:
+            problems.append(f"{rel} differs between {a.name} and {b.name}")
+    print(
+        f"outputs of {a.name} and {b.name}: {len(files_a | files_b)} files, "
+        + ", ".join(f"{n} {what}" for what, n in counts.items())
+        + f" (relative tolerance {RTOL})"
+    )
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    jobs = sub.add_parser("jobs", help="check SLURM's records of the jobs")
+    jobs.add_argument("scontrol", help="output of `scontrol show job --details --oneliner`")
+    jobs.add_argument("snakemake_log", help="Snakemake's --verbose output of the SLURM run")
+    jobs.add_argument("--profile", required=True, help="profiles/slurm/profile.yaml")
+    jobs.add_argument(
+        "--require-gpu-rules", nargs="+", required=True, help="GPU rules the run must have"
+    )
+    jobs.add_argument("--gpu-partition", required=True)
+    jobs.add_argument("--cpu-partition", required=True)
+    both = sub.add_parser("compare", help="compare the outputs of two runs")
+    both.add_argument("first", help="working directory of the first run")
+    both.add_argument("second", help="working directory of the second run")
+    args = parser.parse_args(argv)
+    problems = check_jobs(args) if args.command == "jobs" else compare(args)
+    for problem in problems:
+        print(f"FAIL: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

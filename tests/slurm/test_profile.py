@@ -1,0 +1,157 @@
+"""profiles/slurm against the rules, by dry-runs (no cluster needed; the real SLURM run is
+run_slurm_test.sh): its memory and runtime at the first attempt are each rule's own, every rule
+asking for a GPU has a GPU entry, partitions and account come from the environment, and
+resources grow with the attempt."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+pytestmark = pytest.mark.workflow
+
+PROFILE = REPO / "profiles" / "slurm"
+BIN = Path(sys.executable).parent
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "envs", "config.yaml")
+SITE_VARIABLES = (
+    "DEFACEAUDIT_SLURM_PARTITION",
+    "DEFACEAUDIT_SLURM_GPU_PARTITION",
+    "DEFACEAUDIT_SLURM_ACCOUNT",
+)
+SCENARIOS = (None, REPO / "tests" / "configs" / "containers.yaml")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name)
+        else:
+            shutil.copy2(src, tmp_path / name)
+    return tmp_path
+
+
+def run(workdir: Path, *args: str, site: dict[str, str] | None = None):
+    env = {k: v for k, v in os.environ.items() if k not in SITE_VARIABLES}
+    env.update(site or {}, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def dry_run_resources(workdir: Path, *args: str, site=None) -> dict[str, list[dict[str, str]]]:
+    """Rule -> the resources of each of its jobs, from a dry-run's job listing."""
+    done = run(workdir, "--dry-run", *args, site=site)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs: dict[str, list[dict[str, str]]] = {}
+    rule = None
+    for line in done.stdout.splitlines():
+        if match := re.match(r"\s*(?:local)?rule (\w+):$", line):
+            rule = match[1]
+        elif (match := re.match(r"\s*resources: (.*)$", line)) and rule:
+            jobs.setdefault(rule, []).append(dict(kv.split("=", 1) for kv in match[1].split(", ")))
+            rule = None
+    return jobs
+
+
+def profile_entries() -> dict[str, dict]:
+    return yaml.safe_load((PROFILE / "profile.yaml").read_text())["set-resources"]
+
+
+def at_attempt(expression: object, attempt: int) -> str:
+    return str(eval(str(expression), {"attempt": attempt}))
+
+
+def profile_without_apptainer(folder: Path) -> Path:
+    """profiles/slurm minus its apptainer lines: a dry-run of container rules with
+    `--sdm apptainer` fails where apptainer is not installed."""
+    lines = (PROFILE / "profile.yaml").read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not line.startswith(("software-deployment", "apptainer"))]
+    folder.mkdir()
+    (folder / "profile.yaml").write_text("".join(kept))
+    return folder
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=["default", "containers"])
+def test_profile_resources_are_the_rules_own_and_gpu_rules_have_entries(workdir, scenario):
+    config = ["--configfile", str(scenario)] if scenario else []
+    profile = PROFILE
+    if scenario and not shutil.which("apptainer"):
+        profile = profile_without_apptainer(workdir / "profile_no_apptainer")
+    plain = dry_run_resources(workdir, *config)
+    profiled = dry_run_resources(workdir, "--profile", str(profile), *config)
+    entries = profile_entries()
+    for rule, jobs in plain.items():
+        declared = {k: jobs[0][k] for k in ("mem_mb", "runtime") if k in jobs[0]}
+        if not declared:
+            continue  # a local rule: runs on the submit host
+        assert rule in entries, f"{rule} declares {declared}: add it to profiles/slurm"
+        expected = {k: at_attempt(entries[rule][k], 1) for k in declared}
+        assert expected == declared, f"profiles/slurm gives {rule} {expected}, the rule {declared}"
+        for job in profiled[rule]:
+            assert {k: job[k] for k in declared} == declared
+        if jobs[0].get("gpu"):
+            assert "cpus_per_gpu" in entries[rule], f"GPU rule {rule} has no GPU entry"
+            assert all(
+                job["cpus_per_gpu"] == str(entries[rule]["cpus_per_gpu"]) for job in profiled[rule]
+            )
+        else:
+            assert "cpus_per_gpu" not in entries[rule], f"{rule} asks for no GPU"
+
+
+def test_partitions_and_account_come_from_the_environment(workdir):
+    entries = profile_entries()
+    gpu_rules = {rule for rule, res in entries.items() if "cpus_per_gpu" in res}
+    site = {
+        "DEFACEAUDIT_SLURM_PARTITION": "short",
+        "DEFACEAUDIT_SLURM_GPU_PARTITION": "gpu-a100",
+        "DEFACEAUDIT_SLURM_ACCOUNT": "lab42",
+    }
+    jobs = dry_run_resources(workdir, "--profile", str(PROFILE), site=site)
+    assert gpu_rules & set(jobs)
+    for rule, rule_jobs in jobs.items():
+        for job in rule_jobs:
+            assert job["slurm_partition"] == ("gpu-a100" if rule in gpu_rules else "short")
+            assert job["slurm_account"] == "lab42"
+
+    # GPU partition unset: the GPU jobs go to the partition; nothing set: the cluster's defaults
+    site = {"DEFACEAUDIT_SLURM_PARTITION": "all"}  # also a Python builtin's name
+    jobs = dry_run_resources(workdir, "--profile", str(PROFILE), site=site)
+    assert {job["slurm_partition"] for rule_jobs in jobs.values() for job in rule_jobs} == {"all"}
+    jobs = dry_run_resources(workdir, "--profile", str(PROFILE))
+    for rule_jobs in jobs.values():
+        for job in rule_jobs:
+            assert "slurm_partition" not in job and "slurm_account" not in job
+
+
+def test_failed_jobs_are_retried_with_more_memory_and_time(tmp_path):
+    # a rule named like a GPU rule of the workflow, failing twice: the profile's retries and
+    # set-resources apply (run with the local executor, so no cluster is needed)
+    (tmp_path / "Snakefile").write_text(
+        "rule sample_refaced:\n"
+        "    output: 'done'\n"
+        "    resources: gpu=1, mem_mb=1, runtime=1\n"
+        "    shell: 'echo {resources.mem_mb} {resources.runtime} >> seen;"
+        " test $(wc -l < seen) -ge 3 && touch {output}'\n"
+    )
+    done = run(tmp_path, "--profile", str(PROFILE), "--executor", "local", "--cores", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    entry = profile_entries()["sample_refaced"]
+    expected = [
+        f"{at_attempt(entry['mem_mb'], n)} {at_attempt(entry['runtime'], n)}" for n in (1, 2, 3)
+    ]
+    assert (tmp_path / "seen").read_text().splitlines() == expected
