@@ -8,9 +8,7 @@ from defaceaudit.diffusion import jobs as reface_jobs
 from defaceaudit.errors import DefaceAuditError
 from defaceaudit.inputs import cohort_frame
 from defaceaudit.metrics import jobs as metric_jobs
-from defaceaudit.metrics.aggregate import aggregate_available_rows
 from defaceaudit.metrics.plan import metric_plan
-from defaceaudit.qc_report import write_qc_tables
 from defaceaudit.radiodensity.plan import image_files, radiodensity_plan
 from defaceaudit.targets import all_targets, prepared_files
 
@@ -250,6 +248,10 @@ def face_panel_columns(wildcards):
 def on_failure():
     """The QC table with each failed deface job and its error, and the face tables of the rows
     that exist, marked PARTIAL (see README, 'Face metrics')."""
+    # imported here: scipy.stats (face tables) adds about half a second to every Snakemake start
+    from defaceaudit.metrics.aggregate import aggregate_available_rows
+    from defaceaudit.qc_report import write_qc_tables
+
     if DEFACERS:
         write_qc_tables(
             expected_qc_records(), paths.QC_TABLE, paths.QC_SUMMARY, paths.QC_SUMMARY_MD
