@@ -1,4 +1,4 @@
-"""The radiodensity study end to end on a tiny real demo cohort (4 mm, 8 subjects, 2 epochs)."""
+"""The radiodensity study end to end on a tiny real demo cohort (4 mm, 10 subjects, 2 epochs)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from defaceaudit import paths
 pytestmark = pytest.mark.workflow
 
 TINY = {
-    "demo": {"n_train": 6, "n_internal_test": 1, "n_external_test": 1, "voxel_size_mm": 4.0},
+    "demo": {"n_train": 8, "n_internal_test": 1, "n_external_test": 1, "voxel_size_mm": 4.0},
     "deface": {"defacers": ["quickshear", "skullstrip"]},
     "reface": {"enabled": False},
     "radiodensity": {
         "body_parts": ["abdomen"],
         "crop_shape": [40, 16, 48],
         "voxel_mm": 5.0,
-        "split": {"train": 0.6, "validation": 0.2, "test": 0.2},
+        # exact sizes: 5 train (the mixed model needs 4), 2 validation, 3 test subjects
+        "split": {"train": 0.5, "validation": 0.2, "test": 0.3},
         "training": {"epochs": 2, "batch_size": 4, "patience": 2},
         "n_bootstrap": 200,
     },
@@ -32,7 +33,9 @@ def test_tiny_radiodensity_study_trains_a_model_per_image_type(workdir):  # noqa
     assert done.returncode == 0, done.stderr[-3000:]
 
     study = pd.read_csv(workdir / paths.RADIODENSITY_TARGETS, sep="\t")
-    assert study["subject"].nunique() == 8
+    assert study["subject"].nunique() == 10
+    per_split = study.drop_duplicates("subject")["split"].value_counts().to_dict()
+    assert per_split == {"train": 5, "validation": 2, "test": 3}
     assert set(study["split"]) == {"train", "validation", "test"}
     assert study.groupby("subject")["split"].nunique().max() == 1  # split by subject
     train = study[study["split"] == "train"]
