@@ -32,13 +32,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import benchlib
+
 DEMO_SHAPE = (34, 15, 44)  # 6 mm crops (config.yaml)
 DEMO_BATCH = 4
 DEMO_TRAIN_ROWS = 24  # 12 subjects x 2 visits
@@ -132,49 +131,15 @@ def child(spec: dict) -> dict:
 def child_main(arg: str) -> None:
     spec = json.loads(arg)
     row = child(spec)
-    with open("/proc/self/status") as status:
-        hwm = [line for line in status if line.startswith("VmHWM")][0].split()[1]
-    host_mb = int(hwm) / 1024
-    import torch
-
-    cuda = spec["case"] == "step"
-    row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else host_mb
-    row["host_peak_mb"] = host_mb
-    row["load_average"] = round(os.getloadavg()[0], 2)
-    row["device"] = torch.cuda.get_device_name() if cuda else "cpu"
+    row.update(benchlib.memory_fields(cuda=spec["case"] == "step"))
     print(json.dumps(row))
 
 
-def run_child(spec: dict) -> dict:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
-        return {"error": lines[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def print_table(results: dict, reference: dict) -> None:
-    nan = float("nan")
     width = 44
-    print(f"{'case':<{width}} {'seconds':>9} {'peak MB':>9} | {'ref s':>8} {'ref MB':>8}")
+    print(benchlib.table_header(width))
     for key, row in results.items():
-        ref = reference.get(key, {})
-        if "error" in row:
-            print(f"{key:<{width}} failed: {row['error'][:120]}")
-            continue
-        print(
-            f"{key:<{width}} {row['seconds']:>9.2f} {row['peak_mb']:>9.0f} | "
-            f"{ref.get('seconds', nan):>8.2f} {ref.get('peak_mb', nan):>8.0f}"
-        )
+        print(benchlib.table_row(key, row, reference, width))
 
 
 def main() -> None:
@@ -225,14 +190,12 @@ def main() -> None:
             ("cpu demo_6mm baseline", {"case": "baseline"}),
             ("cpu demo_6mm train epoch", {"case": "epoch"}),
         ]
-    reference = json.loads(args.reference.read_text()) if args.reference.exists() else {}
-    results = {name: run_child(spec) for name, spec in cases}
+    reference = benchlib.load_reference(args.reference)
+    results = {name: benchlib.run_child(__file__, spec) for name, spec in cases}
     print()
     print_table(results, reference)
     if args.save:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        old = json.loads(args.save.read_text()) if args.save.exists() else {}
-        args.save.write_text(json.dumps({**old, **results}, indent=2, allow_nan=False) + "\n")
+        benchlib.save_merged(args.save, results)
 
 
 if __name__ == "__main__":

@@ -60,11 +60,11 @@ import argparse
 import contextlib
 import copy
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+import benchlib
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SHAPE = (96, 136, 112)  # the demo grid at 2 mm
@@ -325,30 +325,10 @@ def child(spec: dict) -> dict:
 def child_main(arg: str) -> None:
     spec = json.loads(arg)
     rows = child(spec)
-    with open("/proc/self/status") as status:
-        hwm = [line for line in status if line.startswith("VmHWM")][0].split()[1]
-    host_mb = int(hwm) / 1024
-    import torch
-
-    cuda = spec.get("device", "cpu").startswith("cuda")
+    fields = benchlib.memory_fields(cuda=spec.get("device", "cpu").startswith("cuda"))
     for row in rows.values():
-        row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else host_mb
-        row["host_peak_mb"] = host_mb
-        row["load_average"] = round(os.getloadavg()[0], 2)  # other work on the machine
-        row["device"] = torch.cuda.get_device_name() if cuda else "cpu"
+        row.update(fields)
     print(json.dumps(rows))
-
-
-def run_child(spec: dict) -> dict:
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
-        return {"": {"error": lines[-1]}}
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # -- the parent --------------------------------------------------------------------------------
@@ -440,20 +420,17 @@ def _goal(key: str, row: dict) -> str:
 
 
 def print_table(results: dict, reference: dict, gpu: bool) -> None:
-    nan = float("nan")
+    nan = benchlib.NAN
     width = 50
-    head = f"{'case':<{width}} {'seconds':>9} {'peak MB':>9} | {'ref s':>8} {'ref MB':>8}"
-    print(head + ("  goal" if gpu else ""))
+    print(benchlib.table_header(width) + ("  goal" if gpu else ""))
     for key, row in results.items():
         ref = reference.get(key, {})
-        if "error" in row:
-            print(f"{key:<{width}} failed: {row['error'][:120]}")
-            continue
         print(
-            f"{key:<{width}} {row['seconds']:>9.2f} {row['peak_mb']:>9.0f} | "
-            f"{ref.get('seconds', nan):>8.2f} {ref.get('peak_mb', nan):>8.0f}"
-            + (f"  {_goal(key, row)}" if gpu else "")
+            benchlib.table_row(key, row, reference, width)
+            + (f"  {_goal(key, row)}" if gpu and "error" not in row else "")
         )
+        if "error" in row:
+            continue
         for stage in (1, 2):
             name = f"stage{stage}_seconds"
             if name in row:
@@ -520,18 +497,15 @@ def main() -> None:
         print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, demo defaults")
         describe(config, DEMO_SHAPE)
         cases = cpu_cases(config)
-    reference = json.loads(args.reference.read_text()) if args.reference.exists() else {}
+    reference = benchlib.load_reference(args.reference)
     results: dict = {}
     for prefix, spec in cases:
-        for suffix, row in run_child(spec).items():
+        for suffix, row in benchlib.run_child(__file__, spec, error_key="").items():
             results[f"{prefix} {suffix}".strip()] = row
     print()
     print_table(results, reference, args.gpu)
     if args.save:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        old = json.loads(args.save.read_text()) if args.save.exists() else {}
-        merged = {**old, **results}
-        args.save.write_text(json.dumps(merged, indent=2, allow_nan=False) + "\n")
+        benchlib.save_merged(args.save, results)
 
 
 if __name__ == "__main__":

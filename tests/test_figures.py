@@ -152,6 +152,11 @@ def test_plot_qc(tmp_path):
     qc = _qc()
     plot_qc(qc, tmp_path / "qc.png")
     _assert_png(tmp_path / "qc.png")
+    # the jittered strips are seeded: a rerun writes the same PNG, the global stream is untouched
+    state = np.random.get_state()  # noqa: NPY002
+    plot_qc(qc, tmp_path / "again.png")
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "qc.png").read_bytes()
+    assert np.array_equal(np.random.get_state()[1], state[1])  # noqa: NPY002
     # report labels instead of raw codes, no face column, only failed jobs, empty
     labelled = qc.replace({"status": {"success": "Success", "failure_I": "Failure I"}})
     plot_qc(labelled.drop(columns="face_surface_intact_fraction"), tmp_path / "labels.png")

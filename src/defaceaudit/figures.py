@@ -21,6 +21,7 @@ Input frames (column names as the metric and statistics stages write them):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -155,6 +156,21 @@ def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+@contextlib.contextmanager
+def _seeded_global_numpy(seed: int):
+    """Seed NumPy's global generator for the block and restore its state afterwards.
+
+    seaborn's stripplot jitters with ``np.random.uniform`` and takes no generator; without a
+    seed every rerun writes a different PNG (and a different checksum in the report).
+    """
+    state = np.random.get_state()  # noqa: NPY002 (the legacy global is what seaborn uses)
+    np.random.seed(seed)  # noqa: NPY002
+    try:
+        yield
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
 
 
 def _empty_panel(ax: Axes, text: str) -> None:
@@ -421,20 +437,21 @@ def plot_qc(qc_table: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLi
         if values.empty:
             _empty_panel(ax, f"no {column} values")
             continue
-        sns.stripplot(
-            data=values,
-            x="defacer",
-            y="value",
-            hue="outcome",
-            order=defacers,
-            hue_order=[o for o in outcomes if o in set(values["outcome"])],
-            palette=colours,
-            ax=ax,
-            size=5,
-            alpha=0.8,
-            jitter=0.2,
-            legend=False,
-        )
+        with _seeded_global_numpy(0):  # seaborn jitters with np.random: same PNG on reruns
+            sns.stripplot(
+                data=values,
+                x="defacer",
+                y="value",
+                hue="outcome",
+                order=defacers,
+                hue_order=[o for o in outcomes if o in set(values["outcome"])],
+                palette=colours,
+                ax=ax,
+                size=5,
+                alpha=0.8,
+                jitter=0.2,
+                legend=False,
+            )
         if threshold in table.columns:
             thr = pd.to_numeric(table[threshold], errors="coerce").dropna()
             if len(thr):

@@ -1,0 +1,86 @@
+"""What the torch benchmarks share: a child process per case, its peak memory, the side-by-side
+table against a reference run, and the merged reference file.
+
+Each case runs in a fresh interpreter (``<script> --child <json spec>``) so that its peak
+resident memory (VmHWM, not inherited across exec, unlike ``ru_maxrss``) is its own. The child
+prints one JSON object as its last stdout line; a failed child becomes ``{"error": last line}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+NAN = float("nan")
+
+
+def host_peak_mb() -> float:
+    """Peak resident memory of this process (VmHWM, MiB)."""
+    with open("/proc/self/status") as status:
+        kib = [line for line in status if line.startswith("VmHWM")][0].split()[1]
+    return int(kib) / 1024
+
+
+def memory_fields(cuda: bool) -> dict:
+    """``peak_mb`` (CUDA max allocated on a GPU, else the host's), ``host_peak_mb``, the load
+    average (other work on the machine inflates every time) and the device name."""
+    import torch
+
+    host = host_peak_mb()
+    return {
+        "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else host,
+        "host_peak_mb": host,
+        "load_average": round(os.getloadavg()[0], 2),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+    }
+
+
+def run_child(script: str | Path, spec: dict, error_key: str | None = None) -> dict:
+    """Run ``script --child spec`` with the repository's ``src`` importable; returns the parsed
+    last stdout line, or ``{"error": ...}`` (nested under ``error_key`` when given, for children
+    that return several rows)."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script), "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        error = {"error": lines[-1]}
+        return error if error_key is None else {error_key: error}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table_header(width: int) -> str:
+    return f"{'case':<{width}} {'seconds':>9} {'peak MB':>9} | {'ref s':>8} {'ref MB':>8}"
+
+
+def table_row(key: str, row: dict, reference: dict, width: int) -> str:
+    """One line: this run's seconds and peak MB beside the reference run's (nan if absent)."""
+    if "error" in row:
+        return f"{key:<{width}} failed: {row['error'][:120]}"
+    ref = reference.get(key, {})
+    return (
+        f"{key:<{width}} {row['seconds']:>9.2f} {row['peak_mb']:>9.0f} | "
+        f"{ref.get('seconds', NAN):>8.2f} {ref.get('peak_mb', NAN):>8.0f}"
+    )
+
+
+def load_reference(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_merged(path: Path, results: dict) -> None:
+    """Write ``results`` into the JSON at ``path``, keeping its other cases (e.g. GPU rows)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    merged = {**load_reference(path), **results}
+    path.write_text(json.dumps(merged, indent=2, allow_nan=False) + "\n")
