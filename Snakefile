@@ -6,8 +6,20 @@ from defaceaudit.config import schema_path
 from defaceaudit.inputs import SUBJECT_PATTERN
 from defaceaudit.demo.sources import BASE_HEADS
 from defaceaudit.paths import DEMO_DATASETS, REFACE_MODELS
+from defaceaudit.workflow import (
+    cache_signatures,
+    defer_full_collections,
+    resume_full_collections,
+)
 
 min_version("9.19")
+# No full garbage collection while the DAG is built, none at exit (together a quarter of a
+# paper-scale dry-run); onstart turns them on again for the run (see defaceaudit.workflow).
+defer_full_collections()
+
+
+onstart:
+    resume_full_collections()
 
 
 configfile: "config.yaml"
@@ -36,6 +48,10 @@ include: "rules/refacing.smk"
 include: "rules/metrics.smk"
 include: "rules/radiodensity.smk"
 include: "rules/report.smk"
+
+
+# The input and params functions above: parameters looked up once, not at every call.
+cache_signatures(globals())
 
 
 rule all:

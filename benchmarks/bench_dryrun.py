@@ -16,10 +16,10 @@ subject), intercept and R^2, for this run and the reference. Goal (issue 7): 20 
 subjects on 2 cores, linear growth. ``--workflow`` dry-runs another checkout (for example one
 before a change); the package imported is always the installed one.
 
-The reference (benchmarks/reference/dryrun.json, written with ``--save-reference``) was run
-after the issue-7 speed-ups of rules/common.smk; the figures before them are in README,
-"Inspecting the pipeline". The machine's CPUs and load average are recorded, since other work
-on the machine slows every row.
+The reference (benchmarks/reference/dryrun.json, written with ``--save-reference``) is the
+last saved run; README, "Inspecting the pipeline", has the figures of each issue-7 step (the
+reference is not yet re-saved after the garbage-collection and signature changes). The
+machine's CPUs and load average are recorded, since other work on the machine slows every row.
 """
 
 from __future__ import annotations

@@ -269,7 +269,11 @@ def on_failure():
 
 
 def reface_training_inputs(wildcards):
-    return reface_jobs.training_pairs(COHORT, METRIC_PLAN, wildcards.model)
+    return reface_jobs.training_inputs(COHORT, METRIC_PLAN, wildcards.model)
+
+
+def reface_training_pair_index(wildcards):
+    return reface_jobs.training_pair_index(COHORT, METRIC_PLAN, wildcards.model)
 
 
 def reface_sample_inputs(wildcards):

@@ -20,6 +20,7 @@ rule train_stage1:
         mem_mb=16000,
         runtime=240,
     params:
+        pair_index=reface_training_pair_index,
         config=config["reface"],
         device=config["reface"]["device"],
     script:
@@ -43,6 +44,7 @@ rule train_stage2:
         mem_mb=16000,
         runtime=480,
     params:
+        pair_index=reface_training_pair_index,
         config=config["reface"],
         device=config["reface"]["device"],
     script:

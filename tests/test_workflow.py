@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -14,7 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import (  # noqa: F401 (WORKFLOW_FILES: test_dag_snapshots imports it from here)
+    BIN,
+    REPO,
+    WORKFLOW_FILES,
+    copy_run,
+    copy_workflow,
+    run_snakemake,
+)
 from synthetic import synthetic_head
 
 from defaceaudit import paths
@@ -22,39 +28,10 @@ from defaceaudit.masks import face_volume_ml
 
 pytestmark = pytest.mark.workflow
 
-WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "envs", "config.yaml")
-#: refacing settings of the tiny real runs: the demo's networks, few steps (plumbing only)
-FAST_REFACE = {
-    "stage1": {"training": {"steps": 6, "checkpoint_every": 3, "log_every": 3}},
-    "stage2": {"training": {"steps": 6, "checkpoint_every": 3, "log_every": 3}},
-    "sampling": {"steps": 2},
-}
-BIN = Path(sys.executable).parent
-
-
-def run_snakemake(workdir: Path, *args: str, config: dict | None = None, timeout=900):
-    """Run the venv's snakemake in ``workdir`` (a copy of the workflow); returns the process."""
-    cmd = [str(BIN / "snakemake"), "--directory", str(workdir), *args]
-    if config is not None:
-        path = workdir / "test_config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        cmd += ["--configfile", str(path)]
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(
-        cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / name)
-        else:
-            shutil.copy2(src, tmp_path / name)
-    (tmp_path / "results").mkdir()
-    return tmp_path
+    return copy_workflow(tmp_path)
 
 
 def job_counts(stdout: str) -> dict[str, int]:
@@ -151,14 +128,13 @@ def test_bad_images_fail_alone_with_keep_going(workdir):
 
 
 @pytest.mark.network
-def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(workdir):
-    config = {"demo": {"n_train": 2, "n_internal_test": 1, "n_external_test": 1}}
-    config["demo"]["voxel_size_mm"] = 4.0
-    config["reface"] = FAST_REFACE
-    # two training subjects cannot fit the radiodensity mixed model: test_workflow_radiodensity
-    config["radiodensity"] = {"enabled": False}
-    done = run_snakemake(workdir, "--cores", "2", config=config)
+def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(tiny_demo_run, tmp_path):
+    # the tiny run (conftest.TINY_DEMO_CONFIG) is shared with test_invalidation.py; this test
+    # writes the report and reruns jobs below, so it works on its own copy
+    done = tiny_demo_run.process
     assert done.returncode == 0, done.stderr[-3000:]
+    workdir = copy_run(tiny_demo_run.path, tmp_path / "run")
+    config = tiny_demo_run.config
     results = workdir / "results"
 
     cohort = pd.read_csv(results / "cohort" / "subjects.tsv", sep="\t")

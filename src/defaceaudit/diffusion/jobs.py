@@ -23,17 +23,35 @@ def models_needed(plan: MetricPlan) -> list[str]:
     return sorted({model_for(d) for d in refaced_defacers(plan)}, key=paths.REFACE_MODELS.index)
 
 
-def training_pairs(cohort: Cohort, plan: MetricPlan, model: str) -> dict[str, list[str]]:
-    """Train subject x defacer pairs of a model: ``{"originals": [...], "defaced": [...]}``
-    (prepared originals repeated once per defacer)."""
-    originals, defaced = [], []
-    for defacer in refaced_defacers(plan):
-        if model_for(defacer) != model:
-            continue
-        for subject in cohort.ids("train"):
-            originals.append(prepared_files(subject)["t1w"])
-            defaced.append(paths.defaced_files(defacer, subject)["t1w"])
-    return {"originals": originals, "defaced": defaced}
+def training_pairs(cohort: Cohort, plan: MetricPlan, model: str) -> list[tuple[str, str]]:
+    """``(original, defaced)`` of every train subject x defacer of a model, defacer by defacer
+    (each prepared original once per defacer)."""
+    return [
+        (prepared_files(subject)["t1w"], paths.defaced_files(defacer, subject)["t1w"])
+        for defacer in refaced_defacers(plan)
+        if model_for(defacer) == model
+        for subject in cohort.ids("train")
+    ]
+
+
+def training_inputs(cohort: Cohort, plan: MetricPlan, model: str) -> dict[str, list[str]]:
+    """The files a model's training reads (Snakemake input), each once:
+    ``{"originals": [...], "defaced": [...]}``, the defaced images in :func:`training_pairs`'
+    order; :func:`training_pair_index` pairs them again. (Listing each original once per defacer
+    made the input lists longer, and Snakemake scans a job's whole input list each time a
+    sampling job asks for its checkpoint: a cost growing as train x test subjects.)"""
+    pairs = training_pairs(cohort, plan, model)
+    return {
+        "originals": list(dict.fromkeys(original for original, _ in pairs)),
+        "defaced": [defaced for _, defaced in pairs],
+    }
+
+
+def training_pair_index(cohort: Cohort, plan: MetricPlan, model: str) -> list[int]:
+    """For each defaced image of :func:`training_inputs`, the index of its original there."""
+    originals = training_inputs(cohort, plan, model)["originals"]
+    position = {original: i for i, original in enumerate(originals)}
+    return [position[original] for original, _ in training_pairs(cohort, plan, model)]
 
 
 def sample_inputs(defacer: str, subject: str) -> dict[str, str]:
