@@ -1,6 +1,7 @@
 # Helpers only: the cohort, and input/params functions that look subjects up in it.
 from defaceaudit import paths
 from defaceaudit.cohort import load_cohort
+from defaceaudit.config import canonical
 from defaceaudit.defacers import containers
 from defaceaudit.defacers.plan import defacer_plan, with_backend
 from defaceaudit.demo.synth import synth_config

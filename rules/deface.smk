@@ -52,7 +52,7 @@ rule deface_native:
         runtime=20,
     params:
         extra=native_deface_params,
-        qc=config["deface"]["qc"],
+        qc=canonical(config["deface"]["qc"]),
     script:
         "../workflow_scripts/deface_native.py"
 
@@ -74,7 +74,7 @@ rule finalize_container_deface:
     params:
         image=container_image,
         params=container_params,
-        qc=config["deface"]["qc"],
+        qc=canonical(config["deface"]["qc"]),
     script:
         "../workflow_scripts/finalize_container_deface.py"
 

@@ -65,10 +65,12 @@ rule train_radiodensity:
         runtime=120,
     params:
         subjects=list(COHORT.subjects),
-        settings={
-            **config["radiodensity"]["training"],
-            "device": config["radiodensity"]["device"],
-        },
+        settings=canonical(
+            {
+                **config["radiodensity"]["training"],
+                "device": config["radiodensity"]["device"],
+            }
+        ),
     script:
         "../workflow_scripts/train_radiodensity.py"
 

@@ -21,7 +21,7 @@ rule train_stage1:
         runtime=240,
     params:
         pair_index=reface_training_pair_index,
-        config=config["reface"],
+        config=canonical(config["reface"]),
         device=config["reface"]["device"],
     script:
         "../workflow_scripts/train_refacing_stage.py"
@@ -45,7 +45,7 @@ rule train_stage2:
         runtime=480,
     params:
         pair_index=reface_training_pair_index,
-        config=config["reface"],
+        config=canonical(config["reface"]),
         device=config["reface"]["device"],
     script:
         "../workflow_scripts/train_refacing_stage.py"
@@ -70,7 +70,7 @@ rule sample_refaced:
         mem_mb=8000,
         runtime=30,
     params:
-        sampling=config["reface"]["sampling"],
+        sampling=canonical(config["reface"]["sampling"]),
         device=config["reface"]["device"],
     script:
         "../workflow_scripts/sample_refaced.py"

@@ -2,7 +2,7 @@ import pytest
 from conftest import REPO
 
 from defaceaudit.cohort import load_cohort
-from defaceaudit.config import load_config, validate_config
+from defaceaudit.config import canonical, load_config, validate_config
 from defaceaudit.errors import InputError
 from defaceaudit.targets import all_targets, prepared_files
 
@@ -124,3 +124,13 @@ def test_metric_targets_cover_every_test_subject_and_defacer_row():
     assert all_targets(cohort, defacers) == [
         t for t in targets if not t.startswith((paths.METRICS, paths.FIGURES))
     ]
+
+
+def test_canonical_params_print_the_same_for_reordered_settings():
+    a = {"sampling": {"steps": 5, "eta": 0.0}, "stage1": {"training": {"lr": 1, "steps": 2}}}
+    b = {"stage1": {"training": {"steps": 2, "lr": 1}}, "sampling": {"eta": 0.0, "steps": 5}}
+    assert repr(a) != repr(b)  # what Snakemake compares for params
+    assert repr(canonical(a)) == repr(canonical(b))
+    assert canonical(a) == a  # same values
+    assert canonical({"x": [{"b": 1, "a": 2}]}) == {"x": [{"a": 2, "b": 1}]}
+    assert list(canonical({"x": [{"b": 1, "a": 2}]})["x"][0]) == ["a", "b"]

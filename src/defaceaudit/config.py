@@ -40,3 +40,18 @@ def load_config(path: str | Path) -> dict:
         return validate_config(config)
     except InputError as err:
         raise InputError(f"{path}: {err}") from err
+
+
+def canonical(value):
+    """``value`` with every mapping's keys sorted, recursively (lists keep their order).
+
+    Snakemake decides that a job's params changed by comparing their printed form, which keeps
+    a dict's key order: the same settings written in another order (or with a default spelled
+    out in a config file) would rerun the job. Rules pass config sections through this so that
+    only a changed value reruns them.
+    """
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [canonical(item) for item in value]
+    return value
