@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
-from test_workflow import WORKFLOW_FILES, job_counts, run_snakemake
+from conftest import REPO, copy_workflow
+from test_workflow import job_counts, run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -67,13 +67,7 @@ def n_subjects(config: dict) -> int:
 
 def scenario_workdir(tmp_path: Path, scenario: str) -> tuple[Path, list[str]]:
     """A copy of the workflow (as test_workflow's ``workdir``) and the scenario's CLI options."""
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / name)
-        else:
-            shutil.copy2(src, tmp_path / name)
-    (tmp_path / "results").mkdir()
+    copy_workflow(tmp_path)
     config = SCENARIOS[scenario]
     if config is None:
         return tmp_path, []
