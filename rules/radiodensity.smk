@@ -58,7 +58,8 @@ rule train_radiodensity:
         body_part=radiodensity_pattern("body_parts"),
     conda:
         "../envs/defaceaudit.yaml"
-    threads: 2
+    # one thread: 18 small independent models (see sample_refaced)
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,

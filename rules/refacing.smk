@@ -64,7 +64,10 @@ rule sample_refaced:
         defacer=metric_defacer_pattern(),
     conda:
         "../envs/defaceaudit.yaml"
-    threads: 2
+    # one thread: sampling jobs are many and independent; on a CPU two one-thread jobs do
+    # 40 % more work than one two-thread job (README, "Quick start"); a GPU job's CPU count
+    # comes from the profile (cpus_per_gpu)
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,

@@ -18,6 +18,7 @@ from synthetic import synthetic_head
 from defaceaudit.errors import DefaceAuditError, ImageError
 from defaceaudit.radiodensity.crop import CropGeometry, subject_face_crops
 from defaceaudit.radiodensity.evaluate import (
+    radiodensity_findings,
     radiodensity_table,
     spearman_bootstrap,
     write_radiodensity_tables,
@@ -506,9 +507,39 @@ def test_radiodensity_table_tests_against_the_original(tmp_path):
     write_radiodensity_tables(table, tmp_path / "t.tsv", tmp_path / "t.md")
     md = (tmp_path / "t.md").read_text()
     assert "| abdomen" in md and "e-" in md
+    (finding,) = radiodensity_findings(table)
+    assert finding in md and "## Findings" in md
+    assert "original rho" in finding and "is significantly positive" in finding
+    assert "quickshear" in finding and finding.endswith("lower than the original.")
     assert len(pd.read_csv(tmp_path / "t.tsv", sep="\t")) == 2
     plot_radiodensity(table, boot, tmp_path / "fig.png")
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
     fewer = frame.drop(frame.index[(frame["image_type"] == "quickshear")][:2])
     with pytest.raises(DefaceAuditError, match="other subjects"):
         radiodensity_table(fewer, n_resamples=10)
+
+
+def test_radiodensity_findings_reads_the_confidence_intervals():
+    def row(image_type, rho, low, high, d_low=np.nan, d_high=np.nan):
+        return {
+            "body_part": "shin",
+            "image_type": image_type,
+            "rho": rho,
+            "ci_low": low,
+            "ci_high": high,
+            "mean_difference": (d_low + d_high) / 2,
+            "diff_ci_low": d_low,
+            "diff_ci_high": d_high,
+        }
+
+    table = pd.DataFrame(
+        [
+            row("original", 0.3, -0.2, 0.7),
+            row("facemask", 0.5, 0.1, 0.8, 0.05, 0.4),
+            row("skullstrip", 0.1, -0.5, 0.6, -0.6, 0.2),
+        ]
+    )
+    (finding,) = radiodensity_findings(table)
+    assert "original rho 0.30, 95% CI [-0.20, 0.70], is not significantly different" in finding
+    assert "facemask (0.50, difference +0.23 [0.05, 0.40]): higher than the original." in finding
+    assert "skullstrip (0.10, difference -0.20 [-0.60, 0.20]): not distinguishable" in finding

@@ -223,6 +223,51 @@ def _formatted(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _ci_text(low: float, high: float) -> str:
+    return f"[{low:.2f}, {high:.2f}]"
+
+
+def radiodensity_findings(table: pd.DataFrame) -> list[str]:
+    """One plain sentence per body part, read off :func:`radiodensity_table`'s table: whether
+    the reference's rho is significantly positive (95 % CI above 0) and which image types are
+    lower than it (CI of the paired difference below 0), higher (above 0) or not
+    distinguishable (the CI holds 0). The reference is each body part's first row."""
+    lines = []
+    for part, rows in table.groupby("body_part", sort=False):
+        ref = rows.iloc[0]
+        if not np.isfinite(ref["ci_low"]):
+            verdict = "has no confidence interval"
+        elif ref["ci_low"] > 0:
+            verdict = "is significantly positive"
+        elif ref["ci_high"] < 0:
+            verdict = "is significantly negative"
+        else:
+            verdict = "is not significantly different from 0 (its CI holds 0)"
+        text = (
+            f"{part}: {ref['image_type']} rho {ref['rho']:.2f}, 95% CI "
+            f"{_ci_text(ref['ci_low'], ref['ci_high'])}, {verdict}."
+        )
+        groups = {"lower than": [], "higher than": [], "not distinguishable from": []}
+        for _, row in rows.iloc[1:].iterrows():
+            low, high = row["diff_ci_low"], row["diff_ci_high"]
+            key = (
+                "lower than"
+                if high < 0
+                else "higher than"
+                if low > 0
+                else "not distinguishable from"
+            )
+            groups[key].append(
+                f"{row['image_type']} ({row['rho']:.2f}, difference {row['mean_difference']:+.2f} "
+                f"{_ci_text(low, high)})"
+            )
+        for key, names in groups.items():
+            if names:
+                text += f" {'; '.join(names)}: {key} the {ref['image_type']}."
+        lines.append(text)
+    return lines
+
+
 def write_radiodensity_tables(
     table: pd.DataFrame, out_tsv: str | os.PathLike, out_md: str | os.PathLike
 ) -> None:
@@ -239,6 +284,15 @@ def write_radiodensity_tables(
         "vs the reference (first row of each body part). The p-value shrinks with the number "
         "of replicates; the CI of the difference is the more conservative comparison.",
     ]
-    text = "\n\n".join(["# Muscle radiodensity from facial voxels (Figure 6)", body, *notes])
+    findings = "\n".join(f"- {line}" for line in radiodensity_findings(table))
+    parts = [
+        "# Muscle radiodensity from facial voxels (Figure 6)",
+        body,
+        *notes,
+        "## Findings",
+        "Read off the table above; a CI that excludes 0 is called significant.",
+        findings,
+    ]
+    text = "\n\n".join(parts)
     with atomic_path(out_md) as tmp:
         tmp.write_text(text + "\n")
