@@ -15,7 +15,7 @@ needed: without it the config defaults are read from the schema itself. Without 
 
 CPU (default): the demo's networks and settings (the schema defaults of ``reface``, as
 ``defaceaudit.config.validate_config({})`` fills them; printed at the top of the output) at the
-demo size, a 96x136x112 grid at 2 mm padded as ``diffusion.volumes.padded_shape`` gives it for
+demo size, a 77x109x90 grid at 2.5 mm padded as ``diffusion.volumes.padded_shape`` gives it for
 the configured downsampling factor. Per stage, the mean seconds of one training step (over 5
 steps after 2 warm-up steps, the config's batch size; stage 2 on the configured ``slab_patch``
 in-plane crops and, when those are smaller than the grid, on whole slabs as well) and the peak
@@ -67,7 +67,7 @@ from pathlib import Path
 import benchlib
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_SHAPE = (96, 136, 112)  # the demo grid at 2 mm
+DEMO_SHAPE = (77, 109, 90)  # the demo grid at 2.5 mm (config.yaml)
 HEAD_SHAPE = (256, 256, 256)  # a 1 mm head
 VARIANTS = ("fp32", "bf16", "bf16_channels_last", "bf16_compile", "bf16_sdpa")
 GPU_SAMPLING_STEPS = (10, 25, 50)
@@ -344,11 +344,11 @@ def cpu_cases(config: dict) -> list[tuple[str, dict]]:
         "repeats": TIMED_STEPS,
     }
     return [
-        ("cpu demo_2mm baseline", {**base, "case": "baseline"}),
-        ("cpu demo_2mm stage1 train step", {**base, "case": "train", "stage": 1}),
-        *stage2_cases("cpu demo_2mm", base, config),
+        ("cpu demo_2p5mm baseline", {**base, "case": "baseline"}),
+        ("cpu demo_2p5mm stage1 train step", {**base, "case": "train", "stage": 1}),
+        *stage2_cases("cpu demo_2p5mm", base, config),
         (
-            "cpu demo_2mm sample",
+            "cpu demo_2p5mm sample",
             {**base, "case": "sample", "sampling_steps": [int(config["sampling"]["steps"])]},
         ),
     ]
