@@ -74,3 +74,14 @@ def test_phenotype_recovers_the_generative_coefficients():
         assert coef[1] == pytest.approx(model.age_hu_per_year[k], abs=0.03)
         assert coef[2] == pytest.approx(model.female_hu[k], abs=0.7)
         assert coef[3] == pytest.approx(model.face_hu_per_mm[k], abs=0.15)
+
+
+def test_demo_tables_writes_exactly_the_declared_files(tmp_path):
+    """Every file of a demo dataset's tables is a declared output of write_demo_tables."""
+    from defaceaudit import paths
+    from defaceaudit.demo.build import write_tables
+
+    subjects = [p.as_params() for p in plan_demo_cohort(2, 1, 1, seed=1)]
+    write_tables(subjects, "internal", tmp_path, seed=1)
+    written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert written == set(paths.DEMO_TABLES)

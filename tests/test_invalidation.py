@@ -166,8 +166,7 @@ def subject_of(path: str) -> str | None:
 
 def aggregate_file(path: str) -> bool:
     """Whether ``path`` is written by an aggregate job: a declared output, its log or benchmark,
-    or a dataset-level file of a demo BIDS dataset (write_demo_tables also writes the tables'
-    JSON sidecars)."""
+    or a dataset-level file of a demo BIDS dataset (write_demo_tables: tables and sidecars)."""
     parts = Path(path).parts
     if parts[1] in ("logs", "benchmarks") and parts[2] in AGGREGATE_RULES:
         return True

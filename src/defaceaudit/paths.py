@@ -43,11 +43,16 @@ def demo_table(dataset: str, name: str) -> str:
     return f"{DEMO_BIDS}/{dataset}/{name}"
 
 
+#: every file ``demo.build.write_tables`` writes per dataset (all declared: none is left behind
+#: untracked)
 DEMO_TABLES = (
     "dataset_description.json",
     "participants.tsv",
+    "participants.json",
     "phenotype/ct_muscle.tsv",
+    "phenotype/ct_muscle.json",
     "derivatives/generative_model/latents.tsv",
+    "derivatives/generative_model/phenotype_model.json",
 )
 COHORT_TABLE = f"{RESULTS}/cohort/subjects.tsv"
 
