@@ -44,11 +44,12 @@ def test_dry_run_default_config_has_a_job_per_subject(workdir):
     done = run_snakemake(workdir, "--dry-run")
     assert done.returncode == 0, done.stderr
     counts = job_counts(done.stdout)
-    assert counts["prepare_subject"] == 24
-    assert counts["synthesize_demo_subject"] == 24
+    # config.yaml: 28 train + 4 internal + 4 external test subjects
+    assert counts["prepare_subject"] == 36
+    assert counts["synthesize_demo_subject"] == 36
     assert counts["fetch_demo_base"] == 3
     assert counts["write_demo_tables"] == 2
-    for subject in ("tr01", "tr16", "in04", "ex04"):
+    for subject in ("tr01", "tr28", "in04", "ex04"):
         assert f"subject={subject}" in done.stdout
     # face metrics: 8 test subjects x 3 face-removing defacers (avgface is a column, not a row)
     assert counts["compute_face_metrics"] == 8 * 3
@@ -60,7 +61,7 @@ def test_dry_run_default_config_has_a_job_per_subject(workdir):
     for rule in ("aggregate_face_metrics", "reidentify_faces", "plot_face_figures"):
         assert counts[rule] == 1
     # radiodensity: every subject's crops; original + 4 defacers x 3 body parts
-    assert counts["crop_radiodensity_face"] == 24
+    assert counts["crop_radiodensity_face"] == 36
     assert counts["train_radiodensity"] == 5 * 3
     assert counts["radiodensity_targets"] == counts["evaluate_radiodensity"] == 1
 
