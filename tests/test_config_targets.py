@@ -50,7 +50,7 @@ def test_targets_cover_every_subject_and_the_demo_tables():
     assert "results/demo/bids/internal/phenotype/ct_muscle.tsv" in targets
     assert "results/demo/bids/external/participants.tsv" in targets
     assert "results/cohort/subjects.tsv" in targets
-    assert len(targets) == 4 * 4 + 2 * 4 + 1
+    assert len(targets) == 4 * 4 + 2 * 7 + 1  # 4 prepared files per subject, 7 tables per dataset
 
 
 def test_manifest_cohort_has_no_demo_tables(tmp_path):
