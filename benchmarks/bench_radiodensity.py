@@ -42,7 +42,7 @@ import benchlib
 DEMO_SHAPE = (34, 15, 44)  # 6 mm crops (config.yaml)
 DEMO_BATCH = 4
 DEMO_TRAIN_ROWS = 32  # the demo's 18 training subjects have 32 visits (config.yaml)
-DEMO_VALIDATION_ROWS = 12  # its 6 validation subjects 11; even, as subjects have 2 rows here
+DEMO_VALIDATION_ROWS = 12  # the demo has 11; here every subject has 2 rows
 DEMO_EPOCHS = 3
 PAPER_SHAPE = (201, 87, 261)  # 1 mm crops, paper Figure S2
 PAPER_BATCH = 8

@@ -540,6 +540,6 @@ def test_radiodensity_findings_reads_the_confidence_intervals():
         ]
     )
     (finding,) = radiodensity_findings(table)
-    assert "original rho 0.30, 95% CI [-0.20, 0.70], is not significantly different" in finding
-    assert "facemask (0.50, difference +0.23 [0.05, 0.40]): higher than the original." in finding
+    assert "original rho (95% CI) 0.30 [-0.20, 0.70], is not significantly different" in finding
+    assert "facemask (0.50, difference 0.23 [0.05, 0.40]): higher than the original." in finding
     assert "skullstrip (0.10, difference -0.20 [-0.60, 0.20]): not distinguishable" in finding

@@ -223,8 +223,21 @@ def _formatted(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _ci_text(low: float, high: float) -> str:
-    return f"[{low:.2f}, {high:.2f}]"
+def _side_of_zero(low: float, high: float) -> int | None:
+    """+1 when a 95 % CI lies above 0, -1 below, 0 when it holds 0, None when undefined."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    return 1 if low > 0 else -1 if high < 0 else 0
+
+
+#: how the reference's rho reads, and how another image type compares with it, by CI side
+_VERDICT = {
+    1: "is significantly positive",
+    -1: "is significantly negative",
+    0: "is not significantly different from 0 (its CI holds 0)",
+    None: "has no confidence interval",
+}
+_COMPARISON = {-1: "lower than", 1: "higher than", 0: "not distinguishable from"}
 
 
 def radiodensity_findings(table: pd.DataFrame) -> list[str]:
@@ -235,35 +248,21 @@ def radiodensity_findings(table: pd.DataFrame) -> list[str]:
     lines = []
     for part, rows in table.groupby("body_part", sort=False):
         ref = rows.iloc[0]
-        if not np.isfinite(ref["ci_low"]):
-            verdict = "has no confidence interval"
-        elif ref["ci_low"] > 0:
-            verdict = "is significantly positive"
-        elif ref["ci_high"] < 0:
-            verdict = "is significantly negative"
-        else:
-            verdict = "is not significantly different from 0 (its CI holds 0)"
+        rho = format_ci(ref["rho"], ref["ci_low"], ref["ci_high"])
         text = (
-            f"{part}: {ref['image_type']} rho {ref['rho']:.2f}, 95% CI "
-            f"{_ci_text(ref['ci_low'], ref['ci_high'])}, {verdict}."
+            f"{part}: {ref['image_type']} rho (95% CI) {rho}, "
+            f"{_VERDICT[_side_of_zero(ref['ci_low'], ref['ci_high'])]}."
         )
-        groups = {"lower than": [], "higher than": [], "not distinguishable from": []}
+        groups: dict[int, list[str]] = {-1: [], 1: [], 0: []}
         for _, row in rows.iloc[1:].iterrows():
-            low, high = row["diff_ci_low"], row["diff_ci_high"]
-            key = (
-                "lower than"
-                if high < 0
-                else "higher than"
-                if low > 0
-                else "not distinguishable from"
+            side = _side_of_zero(row["diff_ci_low"], row["diff_ci_high"])
+            difference = format_ci(row["mean_difference"], row["diff_ci_low"], row["diff_ci_high"])
+            groups[0 if side is None else side].append(
+                f"{row['image_type']} ({row['rho']:.2f}, difference {difference})"
             )
-            groups[key].append(
-                f"{row['image_type']} ({row['rho']:.2f}, difference {row['mean_difference']:+.2f} "
-                f"{_ci_text(low, high)})"
-            )
-        for key, names in groups.items():
+        for side, names in groups.items():
             if names:
-                text += f" {'; '.join(names)}: {key} the {ref['image_type']}."
+                text += f" {'; '.join(names)}: {_COMPARISON[side]} the {ref['image_type']}."
         lines.append(text)
     return lines
 
