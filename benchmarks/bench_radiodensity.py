@@ -19,7 +19,9 @@ AdamW step, as in ``train_radiodensity``; 5 steps after 2 warm-up steps, timed b
 Needs torch with CUDA, MONAI and the package importable (``PYTHONPATH=src``); without a CUDA
 device ``--gpu`` exits with code 2.
 
-Each case runs in a fresh subprocess (this script with ``--child``), so its peak memory is its
+Each case runs in a fresh subprocess (this script with ``--child``) whose allocator is set up as a
+workflow job's (``benchlib.job_allocator``; ``DEFACEAUDIT_MALLOC_TUNING=0`` for glibc's
+defaults), so its peak memory is its
 own: VmHWM (peak resident set; unlike ``ru_maxrss`` not inherited across exec) on the CPU. The
 baseline row (Python with torch, MONAI and the package imported, nothing run; its seconds are
 the import time) is measured the same way. Random crops stand in for faces (the timings do not
@@ -131,8 +133,9 @@ def child(spec: dict) -> dict:
 
 def child_main(arg: str) -> None:
     spec = json.loads(arg)
+    malloc = benchlib.job_allocator()
     row = child(spec)
-    row.update(benchlib.memory_fields(cuda=spec["case"] == "step"))
+    row.update(benchlib.memory_fields(cuda=spec["case"] == "step"), malloc=malloc)
     print(json.dumps(row))
 
 

@@ -39,7 +39,9 @@ Sampling cost depends on the region to generate: with paste-back stage 2 samples
 around it (``cascade.generation_window``). Here that region is a box, :data:`FACE_BOX`: the
 anterior 40 % of the grid below 45 % of its height, full width.
 
-Each case runs in a fresh subprocess (this script with ``--child``), so its peak memory is its
+Each case runs in a fresh subprocess (this script with ``--child``) whose allocator is set up as a
+workflow job's (``benchlib.job_allocator``; ``DEFACEAUDIT_MALLOC_TUNING=0`` for glibc's
+defaults), so its peak memory is its
 own: VmHWM (peak resident set; unlike ru_maxrss not inherited across exec) on the CPU, the CUDA
 allocator's peak on the GPU. The baseline (Python with torch, MONAI and the package imported,
 nothing run; its seconds are the import time) is measured the same way. Random tensors in
@@ -324,8 +326,10 @@ def child(spec: dict) -> dict:
 
 def child_main(arg: str) -> None:
     spec = json.loads(arg)
+    malloc = benchlib.job_allocator()
     rows = child(spec)
     fields = benchlib.memory_fields(cuda=spec.get("device", "cpu").startswith("cuda"))
+    fields["malloc"] = malloc
     for row in rows.values():
         row.update(fields)
     print(json.dumps(rows))

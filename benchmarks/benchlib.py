@@ -24,6 +24,15 @@ def host_peak_mb() -> float:
     return int(kib) / 1024
 
 
+def job_allocator() -> str:
+    """Set up this child's memory allocator as a workflow job's is
+    (:func:`defaceaudit.allocator.keep_freed_memory`; ``DEFACEAUDIT_MALLOC_TUNING=0`` keeps
+    glibc's defaults, to compare): ``"tuned"`` or ``"default"``, recorded in the row."""
+    from defaceaudit.allocator import keep_freed_memory
+
+    return "tuned" if keep_freed_memory() else "default"
+
+
 def memory_fields(cuda: bool) -> dict:
     """``peak_mb`` (CUDA max allocated on a GPU, else the host's), ``host_peak_mb``, the load
     average (other work on the machine inflates every time) and the device name."""

@@ -25,8 +25,12 @@ rule build_average_head:
         log_file("build_average_head", "train"),
     benchmark:
         benchmark_file("build_average_head", "train")
+    # first in line once its inputs exist: every avgface job waits for it
+    priority: 10
     conda:
         "../envs/defaceaudit.yaml"
+    # one registration per worker process (on the demo nothing else is ready while it runs)
+    threads: 4
     resources:
         mem_mb=6000,
         runtime=60,

@@ -12,6 +12,9 @@ rule train_stage1:
         log_file("train_stage1", "{model}"),
     benchmark:
         benchmark_file("train_stage1", "{model}")
+    # first in line once its inputs exist: every sampling job, and after them every metric
+    # job, waits for the two stages
+    priority: 10
     conda:
         "../envs/defaceaudit.yaml"
     threads: 2
@@ -36,6 +39,9 @@ rule train_stage2:
         log_file("train_stage2", "{model}"),
     benchmark:
         benchmark_file("train_stage2", "{model}")
+    # first in line once its inputs exist: every sampling job, and after them every metric
+    # job, waits for the two stages
+    priority: 10
     conda:
         "../envs/defaceaudit.yaml"
     threads: 2

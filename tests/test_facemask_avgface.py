@@ -90,6 +90,8 @@ def test_build_average_and_reface(template, tmp_path):
     nib.save(heads[1], path)
     average = build_average_head([heads[0], path], tpl, seed=0)
     assert average.shape == tpl.shape  # template already 4 mm: no coarsening
+    in_workers = build_average_head([heads[0], path], tpl, seed=0, workers=2)
+    np.testing.assert_array_equal(in_workers.get_fdata(), average.get_fdata())
     avg = average.get_fdata()
     assert average.get_data_dtype() == np.float32
     assert 0.5 < np.median(avg[brain]) < 1.5  # head-median units

@@ -9,4 +9,5 @@ run_step(
     t1w=list(snakemake.input.t1w),
     template=snakemake.input.template,
     out=snakemake.output[0],
+    workers=snakemake.threads,
 )

@@ -13,6 +13,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from defaceaudit.allocator import keep_freed_memory
 from defaceaudit.errors import DefaceAuditError
 
 
@@ -21,7 +22,10 @@ def run_step(log_file: str | None, func: Callable[..., Any], **kwargs: Any) -> A
 
     A :class:`DefaceAuditError` (bad input) ends the process with exit code 1 and its one-line
     message on stderr and in the log; anything else is logged with its traceback and re-raised.
+    The job's allocator keeps freed memory for reuse
+    (:func:`defaceaudit.allocator.keep_freed_memory`).
     """
+    keep_freed_memory()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         handlers.append(logging.FileHandler(log_file, mode="w"))

@@ -27,11 +27,16 @@ def fetch_face_template(
 
 
 def build_average_head_file(
-    t1w: list[str], template: str | os.PathLike, out: str | os.PathLike, seed: int = 0
+    t1w: list[str],
+    template: str | os.PathLike,
+    out: str | os.PathLike,
+    seed: int = 0,
+    workers: int = 1,
 ) -> None:
-    """Average of the training subjects' heads in template space (avgface), written to ``out``."""
+    """Average of the training subjects' heads in template space (avgface), written to ``out``;
+    ``workers`` subjects registered at a time."""
     from defaceaudit.defacers.avgface import build_average_head
 
-    log.info("average head of %d training subjects", len(t1w))
-    average = build_average_head(list(t1w), nib.load(template), seed=seed)
+    log.info("average head of %d training subjects, %d at a time", len(t1w), workers)
+    average = build_average_head(list(t1w), nib.load(template), seed=seed, workers=workers)
     save_nifti(average, out)
