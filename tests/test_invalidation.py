@@ -71,6 +71,7 @@ AGGREGATE_FILES = frozenset(
         *paths.FACE_TABLES.values(),
         *paths.REIDENTIFICATION.values(),
         *paths.FIGURE_FILES.values(),
+        *(paths.demo_table(d, name) for d in paths.DEMO_DATASETS for name in paths.DEMO_TABLES),
     ]
 )
 
@@ -165,13 +166,11 @@ def subject_of(path: str) -> str | None:
 
 
 def aggregate_file(path: str) -> bool:
-    """Whether ``path`` is written by an aggregate job: a declared output, its log or benchmark,
-    or a dataset-level file of a demo BIDS dataset (write_demo_tables: tables and sidecars)."""
+    """Whether ``path`` is written by an aggregate job: a declared output, its log or
+    benchmark."""
     parts = Path(path).parts
     if parts[1] in ("logs", "benchmarks") and parts[2] in AGGREGATE_RULES:
         return True
-    if path.startswith(paths.DEMO_BIDS + "/"):
-        return subject_of(path) is None
     return path in AGGREGATE_FILES
 
 

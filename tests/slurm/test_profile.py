@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, copy_workflow
 
 pytestmark = pytest.mark.workflow
 
 PROFILE = REPO / "profiles" / "slurm"
 BIN = Path(sys.executable).parent
-WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "envs", "config.yaml")
 SITE_VARIABLES = (
     "DEFACEAUDIT_SLURM_PARTITION",
     "DEFACEAUDIT_SLURM_GPU_PARTITION",
@@ -31,13 +30,7 @@ SCENARIOS = (None, REPO / "tests" / "configs" / "containers.yaml")
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / name)
-        else:
-            shutil.copy2(src, tmp_path / name)
-    return tmp_path
+    return copy_workflow(tmp_path)
 
 
 def run(workdir: Path, *args: str, site: dict[str, str] | None = None):
