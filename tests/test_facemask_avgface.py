@@ -9,6 +9,7 @@ from synthetic import synthetic_head
 
 from defaceaudit.defacers.avgface import build_average_head, reface_avgface
 from defaceaudit.defacers.facemask import METHOD, deface_facemask
+from defaceaudit.errors import ImageError
 from defaceaudit.register import resample
 
 
@@ -92,6 +93,11 @@ def test_build_average_and_reface(template, tmp_path):
     assert average.shape == tpl.shape  # template already 4 mm: no coarsening
     in_workers = build_average_head([heads[0], path], tpl, seed=0, workers=2)
     np.testing.assert_array_equal(in_workers.get_fdata(), average.get_fdata())
+    headless = tmp_path / "sub-headless_T1w.nii.gz"
+    negative = -np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)
+    nib.save(nib.Nifti1Image(negative, heads[1].affine), headless)  # no head to find
+    with pytest.raises(ImageError, match="sub-headless_T1w.nii.gz: no head"):
+        build_average_head([headless, path, heads[0]], tpl, seed=0, workers=2)
     avg = average.get_fdata()
     assert average.get_data_dtype() == np.float32
     assert 0.5 < np.median(avg[brain]) < 1.5  # head-median units

@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from defaceaudit.defacers.base import DefaceResult
 from defaceaudit.defacers.facemask import image_sha256, remove_region
+from defaceaudit.errors import ImageError
 from defaceaudit.masks import head_mask
 from defaceaudit.nifti import load_t1w, to_ras, voxel_sizes_mm
 from defaceaudit.register import affine_register, downsample, itk_threads, resample
@@ -67,7 +68,11 @@ def _on_coarse_grid(
     Registers with ITK's global thread count (set by the caller)."""
     img = _as_image(item)
     data = np.asarray(img.dataobj, dtype=np.float32)
-    med, _ = _head_median(data, img.affine)
+    try:
+        med, _ = _head_median(data, img.affine)
+    except ValueError as err:
+        name = item if isinstance(item, str | os.PathLike) else "a training image"
+        raise ImageError(f"{name}: no head for the average head ({err})") from err
     transform = affine_register(coarse, img, seed=seed, threads=None)
     moved = resample((data / med, img.affine), coarse, transform, order=1)
     inside = resample((np.ones(data.shape, np.float32), img.affine), coarse, transform, 1)
@@ -109,9 +114,13 @@ def build_average_head(
         subjects = pool.map(
             _on_coarse_grid, t1w_paths, itertools.repeat(coarse), itertools.repeat(seed)
         )
-        for moved, inside in subjects:
-            total += moved
-            count += inside
+        try:
+            for moved, inside in subjects:
+                total += moved
+                count += inside
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # a bad subject ends the job now, not at the end
+            raise
     average = np.where(count > 0, total / np.maximum(count, 1.0), 0.0).astype(np.float32)
     out = nib.Nifti1Image(average, affine)
     out.set_qform(affine, code=1)
