@@ -17,8 +17,8 @@ subjects on 2 cores, linear growth. ``--workflow`` dry-runs another checkout (fo
 before a change); the package imported is always the installed one.
 
 The reference (benchmarks/reference/dryrun.json, written with ``--save-reference``) is the
-last saved run; README, "Inspecting the pipeline", has the figures of each issue-7 step (the
-reference is not yet re-saved after the garbage-collection and signature changes). The
+last saved run (the current code on a quiet machine); README, "Inspecting the pipeline", has
+the figures of each issue-7 step. The
 machine's CPUs and load average are recorded, since other work on the machine slows every row.
 """
 
