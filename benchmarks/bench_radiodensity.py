@@ -19,15 +19,14 @@ AdamW step, as in ``train_radiodensity``; 5 steps after 2 warm-up steps, timed b
 Needs torch with CUDA, MONAI and the package importable (``PYTHONPATH=src``); without a CUDA
 device ``--gpu`` exits with code 2.
 
-Each case runs in a fresh subprocess (this script with ``--child``) whose allocator is set up as a
-workflow job's (``benchlib.job_allocator``; ``DEFACEAUDIT_MALLOC_TUNING=0`` for glibc's
-defaults), so its peak memory is its
-own: VmHWM (peak resident set; unlike ``ru_maxrss`` not inherited across exec) on the CPU. The
-baseline row (Python with torch, MONAI and the package imported, nothing run; its seconds are
-the import time) is measured the same way. Random crops stand in for faces (the timings do not
-depend on the values). The figures are printed beside a reference run (the committed JSON of an
-earlier run); ``--save FILE`` merges this run's rows into FILE. Each row records the 1-minute
-load average: other work on the machine slows the CPU figures.
+Each case runs in a fresh subprocess (this script with ``--child``), its allocator set up as a
+workflow job's (``benchlib.job_allocator``; ``DEFACEAUDIT_MALLOC_TUNING=0`` keeps glibc's defaults),
+so its peak memory is its own: VmHWM (peak resident set; unlike ``ru_maxrss`` not inherited across
+exec) on the CPU. The baseline row (Python with torch, MONAI and the package imported, nothing run;
+its seconds are the import time) is measured the same way. Random crops stand in for faces (the
+timings do not depend on the values). The figures are printed beside a reference run (the committed
+JSON of an earlier run); ``--save FILE`` merges this run's rows into FILE. Each row records the
+1-minute load average: other work on the machine slows the CPU figures.
 """
 
 from __future__ import annotations

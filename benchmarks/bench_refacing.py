@@ -39,21 +39,20 @@ Sampling cost depends on the region to generate: with paste-back stage 2 samples
 around it (``cascade.generation_window``). Here that region is a box, :data:`FACE_BOX`: the
 anterior 40 % of the grid below 45 % of its height, full width.
 
-Each case runs in a fresh subprocess (this script with ``--child``) whose allocator is set up as a
-workflow job's (``benchlib.job_allocator``; ``DEFACEAUDIT_MALLOC_TUNING=0`` for glibc's
-defaults), so its peak memory is its
-own: VmHWM (peak resident set; unlike ru_maxrss not inherited across exec) on the CPU, the CUDA
-allocator's peak on the GPU. The baseline (Python with torch, MONAI and the package imported,
-nothing run; its seconds are the import time) is measured the same way. Random tensors in
-[-1, 1] of the right shapes and randomly initialised networks stand in for heads and trained
-weights (the timings depend on neither). A training step is the one of
+Each case runs in a fresh subprocess (this script with ``--child``), its allocator set up as a
+workflow job's (``benchlib.job_allocator``; ``DEFACEAUDIT_MALLOC_TUNING=0`` keeps glibc's defaults),
+so its peak memory is its own: VmHWM (peak resident set; unlike ru_maxrss not inherited across exec)
+on the CPU, the CUDA allocator's peak on the GPU. The baseline (Python with torch, MONAI and the
+package imported, nothing run; its seconds are the import time) is measured the same way. Random
+tensors in [-1, 1] of the right shapes and randomly initialised networks stand in for heads and
+trained weights (the timings depend on neither). A training step is the one of
 ``diffusion.train.train``: zero_grad, x0 loss (under bf16 autocast when the variant says so),
-backward, gradient clipping, AdamW step, EMA update; drawing batches from the training pairs is
-not included. The figures are printed side by side with a reference run (the JSON of an earlier
-run, committed); ``--save FILE`` writes this run's figures into FILE, replacing the entries of
-the same name and keeping the others (so CPU and GPU figures, and GPU runs split by
-``--variants`` or ``--cases``, share one reference file). Each row also records the 1-minute
-load average: other work on the machine slows the CPU figures.
+backward, gradient clipping, AdamW step, EMA update; drawing batches from the training pairs is not
+included. The figures are printed side by side with a reference run (the JSON of an earlier run,
+committed); ``--save FILE`` writes this run's figures into FILE, replacing the entries of the same
+name and keeping the others (so CPU and GPU figures, and GPU runs split by ``--variants`` or
+``--cases``, share one reference file). Each row also records the 1-minute load average: other work
+on the machine slows the CPU figures.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ rule build_average_head:
     priority: 10
     conda:
         "../envs/defaceaudit.yaml"
-    # one registration per worker process (on the demo nothing else is ready while it runs)
+    # one registration per thread (on the demo nothing else is ready while it runs)
     threads: 4
     resources:
         mem_mb=6000,

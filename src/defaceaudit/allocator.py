@@ -2,10 +2,11 @@
 
 A diffusion sampling step or a ResNet epoch on the CPU allocates and frees buffers of tens to
 hundreds of MB (convolution workspaces, activations, gradients) many times. With glibc's
-defaults every such buffer is mapped fresh from the operating system (``mmap``) and unmapped
-when freed, and the kernel zeroes its pages again at the next allocation: on the 2-core demo
-machine a third of a sampling job's CPU time was system time (page faults). Kept in the heap
-instead, freed memory is reused by the next allocation of the same size.
+defaults much of that memory goes back to the operating system when it is freed (buffers
+above the adaptive mmap threshold are unmapped, the heap's free top is trimmed) and the kernel
+zeroes its pages again at the next allocation: on the 2-core demo machine a third of a
+sampling job's CPU time was system time (page faults). Kept in the heap instead, freed memory
+is reused by the next allocation.
 
 :func:`keep_freed_memory` sets glibc's ``mallopt`` parameters (malloc(3), mallopt(3)): buffers
 up to :data:`MMAP_THRESHOLD` come from the heap, the heap's free top is returned to the

@@ -119,14 +119,14 @@ def memoize_uri_parsing() -> list[str]:
     """Parse each workflow source path once per process, not once per job; returns the
     modules changed.
 
-    For every job that runs a script or names a conda environment, Snakemake's source cache
-    parses the file's path as a URI (``snakemake.common.parse_uri``, through smart_open, which
-    builds a new namedtuple class at every call): at the paper's scale about 34,000 parses of
-    a dozen distinct paths, 6 % of a dry-run's CPU (20.1 s of CPU before, 18.8 s after, at 664
-    subjects). ``parse_uri`` depends on its string argument only and returns an immutable
-    namedtuple, so the name is rebound, in the modules of :data:`URI_PARSING_MODULES` that
-    import it, to a memoised copy (:func:`functools.lru_cache`). A module without that name
-    is left as it was; calling this again changes nothing.
+    For every job that runs a script or names a conda environment, Snakemake's source cache parses
+    the file's path as a URI (``snakemake.common.parse_uri``, through smart_open, which builds a new
+    namedtuple class at every call): at the paper's scale about 34,000 parses of a dozen distinct
+    paths, about 6 % of a dry-run's CPU (alternating runs at 664 subjects, user CPU seconds: 20.5,
+    20.8, 20.1 before; 20.0, 18.8, 18.4 after). ``parse_uri`` depends on its string argument only
+    and returns an immutable namedtuple, so the name is rebound, in the modules of
+    :data:`URI_PARSING_MODULES` that import it, to a memoised copy (:func:`functools.lru_cache`). A
+    module without that name is left as it was; calling this again changes nothing.
     """
     import functools
     import importlib
