@@ -55,6 +55,31 @@ def dice(a, b):
     return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
+def test_bad_average_head_subject_cancels_pending_registrations(template, tmp_path, monkeypatch):
+    """A headless first subject ends the job before the queued subjects are registered."""
+    import time
+
+    import defaceaudit.defacers.avgface as avgface
+
+    calls = []
+
+    def slow_identity(fixed, moving, **kwargs):
+        calls.append(1)
+        time.sleep(0.3)
+        return np.eye(4)
+
+    monkeypatch.setattr(avgface, "affine_register", slow_identity)
+    tpl, _, _ = template
+    headless = tmp_path / "sub-headless_T1w.nii.gz"
+    negative = -np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)
+    nib.save(nib.Nifti1Image(negative, tpl.affine), headless)
+    with pytest.raises(ImageError, match="sub-headless_T1w.nii.gz: no head"):
+        build_average_head([headless] + [tpl] * 6, tpl, seed=0, workers=1)
+    # the worker may have started the next subject before the error reached the caller; the
+    # other five never start (without cancellation all six would be registered)
+    assert len(calls) <= 1
+
+
 def test_deface_facemask_zeroes_face_keeps_brain(template):
     tpl, brain, mask = template
     other, _ = synthetic_head(seed=5)  # same anatomy, other noise

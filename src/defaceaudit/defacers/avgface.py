@@ -119,7 +119,9 @@ def build_average_head(
                 total += moved
                 count += inside
         except BaseException:
-            pool.shutdown(cancel_futures=True)  # a bad subject ends the job now, not at the end
+            # a bad subject ends the job now, not after the queued ones (CPython's map iterator
+            # cancels them too; this does not rely on that)
+            pool.shutdown(cancel_futures=True)
             raise
     average = np.where(count > 0, total / np.maximum(count, 1.0), 0.0).astype(np.float32)
     out = nib.Nifti1Image(average, affine)
