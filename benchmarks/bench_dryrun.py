@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,10 +36,11 @@ from pathlib import Path
 
 import yaml
 
+from defaceaudit.paths import copy_workflow
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).parent / "reference" / "dryrun.json"
 CONFIG = REPO / "tests" / "configs" / "paper_scale.yaml"
-WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "envs", "config.yaml")
 #: the paper's cohort: 180 train, 15 internal test, 469 external test subjects
 PAPER = {"n_train": 180, "n_internal_test": 15, "n_external_test": 469}
 SIZES = (100, 300, 664, 2000)
@@ -87,14 +87,7 @@ def uncapped_schema(folder: Path) -> Path:
 def dry_run(workflow: Path, config: dict, n_subjects: int) -> dict:
     """One dry-run of ``config`` scaled to ``n_subjects``, in a fresh copy of ``workflow``."""
     with tempfile.TemporaryDirectory(prefix="bench_dryrun_") as tmp:
-        workdir = Path(tmp)
-        for name in WORKFLOW_FILES:
-            src = workflow / name
-            if src.is_dir():
-                shutil.copytree(src, workdir / name)
-            else:
-                shutil.copy2(src, workdir / name)
-        (workdir / "results").mkdir()
+        workdir = copy_workflow(workflow, tmp)
         demo = scaled_demo(n_subjects)
         scenario = {**config, "demo": {**config.get("demo", {}), **demo}}
         (workdir / "scenario.yaml").write_text(yaml.safe_dump(scenario))

@@ -159,20 +159,9 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="paper-size crops on CUDA")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = parser.parse_args()
-    try:
-        import torch
-
-        import defaceaudit.radiodensity  # noqa: F401  (MONAI)
-    except ImportError as err:
-        print(f"bench_radiodensity: {err}; {IMPORT_HINT}", file=sys.stderr)
-        sys.exit(2)
-    if args.gpu and not torch.cuda.is_available():
-        print(
-            "bench_radiodensity: --gpu needs a CUDA device and none is available "
-            f"(torch {torch.__version__}); run without --gpu for the CPU benchmark",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    torch = benchlib.import_torch(
+        "bench_radiodensity", "defaceaudit.radiodensity.model", IMPORT_HINT, args.gpu
+    )
     if args.gpu:
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
         print(

@@ -476,20 +476,9 @@ def main() -> None:
         help="GPU: torch.backends.cudnn.benchmark = True (the pipeline leaves it off)",
     )
     args = parser.parse_args()
-    try:
-        import torch
-
-        import defaceaudit.diffusion.unet  # noqa: F401  (MONAI, einops)
-    except ImportError as err:
-        print(f"bench_refacing: {err}; {IMPORT_HINT}", file=sys.stderr)
-        sys.exit(2)
-    if args.gpu and not torch.cuda.is_available():
-        print(
-            "bench_refacing: --gpu needs a CUDA device and none is available "
-            f"(torch {torch.__version__}); run without --gpu for the CPU benchmark",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    torch = benchlib.import_torch(
+        "bench_refacing", "defaceaudit.diffusion.unet", IMPORT_HINT, args.gpu
+    )
 
     config = reface_config(paper=args.gpu)
     if args.gpu:

@@ -17,6 +17,29 @@ from pathlib import Path
 NAN = float("nan")
 
 
+def import_torch(bench: str, module: str, hint: str, gpu: bool):
+    """Import torch and ``module`` (the package part a benchmark needs, e.g. MONAI behind it) and
+    return torch; exit 2 with a message naming ``bench`` when either is missing (``hint`` says
+    what to install), or when ``gpu`` is asked for and no CUDA device is available."""
+    import importlib
+
+    try:
+        import torch
+
+        importlib.import_module(module)
+    except ImportError as err:
+        print(f"{bench}: {err}; {hint}", file=sys.stderr)
+        sys.exit(2)
+    if gpu and not torch.cuda.is_available():
+        print(
+            f"{bench}: --gpu needs a CUDA device and none is available "
+            f"(torch {torch.__version__}); run without --gpu for the CPU benchmark",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    return torch
+
+
 def host_peak_mb() -> float:
     """Peak resident memory of this process (VmHWM, MiB)."""
     with open("/proc/self/status") as status:

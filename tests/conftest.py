@@ -13,9 +13,9 @@ import pytest
 import yaml
 from synthetic import synthetic_head
 
+from defaceaudit import paths
+
 REPO = Path(__file__).resolve().parents[1]
-#: what a copy of the workflow needs to run (results/ starts empty)
-WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "envs", "config.yaml")
 #: refacing settings of the tiny real runs: the demo's networks, few steps (plumbing only)
 FAST_REFACE = {
     "stage1": {"training": {"steps": 6, "checkpoint_every": 3, "log_every": 3}},
@@ -39,16 +39,9 @@ def head_and_brain():
 
 
 def copy_workflow(dest: Path) -> Path:
-    """A copy of the workflow in ``dest`` with an empty results folder; returns ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name)
-        else:
-            shutil.copy2(src, dest / name)
-    (dest / "results").mkdir()
-    return dest
+    """A copy of this checkout's workflow in ``dest`` with an empty results folder; returns
+    ``dest``."""
+    return paths.copy_workflow(REPO, dest)
 
 
 def copy_run(src: Path, dest: Path) -> Path:

@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import (  # noqa: F401 (WORKFLOW_FILES: test_dag_snapshots imports it from here)
+from conftest import (
     BIN,
     REPO,
-    WORKFLOW_FILES,
     copy_run,
     copy_workflow,
     run_snakemake,

@@ -7,7 +7,13 @@ subject to get the Snakemake pattern of the same file.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 RESULTS = "results"
+#: what a working copy of the workflow needs, relative to the Snakefile's folder (the tests and
+#: benchmarks run the workflow in temporary copies: :func:`copy_workflow`)
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "envs", "config.yaml")
 DEMO_ROOT = f"{RESULTS}/demo"
 DEMO_BIDS = f"{DEMO_ROOT}/bids"
 #: demo BIDS dataset -> folder; train and internal test share one dataset, as in the paper
@@ -206,3 +212,17 @@ RADIODENSITY_TABLES = {
     "predictions": f"{RADIODENSITY}/predictions.tsv",
 }
 RADIODENSITY_FIGURE = f"{FIGURES}/radiodensity.png"
+
+
+def copy_workflow(source: str | Path, dest: str | Path) -> Path:
+    """Copy :data:`WORKFLOW_FILES` from the workflow folder ``source`` into ``dest`` (created if
+    missing) with an empty ``results/``; returns ``dest`` as a :class:`~pathlib.Path`."""
+    source, dest = Path(source), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, dest / name)
+        else:
+            shutil.copy2(source / name, dest / name)
+    (dest / RESULTS).mkdir()
+    return dest
