@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 from synthetic import synthetic_head
 
-from defaceaudit.errors import DefaceAuditError, ImageError
+from defaceaudit.errors import DefaceAuditError, ImageError, InputError
 from defaceaudit.radiodensity.crop import CropGeometry, subject_face_crops
 from defaceaudit.radiodensity.evaluate import (
     radiodensity_findings,
@@ -26,8 +26,14 @@ from defaceaudit.radiodensity.evaluate import (
 from defaceaudit.radiodensity.figure import plot_radiodensity
 from defaceaudit.radiodensity.model import load_medicalnet, resnet10
 from defaceaudit.radiodensity.sampler import balanced_sampler, subject_balanced_weights
+from defaceaudit.radiodensity.study import evaluate_models, write_targets
 from defaceaudit.radiodensity.targets import assign_subject_splits, lme_residual_targets
-from defaceaudit.radiodensity.train import EarlyStopping, run_training, train_radiodensity
+from defaceaudit.radiodensity.train import (
+    EarlyStopping,
+    TrainingDivergedError,
+    run_training,
+    train_radiodensity,
+)
 from defaceaudit.register import resample
 
 torch.set_num_threads(2)
@@ -215,6 +221,27 @@ def test_load_medicalnet_checks_keys_and_names_the_file(tmp_path):
         load_medicalnet(model, plain)
 
 
+def test_load_medicalnet_accepts_a_file_without_batch_norm_counters(tmp_path):
+    """Checkpoints from before torch 0.4.1 lack ``*.num_batches_tracked``; torch's batch-norm
+    loader keeps the model's own counter then. Only those keys (and fc.*) may be absent."""
+
+    def drop_counters(state):
+        for key in [k for k in state if k.endswith(".num_batches_tracked")]:
+            del state[key]
+
+    old = tmp_path / "old.pth"
+    state = _medicalnet_file(old, drop_counters)
+    assert len(state) < len(_encoder_state())  # the counters are really gone
+    model = resnet10()
+    load_medicalnet(model, old)
+    for key, value in state.items():
+        assert torch.equal(model.state_dict()[key.removeprefix("module.")], value), key
+    running = tmp_path / "running.pth"
+    _medicalnet_file(running, lambda s: (drop_counters(s), s.pop("module.bn1.running_mean")))
+    with pytest.raises(DefaceAuditError, match=r"running\.pth.*\(missing keys bn1\.running_mean\)"):
+        load_medicalnet(model, running)
+
+
 # --- face crops -----------------------------------------------------------------------------------
 
 
@@ -394,7 +421,65 @@ def test_resnet10_with_medicalnet_weights_trains_one_epoch(tmp_path):
     assert len(history) == 1 and pred.shape == (4,) and np.all(np.isfinite(pred))
 
 
-def test_run_training_writes_predictions_history_and_model(tmp_path):
+def test_train_raises_when_no_epoch_has_a_finite_validation_loss(tmp_path):
+    class NaNNet(TinyNet):
+        def forward(self, x):
+            return super().forward(x) * float("nan")
+
+    crops, index, targets, subjects, splits = _blob_problem()
+    with pytest.raises(TrainingDivergedError, match="no epoch of 2 had a finite validation loss"):
+        train_radiodensity(
+            crops,
+            targets,
+            subjects,
+            splits,
+            {**SETTINGS, "epochs": 2},
+            crop_index=index,
+            build_model=NaNNet,
+        )
+    files, split_of = _training_files(tmp_path)
+    outputs = [tmp_path / "pred.tsv", tmp_path / "history.tsv", tmp_path / "model.pt"]
+    with pytest.raises(TrainingDivergedError, match="^original model of the abdomen: no epoch"):
+        run_training(
+            files,
+            "original",
+            tmp_path / "targets.tsv",
+            "abdomen",
+            split_of,
+            {**SETTINGS, "epochs": 2},
+            *outputs,
+            build_model=NaNNet,
+        )
+    assert not any(path.exists() for path in outputs)
+
+
+def test_validation_loss_weighs_every_subject_equally():
+    """Validation subjects with 1 or 3 visits count alike, as in the training sampler."""
+    crops, index, targets, subjects, splits = _blob_problem(visits=3)
+    subjects = np.array(subjects)
+    val_subjects = np.unique(subjects[splits == "validation"])
+    drop = np.isin(subjects, val_subjects[:3]) & (np.arange(index.size) % 3 > 0)
+    keep = ~drop  # three validation subjects keep one visit, three keep all three
+    index, targets, subjects, splits = index[keep], targets[keep], subjects[keep], splits[keep]
+    _, history, pred = train_radiodensity(
+        crops,
+        targets,
+        subjects,
+        splits,
+        {**SETTINGS, "epochs": 1},
+        crop_index=index,
+        build_model=TinyNet,
+    )
+    val = splits == "validation"
+    errors = pd.Series((pred[val] - targets[val]) ** 2).groupby(subjects[val])
+    per_subject = errors.mean().mean()
+    assert history["validation_loss"][0] == pytest.approx(per_subject, rel=1e-6)
+    assert per_subject != pytest.approx(np.mean((pred[val] - targets[val]) ** 2), rel=1e-2)
+
+
+def _training_files(tmp_path):
+    """Crop files of the blob problem's 30 subjects (original and an all-zero quickshear),
+    their splits and ``targets.tsv`` (plus a subject without a crop)."""
     crops, _, targets, subjects, splits = _blob_problem(n_subjects=30, visits=2)
     files, split_of = {}, {}
     for i in range(30):
@@ -411,6 +496,11 @@ def test_run_training_writes_predictions_history_and_model(tmp_path):
     )
     rows.loc[len(rows)] = ["sub-99", 1, "abdomen", 0.3]  # no crop: left out
     rows.to_csv(tmp_path / "targets.tsv", sep="\t", index=False)
+    return files, split_of
+
+
+def test_run_training_writes_predictions_history_and_model(tmp_path):
+    files, split_of = _training_files(tmp_path)
     out = run_training(
         files,
         "original",
@@ -451,6 +541,51 @@ def test_run_training_writes_predictions_history_and_model(tmp_path):
             tmp_path / "h2.tsv",
             build_model=TinyNet,
         )
+
+
+def test_run_training_names_unreadable_crop_and_target_files(tmp_path):
+    files, split_of = _training_files(tmp_path)
+    targets = tmp_path / "targets.tsv"
+
+    def fails(pattern):
+        args = (files, "original", targets, "abdomen", split_of, SETTINGS)
+        with pytest.raises(DefaceAuditError, match=pattern):
+            run_training(*args, tmp_path / "p.tsv", tmp_path / "h.tsv", build_model=TinyNet)
+
+    crop = files["05"]
+    crop.write_bytes(b"")  # empty: numpy raises EOFError
+    fails(r"sub-05\.npz: not a readable crop file")
+    crop.write_bytes(b"PK\x03\x04" + b"\x00" * 40)  # a broken zip: zipfile.BadZipFile
+    fails(r"sub-05\.npz: not a readable crop file")
+    np.savez(crop, original=np.zeros((12, 12, 12), np.float32))
+    targets.write_text("")
+    fails(r"targets\.tsv: cannot read the targets table")
+    header = "participant_id\tvisit\tbody_part\ttarget\n"
+    targets.write_text(header + "sub-00\t1\tabdomen\t0.1\nsub-01\t1\tabdomen\t0.2\t9\n")
+    fails(r"targets\.tsv: cannot read the targets table \(.*Expected 4 fields")
+    targets.write_text("participant_id\tvisit\ttarget\nsub-00\t1\t0.1\n")
+    fails(r"targets\.tsv: the targets table has no column\(s\) body_part")
+
+
+def test_study_steps_name_unreadable_tables(tmp_path):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    phen, people = _phenotype()
+    phen.to_csv(tmp_path / "phen.tsv", sep="\t", index=False)
+    cohort = people.assign(subject=people["participant_id"].str.removeprefix("sub-"))
+    cohort[["subject", "sex"]].to_csv(tmp_path / "subjects.tsv", sep="\t", index=False)
+    split = {**FRACTIONS, "seed": 0}
+    targets = tmp_path / "targets.tsv"
+    with pytest.raises(InputError, match=r"empty\.tsv: cannot read the phenotype table"):
+        write_targets([empty], tmp_path / "subjects.tsv", ["abdomen"], split, targets)
+    with pytest.raises(InputError, match=r"empty\.tsv: cannot read the cohort table"):
+        write_targets([tmp_path / "phen.tsv"], empty, ["abdomen"], split, targets)
+    ragged = tmp_path / "ragged.tsv"
+    ragged.write_text("participant_id\tprediction\nsub-00\t0.1\nsub-01\t0.2\t7\n")
+    outputs = [tmp_path / name for name in ("t.tsv", "t.md", "b.tsv", "p.tsv", "f.png")]
+    for bad in (empty, ragged):
+        with pytest.raises(DefaceAuditError, match=rf"{bad.name}: cannot read the predictions"):
+            evaluate_models([bad], *outputs, n_resamples=10)
 
 
 # --- statistics, table, figure --------------------------------------------------------------------
@@ -517,6 +652,23 @@ def test_radiodensity_table_tests_against_the_original(tmp_path):
     fewer = frame.drop(frame.index[(frame["image_type"] == "quickshear")][:2])
     with pytest.raises(DefaceAuditError, match="other subjects"):
         radiodensity_table(fewer, n_resamples=10)
+
+
+def test_radiodensity_table_refuses_a_missing_prediction():
+    """A NaN prediction must not drop its subject from one image type only: the replicates of
+    that image type would resample other subjects than the original's and stop pairing."""
+    frame = _predictions(n_subjects=10)
+    nan = (frame["image_type"] == "quickshear") & (frame["participant_id"] == "sub-03")
+    res = spearman_bootstrap(frame[nan | (frame["image_type"] == "original")], 10)
+    assert res["n_subjects"] == 10 and "sub-03" in res["subjects"]
+    frame.loc[nan, "prediction"] = np.nan
+    quick = spearman_bootstrap(frame[frame["image_type"] == "quickshear"], 10)
+    assert quick["n_subjects"] == 9 and "sub-03" not in quick["subjects"]
+    with pytest.raises(DefaceAuditError, match=r"^abdomen: quickshear: 2 test row.*sub-03;"):
+        radiodensity_table(frame, n_resamples=10)
+    frame.loc[nan, "prediction"] = np.inf
+    with pytest.raises(DefaceAuditError, match=r"^abdomen: quickshear: 2 test row.*sub-03;"):
+        radiodensity_table(frame, n_resamples=10)
 
 
 def test_radiodensity_findings_reads_the_confidence_intervals():

@@ -9,7 +9,10 @@ Paired replicates: the subject indices of replicate ``b`` come from
 subject list, so they depend only on the seed and that list. Every image type of a body part is
 evaluated on the same test subjects, hence its replicate ``b`` resamples the same subjects and
 the replicates pair up; the Wilcoxon signed-rank test of the paper compares the paired
-replicates of an image type with those of the reference (original) images.
+replicates of an image type with those of the reference (original) images. The table compares
+the very subject lists the draws index, and a missing (NaN) or infinite prediction or target is
+an error naming the image type, body part and subjects rather than a subject silently dropped
+from one image type (a model that diverged on some subjects needs retraining, not averaging).
 
 Caveat (documented, as in the paper): bootstrap replicates are not independent observations, and
 the Wilcoxon p-value shrinks as ``n_resamples`` grows whatever the effect. The table therefore
@@ -67,10 +70,12 @@ def spearman_bootstrap(predictions: pd.DataFrame, n_resamples: int = 1000, seed:
     """Spearman's rho of ``target`` vs ``prediction`` with a subject-cluster bootstrap.
 
     ``predictions``: one model's test rows (``participant_id``, ``target``, ``prediction``).
-    Returns ``{"rho", "rho_boot_mean", "ci_low", "ci_high", "n_subjects", "n_rows", "boot"}``:
-    rho over all rows; ``boot`` ``[n_resamples]`` the replicates' rho (NaN for a replicate whose
-    predictions or targets are constant, e.g. one subject drawn every time; such replicates are
-    ignored by the mean and the percentile 95% CI).
+    Rows whose target or prediction is NaN are left out. Returns ``{"rho", "rho_boot_mean",
+    "ci_low", "ci_high", "n_subjects", "n_rows", "subjects", "boot"}``: rho over the rows kept;
+    ``subjects`` the sorted subject ids ``[n_subjects]`` that the draws index (replicates of two
+    calls pair up only when these lists are equal); ``boot`` ``[n_resamples]`` the replicates'
+    rho (NaN for a replicate whose predictions or targets are constant, e.g. one subject drawn
+    every time; such replicates are ignored by the mean and the percentile 95% CI).
     """
     missing = [c for c in ("participant_id", "target", "prediction") if c not in predictions]
     if missing:
@@ -81,7 +86,12 @@ def spearman_bootstrap(predictions: pd.DataFrame, n_resamples: int = 1000, seed:
     target = frame["target"].to_numpy(dtype=float)
     prediction = frame["prediction"].to_numpy(dtype=float)
     rho = _spearman(target, prediction)
-    result = {"rho": rho, "n_subjects": int(subjects.size), "n_rows": int(ids.size)}
+    result = {
+        "rho": rho,
+        "n_subjects": int(subjects.size),
+        "n_rows": int(ids.size),
+        "subjects": subjects.tolist(),
+    }
     if subjects.size < 2:
         boot = np.full(n_resamples, np.nan)
         return result | {"rho_boot_mean": np.nan, "ci_low": np.nan, "ci_high": np.nan, "boot": boot}
@@ -105,6 +115,20 @@ def spearman_bootstrap(predictions: pd.DataFrame, n_resamples: int = 1000, seed:
     }
 
 
+def _check_finite(predictions: pd.DataFrame, what: str) -> None:
+    """Raise :class:`DefaceAuditError` naming ``what`` and the subjects when a row's ``target``
+    or ``prediction`` is NaN or infinite."""
+    values = predictions[["target", "prediction"]].to_numpy(dtype=float)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        subjects = sorted(set(predictions.loc[bad, "participant_id"].astype(str)))
+        raise DefaceAuditError(
+            f"{what}: {int(bad.sum())} test row(s) with a missing or infinite prediction or "
+            f"target, subject(s) {', '.join(subjects[:10])}; rerun that model (a diverged "
+            "network or a damaged predictions file) so every image type covers the same subjects"
+        )
+
+
 def radiodensity_table(
     predictions: pd.DataFrame,
     reference: str = "original",
@@ -116,8 +140,9 @@ def radiodensity_table(
 
     ``predictions``: rows of every model (``participant_id``, ``body_part``, ``image_type``,
     ``target``, ``prediction``; only ``split == "test"`` rows when a ``split`` column exists).
-    For each body part, every image type must have the same test subjects (else
-    :class:`DefaceAuditError`), so replicates pair up. Per row: :func:`spearman_bootstrap`'s
+    For each body part, every image type must have the same test subjects, and every test row
+    a finite target and prediction (else :class:`DefaceAuditError` naming the body part, image
+    type and subjects), so replicates pair up. Per row: :func:`spearman_bootstrap`'s
     numbers; ``mean_difference`` = mean over replicates of (this rho - reference rho) with its
     percentile 95% CI (``diff_ci_low``/``diff_ci_high``); the Wilcoxon signed-rank test of the
     paired replicates (:func:`defaceaudit.stats.paired.wilcoxon_paired`, two-sided). The
@@ -146,14 +171,15 @@ def radiodensity_table(
         results = {}
         for image_type in types:
             sub = of_part.loc[of_part["image_type"] == image_type]
-            subjects = sorted(set(sub["participant_id"].astype(str)))
-            results[image_type] = (subjects, spearman_bootstrap(sub, n_resamples, seed))
-        ref_subjects, ref = results[reference]
-        for image_type, (subjects, res) in results.items():
-            if subjects != ref_subjects:
+            _check_finite(sub, f"{part}: {image_type}")
+            results[image_type] = spearman_bootstrap(sub, n_resamples, seed)
+        ref = results[reference]
+        for image_type, res in results.items():
+            if res["subjects"] != ref["subjects"]:
                 raise DefaceAuditError(
                     f"{part}: {image_type} was tested on other subjects than {reference} "
-                    f"({len(subjects)} vs {len(ref_subjects)}); bootstrap replicates cannot pair"
+                    f"({res['n_subjects']} vs {ref['n_subjects']}); bootstrap replicates "
+                    "cannot pair"
                 )
             row = {k: res[k] for k in ("n_subjects", "n_rows", "rho", "rho_boot_mean")}
             row |= {"body_part": part, "image_type": image_type}

@@ -37,13 +37,20 @@ def resnet10(in_channels: int = 1) -> torch.nn.Module:
     )
 
 
+def _may_be_absent(key: str) -> bool:
+    """Whether a MedicalNet file may lack model key ``key``: the head or a batch-norm counter."""
+    return key.startswith("fc.") or key.endswith(".num_batches_tracked")
+
+
 def load_medicalnet(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Load MedicalNet encoder weights from ``path`` into ``model`` (a :func:`resnet10`), in place.
 
     The file is read with ``torch.load(weights_only=True)`` (tensors only, no code), unwrapped
     from ``{"state_dict": ...}`` and stripped of the ``module.`` prefix. Every key must exist in
     the model with the same shape, and the only model keys the file may lack are the regression
-    head's ``fc.*`` (left at their random initialisation). Anything else raises
+    head's ``fc.*`` (left at their random initialisation) and batch norm's
+    ``*.num_batches_tracked`` counters, which checkpoints from before torch 0.4.1 lack (torch's
+    batch-norm loader keeps the model's own counter then). Anything else raises
     :class:`DefaceAuditError` naming the file: a missing or unreadable file, a file that is not
     such a dict, unexpected keys, missing encoder keys, or shape mismatches.
     """
@@ -67,7 +74,7 @@ def load_medicalnet(model: torch.nn.Module, path: str | os.PathLike) -> None:
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
-    missing = sorted(k for k in set(own) - set(state) if not k.startswith("fc."))
+    missing = sorted(k for k in set(own) - set(state) if not _may_be_absent(k))
     if unexpected or missing:
         parts = []
         if unexpected:
@@ -75,7 +82,8 @@ def load_medicalnet(model: torch.nn.Module, path: str | os.PathLike) -> None:
         if missing:
             parts.append(f"missing keys {', '.join(missing[:5])}")
         raise DefaceAuditError(
-            f"{path}: does not match the ResNet10 ({'; '.join(parts)}); only fc.* may be absent"
+            f"{path}: does not match the ResNet10 ({'; '.join(parts)}); only fc.* and "
+            "*.num_batches_tracked may be absent"
         )
     wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
     if wrong:
@@ -85,4 +93,4 @@ def load_medicalnet(model: torch.nn.Module, path: str | os.PathLike) -> None:
             f"model {tuple(own[k].shape)}"
         )
     result = model.load_state_dict(state, strict=False)
-    assert not result.unexpected_keys and all(k.startswith("fc.") for k in result.missing_keys)
+    assert not result.unexpected_keys and all(_may_be_absent(k) for k in result.missing_keys)

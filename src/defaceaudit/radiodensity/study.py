@@ -20,19 +20,13 @@ from defaceaudit.radiodensity.evaluate import radiodensity_table, write_radioden
 from defaceaudit.radiodensity.figure import plot_radiodensity
 from defaceaudit.radiodensity.plan import ORIGINAL
 from defaceaudit.radiodensity.targets import assign_subject_splits, lme_residual_targets
+from defaceaudit.radiodensity.tsv import read_tsv
 from defaceaudit.tables import write_tsv
 
 log = logging.getLogger(__name__)
 
-
-def _read_phenotype(path: str | os.PathLike) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, sep="\t", dtype={"participant_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise InputError(f"{path}: cannot read the phenotype table ({err})") from err
-    if "participant_id" not in frame.columns:
-        raise InputError(f"{path}: the phenotype table has no participant_id column")
-    return frame
+#: participant ids stay strings ("sub-001", not a number)
+ID = {"participant_id": str}
 
 
 def write_targets(
@@ -53,8 +47,14 @@ def write_targets(
     :func:`~defaceaudit.radiodensity.targets.lme_residual_targets` plus ``subject`` and
     ``split`` columns.
     """
-    table = pd.concat([_read_phenotype(p) for p in phenotype], ignore_index=True)
-    cohort = pd.read_csv(cohort_table, sep="\t", dtype={"subject": str})
+    tables = [
+        read_tsv(p, "phenotype table", ["participant_id"], dtype=ID, error=InputError)
+        for p in phenotype
+    ]
+    table = pd.concat(tables, ignore_index=True)
+    cohort = read_tsv(
+        cohort_table, "cohort table", ["subject", "sex"], dtype={"subject": str}, error=InputError
+    )
     participants = pd.DataFrame(
         {"participant_id": "sub-" + cohort["subject"], "sex": cohort["sex"]}
     )
@@ -88,8 +88,9 @@ def evaluate_models(
 ) -> pd.DataFrame:
     """Spearman's rho of every model on the test split, with bootstrap CIs and Wilcoxon tests
     of each image type's replicates against the original's (paper Figure 6)."""
+    columns = ["participant_id", "body_part", "image_type", "target", "prediction"]
     predictions = pd.concat(
-        [pd.read_csv(p, sep="\t", dtype={"participant_id": str}) for p in prediction_files],
+        [read_tsv(p, "predictions table", columns, dtype=ID) for p in prediction_files],
         ignore_index=True,
     )
     write_tsv(predictions, out_predictions)

@@ -3,7 +3,9 @@
 The network regresses the z-scored, age- and sex-adjusted radiodensity (:mod:`.targets`) from a
 face crop (:mod:`.crop`). Training rows are drawn subject-balanced (:mod:`.sampler`), the loss
 is the MSE on the normalised target, AdamW, and training stops early when the validation MSE has
-not improved for ``patience`` epochs; the best epoch's weights are restored.
+not improved for ``patience`` epochs; the best epoch's weights are restored. The validation MSE
+is subject-balanced like the sampler: the mean over validation subjects of each subject's mean
+over its visits, so a subject with more visits does not weigh more in early stopping.
 
 Tensors: crops ``[B, 1, X, Y, Z]`` float32 (z-normalised intensities, 0 outside the face
 region), targets and predictions ``[B]`` in SD units of the training residuals.
@@ -15,6 +17,8 @@ import contextlib
 import logging
 import os
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,8 +31,9 @@ from defaceaudit import __version__
 from defaceaudit.diffusion.train import device_from_config
 from defaceaudit.errors import DefaceAuditError, InputError
 from defaceaudit.radiodensity.model import load_medicalnet, resnet10
-from defaceaudit.radiodensity.sampler import balanced_sampler
+from defaceaudit.radiodensity.sampler import balanced_sampler, subject_balanced_weights
 from defaceaudit.radiodensity.targets import SPLITS
+from defaceaudit.radiodensity.tsv import read_tsv
 from defaceaudit.tables import atomic_path, write_tsv
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "SETTINGS_DEFAULTS",
     "SETTINGS_KEYS",
     "EarlyStopping",
+    "TrainingDivergedError",
     "run_training",
     "train_radiodensity",
     "training_settings",
@@ -62,6 +68,10 @@ ARCHITECTURE = (
     "monai.networks.nets.resnet10(spatial_dims=3, n_input_channels=1, num_classes=1, "
     "shortcut_type='B', bias_downsample=False, conv1_t_stride=2)"
 )
+
+
+class TrainingDivergedError(DefaceAuditError):
+    """No epoch reached a finite validation loss (NaN or infinite predictions every epoch)."""
 
 
 def training_settings(settings: Mapping) -> dict:
@@ -147,12 +157,14 @@ def train_radiodensity(
     ``medicalnet_weights`` loaded when set); it is called after ``torch.manual_seed(seed)``.
 
     One epoch draws as many training rows as there are (subject-balanced, with replacement,
-    from a generator seeded with ``seed``). After each epoch the validation MSE (mean over
-    validation rows) decides early stopping; the returned model (eval mode) has the weights of
+    from a generator seeded with ``seed``). After each epoch the validation MSE decides early
+    stopping; like the sampler it is subject-balanced (mean over validation subjects of the mean
+    squared error over each subject's rows). The returned model (eval mode) has the weights of
     the epoch with the lowest validation MSE. ``history`` has :data:`HISTORY_COLUMNS` (losses
     are MSEs in squared target units, ``seconds`` the epoch's wall time including validation)
     and ``history.attrs["best_epoch"]``. ``predictions`` ``[N]`` float64: every row, eval mode.
-    Deterministic on CPU for a given seed and thread count.
+    Deterministic on CPU for a given seed and thread count. Raises
+    :class:`TrainingDivergedError` when no epoch had a finite validation MSE.
     """
     log = log or _LOG
     s = training_settings(settings)
@@ -223,6 +235,7 @@ def train_radiodensity(
         return np.concatenate(out).astype(np.float64)
 
     sampler = balanced_sampler(subjects[train_rows], train_rows.size, int(s["seed"]))
+    val_weights = subject_balanced_weights(subjects[val_rows])  # [n_validation_rows], sum 1
     stopper = EarlyStopping(int(s["patience"]))
     best_state = None
     records = []
@@ -249,7 +262,7 @@ def train_radiodensity(
             optimizer.step()
             total += float(loss.detach()) * len(batch)
         train_loss = total / order.size
-        val_loss = float(np.mean((predict(val_rows) - targets[val_rows]) ** 2))
+        val_loss = float(np.sum(val_weights * (predict(val_rows) - targets[val_rows]) ** 2))
         if stopper.update(epoch, val_loss):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         seconds = time.perf_counter() - start
@@ -266,8 +279,12 @@ def train_radiodensity(
         if stopper.stop:
             log.info("early stop: no improvement for %d epochs", int(s["patience"]))
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if best_state is None:
+        raise TrainingDivergedError(
+            f"no epoch of {len(records)} had a finite validation loss (predictions NaN or "
+            "infinite): training diverged; try a lower learning_rate or check the crops"
+        )
+    model.load_state_dict(best_state)
     log.info("restored epoch %d (validation loss %.4f)", stopper.best_epoch, stopper.best_loss)
     history = pd.DataFrame.from_records(records, columns=list(HISTORY_COLUMNS))
     history.attrs["best_epoch"] = stopper.best_epoch
@@ -282,6 +299,9 @@ def _participant(label: str) -> str:
 
 
 def _load_crop(path: str | os.PathLike, image_type: str) -> np.ndarray:
+    """The ``image_type`` crop ``[X, Y, Z]`` float32 from an npz of
+    :func:`~.crop.subject_face_crops`. A missing, empty, truncated or corrupt file, or one
+    without that crop, raises :class:`DefaceAuditError` naming the file."""
     try:
         with np.load(path) as data:
             if image_type not in data.files:
@@ -289,8 +309,9 @@ def _load_crop(path: str | os.PathLike, image_type: str) -> np.ndarray:
                     f"{path}: no '{image_type}' crop; it holds {', '.join(data.files)}"
                 )
             crop = np.asarray(data[image_type], dtype=np.float32)
-    except (OSError, ValueError) as err:
-        raise DefaceAuditError(f"{path}: not a readable crop file ({err})") from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise DefaceAuditError(f"{path}: not a readable crop file ({reason})") from err
     if crop.ndim != 3:
         raise DefaceAuditError(f"{path}: '{image_type}' crop has shape {crop.shape}, not 3-D")
     return crop
@@ -321,15 +342,14 @@ def run_training(
     ``out_history`` (TSV, :data:`HISTORY_COLUMNS`) and, when given, ``out_model`` (torch.save of
     ``state_dict``, resolved ``settings``, architecture, image type, body part, crop shape, best
     epoch, package version). ``build_model`` as in :func:`train_radiodensity`. Returns the
-    predictions table.
+    predictions table. Unreadable inputs raise :class:`DefaceAuditError` naming the file; a
+    diverged training :class:`TrainingDivergedError` naming the image type and body part
+    (nothing is written then).
     """
     log = log or _LOG
     s = training_settings(settings)
-    table = pd.read_csv(targets_tsv, sep="\t", na_values=["n/a"])
     needed = ["participant_id", "visit", "body_part", "target"]
-    missing = [c for c in needed if c not in table.columns]
-    if missing:
-        raise DefaceAuditError(f"{targets_tsv}: lacks column(s) {', '.join(missing)}")
+    table = read_tsv(targets_tsv, "targets table", needed, dtype={"participant_id": str})
     rows = table.loc[table["body_part"] == body_part].copy()
     if rows.empty:
         raise DefaceAuditError(f"{targets_tsv}: no rows for body part {body_part!r}")
@@ -351,16 +371,19 @@ def run_training(
     if len(shapes) > 1:
         raise DefaceAuditError(f"{image_type} crops differ in shape: {sorted(shapes)}")
     position = {p: i for i, p in enumerate(order)}
-    model, history, predictions = train_radiodensity(
-        np.stack(crops),
-        rows["target"].to_numpy(dtype=float),
-        rows["participant_id"].tolist(),
-        rows["split"].tolist(),
-        s,
-        log,
-        crop_index=rows["participant_id"].map(position).to_numpy(),
-        build_model=build_model,
-    )
+    try:
+        model, history, predictions = train_radiodensity(
+            np.stack(crops),
+            rows["target"].to_numpy(dtype=float),
+            rows["participant_id"].tolist(),
+            rows["split"].tolist(),
+            s,
+            log,
+            crop_index=rows["participant_id"].map(position).to_numpy(),
+            build_model=build_model,
+        )
+    except TrainingDivergedError as err:
+        raise TrainingDivergedError(f"{image_type} model of the {body_part}: {err}") from err
     out = rows[["participant_id", "visit", "split"]].copy()
     out["body_part"] = body_part
     out["image_type"] = image_type
