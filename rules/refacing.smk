@@ -22,10 +22,11 @@ rule train_stage1:
         gpu=1,
         mem_mb=16000,
         runtime=240,
+    # only what this stage's training reads (a changed param reruns the job); the device comes
+    # from the config in the script: moving a run to a GPU does not retrain
     params:
         pair_index=reface_training_pair_index,
-        config=canonical(config["reface"]),
-        device=config["reface"]["device"],
+        config=canonical(reface_jobs.training_settings(config["reface"], 1)),
     script:
         "../workflow_scripts/train_refacing_stage.py"
 
@@ -49,10 +50,11 @@ rule train_stage2:
         gpu=1,
         mem_mb=16000,
         runtime=480,
+    # only what this stage's training reads (a changed param reruns the job); the device comes
+    # from the config in the script: moving a run to a GPU does not retrain
     params:
         pair_index=reface_training_pair_index,
-        config=canonical(config["reface"]),
-        device=config["reface"]["device"],
+        config=canonical(reface_jobs.training_settings(config["reface"], 2)),
     script:
         "../workflow_scripts/train_refacing_stage.py"
 
@@ -78,8 +80,8 @@ rule sample_refaced:
         gpu=1,
         mem_mb=8000,
         runtime=30,
+    # the device comes from the config in the script: moving a run to a GPU does not resample
     params:
         sampling=canonical(config["reface"]["sampling"]),
-        device=config["reface"]["device"],
     script:
         "../workflow_scripts/sample_refaced.py"

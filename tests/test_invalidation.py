@@ -6,7 +6,9 @@ changes"), each guarantee checked on a copy of the shared tiny demo run (conftes
 3. new content in a training subject's T1w retrains both refacing stages and resamples every test
    subject (expected: the models, and the average head of avgface, depend on the whole training
    split);
-4. an added subject adds only its own jobs and the aggregates.
+4. an added subject adds only its own jobs and the aggregates;
+5. a changed sampling setting resamples without retraining, a changed stage-2 training setting
+   retrains stage 2 only, and a changed device reruns nothing.
 
 Snakemake decides what to rerun from file modification times and its records in .snakemake/
 (params, input set, code), so each scenario changes one thing in its own copy of the finished
@@ -264,6 +266,38 @@ def test_changed_training_subject_retrains_and_resamples_every_test_subject(fini
     # their other defacers, and the test subjects' alignment to the face template
     untouched = every_job - set(planned)
     assert {j.rule for j in untouched} >= {"prepare_subject", "align_face_to_template"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "retrained"),
+    [
+        (("sampling", "steps"), 3, frozenset()),
+        (("stage2", "training", "steps"), 4, frozenset({"train_stage2"})),
+        (("device",), "cpu", None),
+    ],
+    ids=["sampling_steps", "stage2_training_steps", "device"],
+)
+def test_changed_refacing_setting_retrains_only_what_reads_it(
+    finished_run, setting, value, retrained
+):
+    workdir, config = finished_run
+    every_job = set(dry_run(workdir, config, "--forceall"))
+    section = config.setdefault("reface", {})
+    for key in setting[:-1]:
+        section = section.setdefault(key, {})
+    section[setting[-1]] = value
+
+    planned = dry_run(workdir, config)
+    if retrained is None:  # where the models run is not what they are
+        assert planned == {}
+        return
+    # the changed jobs, every sampling job after them, and what measures the refaced images
+    changed = {j for j in every_job if j.rule in retrained | {"sample_refaced"}}
+    assert {j.rule for j in planned} - METRIC_RULES - METRIC_AGGREGATES <= {
+        j.rule for j in changed
+    }, sorted(planned, key=repr)
+    assert changed <= set(planned)
+    assert not {j for j in planned if j.rule in TRAINING_RULES - retrained}
 
 
 def test_added_subject_adds_only_its_jobs_and_the_aggregates(finished_run):

@@ -12,5 +12,5 @@ run_step(
     stage2=snakemake.input.stage2,
     outputs=dict(snakemake.output.items()),
     sampling=snakemake.params.sampling,
-    device=snakemake.params.device,
+    device=snakemake.config["reface"]["device"],
 )

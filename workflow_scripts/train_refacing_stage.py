@@ -15,5 +15,5 @@ run_step(
     defaced=list(snakemake.input.defaced),
     config=snakemake.params.config,
     checkpoint=snakemake.output[0],
-    device=snakemake.params.device,
+    device=snakemake.config["reface"]["device"],
 )

@@ -54,6 +54,27 @@ def training_pair_index(cohort: Cohort, plan: MetricPlan, model: str) -> list[in
     return [position[original] for original, _ in training_pairs(cohort, plan, model)]
 
 
+def training_settings(reface: dict, stage: int) -> dict:
+    """The part of the resolved ``reface`` config section that training stage ``stage`` (1 or 2)
+    reads: the noise schedule, the downsampling factor, both networks (the padded grid is a
+    multiple of both), this stage's training settings and, for stage 2, the slab crop.
+
+    The training rules pass this, not the whole section, as their params: Snakemake reruns a job
+    whose params changed, and a new sampling setting, device or the other stage's training
+    settings must not retrain a model (100k steps at paper scale)."""
+    key = f"stage{stage}"
+    settings = {
+        "schedule": reface["schedule"],
+        "downsample_factor": reface["downsample_factor"],
+        "stage1": {"network": reface["stage1"]["network"]},
+        "stage2": {"network": reface["stage2"]["network"]},
+    }
+    settings[key] = {**settings[key], "training": reface[key]["training"]}
+    if stage == 2:
+        settings["slab_patch"] = reface.get("slab_patch", 0)
+    return settings
+
+
 def sample_inputs(defacer: str, subject: str) -> dict[str, str]:
     defaced = paths.defaced_files(defacer, subject)
     model = model_for(defacer)
