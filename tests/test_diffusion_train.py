@@ -251,6 +251,32 @@ def test_resume_file_from_another_config_is_refused(tmp_path):
         run(tmp_path, other)
 
 
+def test_changed_training_settings_apply_on_resume(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    with pytest.raises(Killed):
+        run(tmp_path, make_config(steps=12), batches=killed_after(5))  # resume file at step 4
+    changed = make_config(steps=12, lr=1e-4, weight_decay=0.5, ema_decay=0.5)
+    run(tmp_path, changed)
+    assert "resuming from" in caplog.text and "training.lr: 0.003 -> 0.0001" in caplog.text
+    final = load_checkpoint(tmp_path / "model.pt")
+    for group in final["optimizer"]["param_groups"]:
+        assert group["lr"] == 1e-4 and group["weight_decay"] == 0.5
+    assert final["ema"]["decay"] == 0.5
+
+
+def test_another_version_resumes_and_is_recorded(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    with pytest.raises(Killed):
+        run(
+            tmp_path,
+            make_config(steps=12) | {"defaceaudit_version": "0.1"},
+            batches=killed_after(5),
+        )
+    run(tmp_path, make_config(steps=12) | {"defaceaudit_version": "0.2"})
+    assert "resuming from" in caplog.text and "defaceaudit_version: '0.1' -> '0.2'" in caplog.text
+    assert load_checkpoint(tmp_path / "model.pt")["config"]["defaceaudit_version"] == "0.2"
+
+
 def test_ema_matches_hand_computation():
     model = nn.Linear(1, 1, bias=False).double()
     with torch.no_grad():

@@ -16,8 +16,15 @@ from defaceaudit.diffusion.cascade import (
     stage1_batches,
     stage2_batches,
 )
-from defaceaudit.diffusion.refacing import reface_subject, train_refacing_stage
+from defaceaudit.diffusion.checkpoint import CheckpointError
+from defaceaudit.diffusion.refacing import (
+    known_voxels,
+    load_pairs,
+    reface_subject,
+    train_refacing_stage,
+)
 from defaceaudit.diffusion.schedule import DiffusionSchedule
+from defaceaudit.diffusion.train import default_resume_path
 from defaceaudit.diffusion.unet import build_unet, randomise_zero_initialised
 from defaceaudit.diffusion.volumes import (
     crop_volume,
@@ -27,6 +34,7 @@ from defaceaudit.diffusion.volumes import (
     padded_shape,
     to_unit,
 )
+from defaceaudit.errors import ImageError, InputError
 
 TINY = {
     "channels": [8, 8],
@@ -173,6 +181,25 @@ def reface_config(steps=4):
     }
 
 
+def _train(stage, pairs, config, checkpoint):
+    return train_refacing_stage(
+        stage,
+        [p["original"] for p in pairs],
+        [p["defaced"] for p in pairs],
+        config,
+        checkpoint,
+        device="cpu",
+    )
+
+
+def _outputs(folder, name="refaced"):
+    return {
+        "t1w": folder / f"{name}.nii.gz",
+        "removed": folder / f"{name}_generated.nii.gz",
+        "sidecar": folder / f"{name}.json",
+    }
+
+
 def test_train_then_reface_files(tmp_path, caplog):
     pairs = [_write_pair(tmp_path, f"s{i}", i) for i in range(2)]
     config = reface_config()
@@ -180,20 +207,10 @@ def test_train_then_reface_files(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         for stage in (1, 2):
             checkpoints[stage] = tmp_path / f"stage{stage}.pt"
-            summary = train_refacing_stage(
-                stage,
-                [p["original"] for p in pairs],
-                [p["defaced"] for p in pairs],
-                config,
-                checkpoints[stage],
-                device="cpu",
-            )
+            summary = _train(stage, pairs, config, checkpoints[stage])
             assert summary["steps"] == 4 and checkpoints[stage].exists()
     test = _write_pair(tmp_path, "test", 9)
-    outputs = {k: tmp_path / f"refaced_{k}" for k in ("t1w", "removed", "sidecar")}
-    outputs["t1w"] = tmp_path / "refaced.nii.gz"
-    outputs["removed"] = tmp_path / "generated.nii.gz"
-    outputs["sidecar"] = tmp_path / "refaced.json"
+    outputs = _outputs(tmp_path)
     sampling = {"steps": 2, "eta": 0.0, "seed": 0, "paste_back": True, "slab_batch": 4}
     reface_subject(
         test["defaced"],
@@ -210,6 +227,75 @@ def test_train_then_reface_files(tmp_path, caplog):
     assert refaced.shape == defaced.shape
     assert np.allclose(refaced[~removed], defaced[~removed])
     assert (refaced[removed] > 0).any()  # something was generated in the removed region
+    assert np.array_equal(nib.load(outputs["removed"]).get_fdata() > 0, removed)
+
+    # without paste-back the whole volume is generated, and the mask says so
+    free = _outputs(tmp_path, "free")
+    sampling["paste_back"] = False
+    args = (checkpoints[1], checkpoints[2], free, sampling)
+    reface_subject(test["defaced"], test["removed"], *args, device="cpu")
+    assert (nib.load(free["removed"]).get_fdata() == 1).all()
+
+    # a stage 2 trained on another stage-1 grid is no pair for this stage 1
+    other = tmp_path / "stage2_factor1.pt"
+    _train(2, pairs, {**reface_config(steps=1), "downsample_factor": 1}, other)
+    with pytest.raises(CheckpointError, match=f"{other}.*downsample_factor 1.*{checkpoints[1]}"):
+        reface_subject(test["defaced"], test["removed"], checkpoints[1], other, free, sampling)
+
+
+def test_padding_is_known_and_the_window_stays_off_the_padded_end():
+    from defaceaudit.diffusion.cascade import generation_window
+
+    generated = np.zeros((40, 44, 36), dtype=bool)
+    generated[10:20, 30:40, 0:10] = True  # the removed region, far from the grid's end
+    shape = padded_shape(generated.shape, factor=2, multiple_low=4, multiple_high=4)
+    assert shape == (40, 48, 40)  # padded along Y and Z
+    keep = known_voxels(generated, shape)
+    assert keep.shape == shape and keep[:, 44:].all() and keep[..., 36:].all()
+    assert np.array_equal(keep[:40, :44, :36], ~generated)
+    window = generation_window(torch.from_numpy(keep), multiple=4, margin=2)
+    assert [(w.start, w.stop) for w in window] == [(8, 24), (28, 44), (0, 12)]
+
+
+def test_a_defaced_image_without_positive_voxels_is_named(tmp_path):
+    pair = _write_pair(tmp_path, "s0", 0)
+    empty = tmp_path / "empty.nii.gz"
+    negative = -np.random.default_rng(0).uniform(1, 2, (12, 14, 10)).astype(np.float32)
+    nib.save(nib.Nifti1Image(negative, np.diag([4.0, 4.0, 4.0, 1.0])), empty)
+    with pytest.raises(ImageError, match=f"{empty}: no positive voxel"):
+        load_pairs([pair["original"]], [empty], reface_config())
+    missing = tmp_path / "none.pt"  # the image is checked before the checkpoints are read
+    with pytest.raises(ImageError, match=f"{empty}: no positive voxel"):
+        reface_subject(empty, pair["removed"], missing, missing, _outputs(tmp_path), {})
+
+
+def test_resume_needs_the_same_pairs_but_not_the_same_version(tmp_path, caplog, monkeypatch):
+    pairs = [_write_pair(tmp_path, f"s{i}", i) for i in range(3)]
+    checkpoint = tmp_path / "stage1.pt"
+    _train(1, pairs[:2], reface_config(steps=2), checkpoint)
+    # stands in for a run killed at step 2 of 4
+    checkpoint.rename(default_resume_path(checkpoint))
+    with pytest.raises(CheckpointError, match="pairs_sha256.*delete it"):
+        _train(1, [pairs[0], pairs[2]], reface_config(steps=4), checkpoint)  # as many pairs
+    monkeypatch.setattr("defaceaudit.diffusion.refacing.__version__", "99.0")
+    with caplog.at_level(logging.INFO):
+        summary = _train(1, pairs[:2], reface_config(steps=4), checkpoint)
+    assert summary["start_step"] == 2 and "resuming from" in caplog.text
+
+
+def test_stage2_sizes_are_checked_before_pairs_are_loaded(tmp_path):
+    missing = [tmp_path / "none.nii.gz"]
+    config = reface_config()
+    config["stage2"] = {**config["stage2"], "network": {**TINY, "channels": [8] * 5}}
+    config["stage2"]["network"]["attention_levels"] = [False] * 5
+    for stage in (1, 2):
+        with pytest.raises(InputError, match=r"reface\.stage2\.network\.channels: 5 levels"):
+            train_refacing_stage(stage, missing, missing, config, tmp_path / "x.pt", "cpu")
+    config = {**reface_config(), "slab_patch": 6}
+    config["stage2"] = {**config["stage2"], "network": {**TINY, "channels": [8] * 3}}
+    config["stage2"]["network"]["attention_levels"] = [False] * 3
+    with pytest.raises(InputError, match=r"reface\.slab_patch: 6 is not a multiple of 4"):
+        train_refacing_stage(2, missing, missing, config, tmp_path / "x.pt", "cpu")
 
 
 def test_generation_window_covers_the_removed_region_on_valid_sizes():

@@ -14,9 +14,9 @@ slices, stride 4, the last slab aligned to the volume's end), all slabs go throu
 (:func:`defaceaudit.diffusion.slabs.slab_predictor`). Averaging x0 at EVERY step, with one
 shared noisy volume, keeps neighbouring slabs consistent on their shared slices throughout the
 reverse process; averaging once at the end would reconcile slabs that drifted apart and leave
-seams. With paste-back (default) the voxels defacing left
-untouched are written into x0 at every step and into the final volume, so only the removed region
-is generated.
+seams. With paste-back (default) the voxels defacing left untouched are written into stage 2's
+x0 at every step and into the final volume, so only the removed region is generated. Stage 1 has
+no paste-back (see :func:`sample_cascade`).
 
 Tensors are [B, C, X, Y, Z], intensities in [-1, 1] (:mod:`defaceaudit.diffusion.volumes`).
 """
@@ -121,19 +121,6 @@ class SamplingSettings:
     slab_batch: int = 8
 
 
-def _chunked(predict: Callable, batch: int) -> Callable:
-    """``predict(x, cond, t)`` applied to slabs ``batch`` at a time (bounded memory)."""
-
-    def run(x_t, cond, t):
-        parts = [
-            predict(x_t[i : i + batch], cond[i : i + batch], t[i : i + batch])
-            for i in range(0, x_t.shape[0], batch)
-        ]
-        return torch.cat(parts)
-
-    return run
-
-
 #: voxels of context kept around the region to generate (stage 2 sees them as known voxels)
 WINDOW_MARGIN = 8
 
@@ -181,12 +168,19 @@ def sample_cascade(
     Args:
         defaced: [1, 1, X, Y, Z] in [-1, 1] on the models' device; sizes as
             :func:`~defaceaudit.diffusion.volumes.padded_shape` gives them.
-        keep: [1, 1, X, Y, Z] bool, the voxels defacing left untouched (pasted back when
-            ``settings.paste_back``).
+        keep: [1, 1, X, Y, Z] bool, the voxels defacing left untouched and the padding (known
+            background, -1 in ``defaced``); pasted back when ``settings.paste_back``.
         multiple: stage 2's size multiple (:func:`~defaceaudit.diffusion.unet.required_multiple`).
             With paste-back, stage 2 runs only on :func:`generation_window`: slabs holding no
             voxel to generate would be overwritten by the paste-back anyway.
     Returns the refaced volume [1, 1, X, Y, Z] in [-1, 1].
+
+    Stage 1 is sampled without paste-back, deliberately: its result is only stage 2's coarse
+    condition, and where defacing left the image untouched stage 2 also sees the full-resolution
+    defaced voxels (as a condition, and pasted into its x0). A coarse voxel is known only when
+    its whole ``factor``-cube is untouched, so the cubes straddling the removed region's edge,
+    where the coarse condition matters, have no known value to paste; stage 1 sees the
+    downsampled defaced image as its condition instead.
     """
     device, dtype = defaced.device, defaced.dtype
     generator = torch.Generator(device=device).manual_seed(int(settings.seed))

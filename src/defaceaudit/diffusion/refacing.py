@@ -8,6 +8,7 @@ network from the checkpoint's own config.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -25,8 +26,9 @@ from defaceaudit.diffusion.cascade import (
     stage1_batches,
     stage2_batches,
 )
-from defaceaudit.diffusion.checkpoint import model_from_checkpoint
+from defaceaudit.diffusion.checkpoint import CheckpointError, model_from_checkpoint
 from defaceaudit.diffusion.schedule import DiffusionSchedule
+from defaceaudit.diffusion.slabs import SLAB_SIZE
 from defaceaudit.diffusion.train import device_from_config, train
 from defaceaudit.diffusion.unet import required_multiple, unet_from_config
 from defaceaudit.diffusion.volumes import (
@@ -37,7 +39,7 @@ from defaceaudit.diffusion.volumes import (
     padded_shape,
     to_unit,
 )
-from defaceaudit.errors import ImageError
+from defaceaudit.errors import ImageError, InputError
 from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras
 from defaceaudit.tables import write_json
 
@@ -51,6 +53,66 @@ def _grid_multiples(config: dict) -> tuple[int, int, int]:
         required_multiple(config["stage1"]["network"]["channels"]),
         required_multiple(config["stage2"]["network"]["channels"]),
     )
+
+
+def check_stage2_sizes(config: dict) -> None:
+    """Raise :class:`InputError` naming the config key unless stage 2's network fits a slab of
+    :data:`~defaceaudit.diffusion.slabs.SLAB_SIZE` axial slices (its
+    :func:`~defaceaudit.diffusion.unet.required_multiple` divides the slab size) and
+    ``slab_patch`` (voxels; 0 = whole slabs) is a multiple of that multiple."""
+    channels = config["stage2"]["network"]["channels"]
+    multiple = required_multiple(channels)
+    if SLAB_SIZE % multiple:
+        raise InputError(
+            f"config reface.stage2.network.channels: {len(channels)} levels need sizes divisible "
+            f"by {multiple}, but a stage-2 slab has {SLAB_SIZE} axial slices "
+            f"(at most {SLAB_SIZE.bit_length()} levels)"
+        )
+    patch = int(config.get("slab_patch", 0))
+    if patch > 0 and patch % multiple:
+        raise InputError(
+            f"config reface.slab_patch: {patch} is not a multiple of {multiple}, the size "
+            f"multiple of reface.stage2.network.channels ({len(channels)} levels)"
+        )
+
+
+def scale_of(data: np.ndarray, path: str | os.PathLike) -> float:
+    """:func:`~defaceaudit.diffusion.volumes.intensity_scale` of the defaced image ``data`` read
+    from ``path``; raises :class:`ImageError` naming the file when it has no positive voxel."""
+    try:
+        return intensity_scale(data)
+    except ValueError as err:
+        raise ImageError(f"{path}: no positive voxel, cannot scale its intensities") from err
+
+
+def pairs_sha256(
+    originals: Sequence[str | os.PathLike], defaced: Sequence[str | os.PathLike]
+) -> str:
+    """Identity of a training set (hex sha256): over the sha256 of each file's bytes, pair by
+    pair in the given order (the order decides which pair each sampled index draws). File
+    names, sizes and times do not enter: the same data under another path or with a newer
+    time stamp is the same training set."""
+    digests: dict[str, str] = {}
+
+    def digest(path: str | os.PathLike) -> str:
+        key = os.fspath(path)
+        if key not in digests:  # an original is listed once per defacer
+            with open(path, "rb") as handle:
+                digests[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+        return digests[key]
+
+    total = hashlib.sha256()
+    for original, other in zip(originals, defaced, strict=True):
+        total.update(f"{digest(original)} {digest(other)}\n".encode())
+    return total.hexdigest()
+
+
+def known_voxels(generated: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The voxels sampling keeps, [*shape] bool on the padded grid: not ``generated``
+    ([X, Y, Z] bool, the region to generate), and every padded voxel (known background, -1 in
+    the padded image, as in training)."""
+    pads = [(0, int(t) - int(n)) for n, t in zip(generated.shape, shape, strict=True)]
+    return np.pad(~np.asarray(generated, dtype=bool), pads, constant_values=True)
 
 
 def load_pairs(
@@ -72,7 +134,7 @@ def load_pairs(
         if other.shape != original.shape:
             raise ImageError(f"{defaced_path}: grid {other.shape} differs from {original_path}")
         d = np.asarray(other.dataobj, dtype=np.float32)
-        scale = intensity_scale(d)
+        scale = scale_of(d, defaced_path)
         volumes.append((to_unit(d, scale), to_unit(np.asarray(original.dataobj), scale)))
     shape = np.max([padded_shape(v[0].shape, factor, m1, m2) for v in volumes], axis=0)
     inputs = torch.from_numpy(np.stack([pad_volume(v[0], shape) for v in volumes]))[:, None]
@@ -96,10 +158,14 @@ def train_refacing_stage(
     """Train stage ``stage`` (1 or 2) of a refacing model pair and write its checkpoint.
 
     ``config``: the resolved ``reface`` section (network, training, schedule, downsampling);
-    stored in the checkpoint. A periodic resume file beside the checkpoint lets a killed job
-    continue where it stopped (:func:`defaceaudit.diffusion.train.train`).
+    stored in the checkpoint with the number of pairs and their :func:`pairs_sha256`. A
+    periodic resume file beside the checkpoint lets a killed job continue where it stopped
+    (:func:`defaceaudit.diffusion.train.train`); one written for other pairs or another config
+    raises :class:`~defaceaudit.diffusion.checkpoint.CheckpointError`.
+    Raises :class:`InputError` when stage 2's sizes do not fit (:func:`check_stage2_sizes`).
     """
     key = f"stage{stage}"
+    check_stage2_sizes(config)
     pairs = load_pairs(originals, defaced, config)
     factor = int(config["downsample_factor"])
     batch_size = int(config[key]["training"]["batch_size"])
@@ -117,6 +183,7 @@ def train_refacing_stage(
         "slab_patch": int(config.get("slab_patch", 0)),
         "defaceaudit_version": __version__,
         "pairs": len(pairs),
+        "pairs_sha256": pairs_sha256(originals, defaced),
     }
     return train(
         build_model=lambda cfg: unet_from_config(cfg["network"]),
@@ -151,24 +218,34 @@ def reface_subject(
     Args:
         defaced: the defacer's output (prepared grid); removed: its removed-region mask (the
             voxels not pasted back).
+        stage1, stage2: checkpoints of one model pair (same ``downsample_factor``, else
+            :class:`~defaceaudit.diffusion.checkpoint.CheckpointError`).
         outputs: paths ``t1w`` (refaced image, the defaced image's units), ``removed`` (the
-            voxels the cascade generated), ``sidecar`` (JSON).
+            voxels the cascade generated: the removed region with paste-back, every voxel
+            without), ``sidecar`` (JSON).
         sampling: :class:`~defaceaudit.diffusion.cascade.SamplingSettings` fields.
+    Raises :class:`ImageError` naming ``defaced`` when it has no positive voxel.
     """
     torch_device = device_from_config(device)
     img = to_ras(load_t1w(defaced))
     data = np.asarray(img.dataobj, dtype=np.float32)
     generated = load_mask(removed, img, canonical=True, reference_name=defaced)
+    scale = scale_of(data, defaced)
     model1, schedule1, config1 = load_sampler(stage1, torch_device)
     model2, schedule2, config2 = load_sampler(stage2, torch_device)
     factor = int(config1["downsample_factor"])
+    if int(config2["downsample_factor"]) != factor:
+        raise CheckpointError(
+            f"stage-2 checkpoint {stage2} was trained with downsample_factor "
+            f"{config2['downsample_factor']}, stage-1 checkpoint {stage1} with {factor}: "
+            "not one model pair"
+        )
     multiple2 = required_multiple(config2["network"]["channels"])
     shape = padded_shape(
         data.shape, factor, required_multiple(config1["network"]["channels"]), multiple2
     )
-    scale = intensity_scale(data)
     unit = torch.from_numpy(pad_volume(to_unit(data, scale), shape))[None, None]
-    keep = torch.from_numpy(pad_volume(np.where(generated, -1.0, 1.0), shape) > 0)[None, None]
+    keep = torch.from_numpy(known_voxels(generated, shape))[None, None]
     settings = SamplingSettings(**sampling)
     start = time.perf_counter()
     out = sample_cascade(
@@ -186,6 +263,8 @@ def reface_subject(
     refaced = from_unit(crop_volume(out[0, 0].float().cpu().numpy(), data.shape), scale)
     if settings.paste_back:
         refaced = np.where(generated, refaced, data)
+    else:  # stage 2 sampled the whole volume: every voxel is generated
+        generated = np.ones_like(generated)
     written = [save_nifti(refaced, outputs["t1w"], img.affine, np.float32)]
     try:
         written.append(save_nifti(generated, outputs["removed"], img.affine, np.uint8))

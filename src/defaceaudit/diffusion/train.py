@@ -50,6 +50,7 @@ from defaceaudit.errors import InputError
 
 __all__ = [
     "EMA",
+    "PROVENANCE_KEYS",
     "TRAINING_DEFAULTS",
     "TRAINING_KEYS",
     "default_resume_path",
@@ -74,6 +75,8 @@ TRAINING_KEYS = (
 )
 #: optional training keys and their values when absent
 TRAINING_DEFAULTS = {"ema_warmup": True}
+#: config keys recorded in checkpoints but not compared on resume (provenance, not settings)
+PROVENANCE_KEYS = ("defaceaudit_version",)
 
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -334,8 +337,11 @@ def train(
         resumes from it (weights, EMA, optimiser, step, RNG states) and logs
         ``"resuming from <path> at step N"``; it is deleted once the final checkpoint is written
         (unless it is ``checkpoint_path`` itself). A resume file written with a different config
-        outside ``training`` raises :class:`CheckpointError` (delete it to start afresh); changed
-        ``training`` settings are logged as a warning and the new ones apply.
+        outside ``training`` and :data:`PROVENANCE_KEYS` raises :class:`CheckpointError`
+        (delete it to start afresh); changed ``training`` settings and provenance are logged as
+        a warning and the new ones apply (``lr`` and ``weight_decay`` are set on the restored
+        optimiser, ``ema_decay`` and ``ema_warmup`` on the EMA), except ``seed``: the resumed
+        run continues the saved RNG states.
     device
         ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a ``torch.device``.
     log
@@ -479,9 +485,10 @@ def _resume(
     """Restore the state saved in ``path``; returns (step, last logged loss)."""
     checkpoint = load_checkpoint(path)
     old = checkpoint["config"]
+    uncompared = ("training", *PROVENANCE_KEYS)
     science = _config_differences(
-        {k: v for k, v in old.items() if k != "training"},
-        {k: v for k, v in resolved.items() if k != "training"},
+        {k: v for k, v in old.items() if k not in uncompared},
+        {k: v for k, v in resolved.items() if k not in uncompared},
     )
     if science:
         raise CheckpointError(
@@ -489,8 +496,12 @@ def _resume(
             "delete it to train afresh"
         )
     changed = _config_differences(old.get("training", {}), resolved["training"], "training.")
+    changed += _config_differences(
+        {k: old[k] for k in PROVENANCE_KEYS if k in old},
+        {k: resolved[k] for k in PROVENANCE_KEYS if k in resolved},
+    )
     if changed:
-        log.warning("training settings changed since %s: %s", path, "; ".join(changed))
+        log.warning("settings changed since %s: %s", path, "; ".join(changed))
     step = int(checkpoint["step"])
     if step > steps:
         raise CheckpointError(
@@ -503,6 +514,10 @@ def _resume(
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(f"resume file {path} does not fit the network: {err}") from err
+    # load_state_dict restored the saved hyperparameters: the current settings apply
+    for group in optimizer.param_groups:
+        group["lr"] = resolved["training"]["lr"]
+        group["weight_decay"] = resolved["training"]["weight_decay"]
 
     rng = checkpoint["rng"]
     torch.set_rng_state(rng["torch_cpu"])
