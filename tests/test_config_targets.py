@@ -1,6 +1,11 @@
+import os
+import re
+
 import pytest
+import yaml
 from conftest import REPO
 
+from defaceaudit import paths
 from defaceaudit.cohort import load_cohort
 from defaceaudit.config import canonical, load_config, validate_config
 from defaceaudit.errors import InputError
@@ -134,3 +139,138 @@ def test_canonical_params_print_the_same_for_reordered_settings():
     assert canonical(a) == a  # same values
     assert canonical({"x": [{"b": 1, "a": 2}]}) == {"x": [{"a": 2, "b": 1}]}
     assert list(canonical({"x": [{"b": 1, "a": 2}]})["x"][0]) == ["a", "b"]
+
+
+# --------------------------------------------------------------------------------------------
+# the cli's config and plans: what Snakemake sees and builds
+
+#: a demo whose radiodensity study can fit its mixed models (4 of 8 subjects in its train split)
+SMALL_DEMO = {"demo": {"n_train": 6, "n_internal_test": 1, "n_external_test": 1}}
+
+
+def rule_all_inputs(workdir, config: dict) -> list[str]:
+    """The input of ``rule all`` in a dry-run of the workflow copy ``workdir`` with ``config``
+    as ``--configfile`` (on top of its config.yaml), sorted."""
+    from conftest import run_snakemake
+
+    done = run_snakemake(workdir, "--dry-run", config=config, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    block = re.search(r"^(?:local)?rule all:\n    input: (.*)$", done.stdout, re.M)
+    assert block, done.stdout[-3000:]
+    return sorted(block[1].split(", "))
+
+
+def cli(workdir, capsys, *args: str) -> tuple[int, str, str]:
+    """``defaceaudit <args>`` run in ``workdir``: exit code, stdout, stderr."""
+    from defaceaudit.cli import main
+
+    here = os.getcwd()
+    os.chdir(workdir)
+    try:
+        code = main(list(args))
+    finally:
+        os.chdir(here)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def containers_without_radiodensity() -> dict:
+    config = yaml.safe_load((REPO / "tests/configs/containers.yaml").read_text())
+    return {**config, "radiodensity": {"enabled": False}}
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("scenario", ["small_demo", "containers"])
+def test_targets_command_lists_what_rule_all_requests(tmp_path, capsys, scenario):
+    from conftest import copy_workflow
+
+    config = SMALL_DEMO if scenario == "small_demo" else containers_without_radiodensity()
+    workdir = copy_workflow(tmp_path)
+    requested = rule_all_inputs(workdir, config)  # writes test_config.yaml
+    code, out, _ = cli(workdir, capsys, "targets", "--config", "test_config.yaml")
+    assert code == 0
+    assert out.splitlines() == requested
+    if scenario == "small_demo":  # every stage is there
+        assert {paths.FACE_METRICS, paths.RADIODENSITY_FIGURE} <= set(requested)
+        assert paths.reface_checkpoint("face", 2) in requested
+        assert any(t.startswith(paths.FIGURES) for t in requested)
+
+
+def test_run_config_is_config_yaml_with_the_users_file_on_top(tmp_path, monkeypatch):
+    from defaceaudit.cli import run_config
+
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(
+        yaml.safe_dump({"demo": {"n_train": 3}, "deface": {"defacers": ["skullstrip"]}})
+    )
+    assert run_config(mine)["demo"]["n_internal_test"] == 4  # the schema's default
+    base = {"demo": {"n_internal_test": 2, "seed": 7}, "deface": {"defacers": ["quickshear"]}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(base))
+    config = run_config(mine)
+    assert (config["demo"]["n_train"], config["demo"]["n_internal_test"]) == (3, 2)  # merged
+    assert config["demo"]["seed"] == 7
+    assert config["deface"]["defacers"] == ["skullstrip"]  # a list is replaced whole
+    assert run_config("config.yaml")["deface"]["defacers"] == ["quickshear"]
+    mine.write_text(yaml.safe_dump({"demo": {"n_train": 0}}))
+    with pytest.raises(InputError, match=r"config\.yaml \+ .*mine\.yaml: config: .*minimum"):
+        run_config(mine)
+    with pytest.raises(InputError, match="nope.yaml: cannot read"):
+        run_config(tmp_path / "nope.yaml")
+
+
+def test_check_inputs_uses_config_yaml_and_builds_every_plan(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(SMALL_DEMO))
+    code, out, _ = cli(tmp_path, capsys, "check-inputs")
+    assert code == 0 and out.splitlines()[-1].split() == ["total", "8", "subjects"]
+    mine = tmp_path / "mine.yaml"
+    problems = {
+        "metrics.population_average": {"metrics": {"population_average": "mri_reface"}},
+        "radiodensity.defacers": {"radiodensity": {"defacers": ["pydeface"]}},
+        "config radiodensity:": {"demo": {"n_train": 2}},  # on top of config.yaml's 1 + 1
+    }
+    for problem, config in problems.items():
+        mine.write_text(yaml.safe_dump(config))
+        code, out, err = cli(tmp_path, capsys, "check-inputs", "--config", str(mine))
+        assert code == 1 and not out
+        assert err.startswith("defaceaudit: error: ") and problem in err, err
+        assert len(err.splitlines()) == 1
+
+
+def only_test_subjects(tmp_path, **sections) -> dict:
+    (tmp_path / "a.nii.gz").write_bytes(b"")
+    manifest = tmp_path / "cohort.tsv"
+    manifest.write_text("subject\tt1w\tsplit\tage\tsex\na\ta.nii.gz\texternal_test\t30\tF\n")
+    return validate_config({"input": {"source": "manifest", "manifest": str(manifest)}, **sections})
+
+
+def test_training_stages_need_train_subjects(tmp_path):
+    with pytest.raises(InputError, match="config input: the cohort has no train subjects") as err:
+        load_cohort(only_test_subjects(tmp_path))
+    assert "reface.enabled is true" in str(err.value) and "avgface" in str(err.value)
+    no_reface = {"reface": {"enabled": False}}
+    with pytest.raises(InputError, match="deface.defacers has avgface") as err:
+        load_cohort(only_test_subjects(tmp_path, **no_reface))
+    assert "reface" not in str(err.value)
+    quickshear = {"deface": {"defacers": ["quickshear"]}}
+    with pytest.raises(InputError, match="reface.enabled is true"):
+        load_cohort(only_test_subjects(tmp_path, **quickshear))
+    assert load_cohort(only_test_subjects(tmp_path, **quickshear, **no_reface)).ids() == ["a"]
+    # the population-average refacers are not refaced: no model to train
+    mri_reface = {"deface": {"defacers": ["mri_reface"]}}
+    assert load_cohort(only_test_subjects(tmp_path, **mri_reface)).ids() == ["a"]
+
+
+def test_radiodensity_needs_enough_subjects_for_its_train_split():
+    from defaceaudit.cohort import plan_run
+
+    with pytest.raises(InputError, match=r"config radiodensity: its train split would hold 2 of"):
+        plan_run(
+            validate_config({"demo": {"n_train": 2, "n_internal_test": 1, "n_external_test": 1}})
+        )
+    assert plan_run(validate_config(SMALL_DEMO)).radiodensity is not None
+    off = validate_config({"demo": {"n_train": 2}, "radiodensity": {"enabled": False}})
+    assert plan_run(off).radiodensity is None
+    uneven = {"split": {"train": 0.5, "validation": 0.5, "test": 0.5}}
+    with pytest.raises(InputError, match="config radiodensity.split: .*sum to 1"):
+        plan_run(validate_config({**SMALL_DEMO, "radiodensity": uneven}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -182,6 +183,70 @@ def test_bids_brain_masks_from_derivatives(tmp_path: Path) -> None:
     assert by_id["03"].brain_mask == masks / "sub-03/ses-a/anat/sub-03_ses-a_desc-brain_mask.nii"
 
 
+def test_bids_session_t1w_falls_back_to_the_subjects_anat_mask(tmp_path: Path) -> None:
+    """fMRIPrep's layout for subjects with several sessions: one mask in sub-X/anat."""
+    root = make_bids(
+        tmp_path / "ds",
+        {
+            "sub-01": ["ses-a/anat/sub-01_ses-a_T1w.nii.gz", "ses-b/anat/sub-01_ses-b_T1w.nii.gz"],
+            "sub-02": ["ses-a/anat/sub-02_ses-a_T1w.nii.gz"],
+            "sub-03": ["ses-a/anat/sub-03_ses-a_T1w.nii.gz"],
+        },
+        [("sub-01", "20", "M"), ("sub-02", "30", "F"), ("sub-03", "40", "F")],
+    )
+    masks = root / "derivatives/masks"
+    subject_level = touch(masks / "sub-01/anat/sub-01_desc-brain_mask.nii.gz")
+    touch(masks / "sub-02/anat/sub-02_desc-brain_mask.nii.gz")
+    session_level = touch(masks / "sub-02/ses-a/anat/sub-02_ses-a_desc-brain_mask.nii.gz")
+    touch(masks / "sub-03/anat/sub-03_ses-b_desc-brain_mask.nii.gz")  # another session's
+    (session_b,) = read_bids_dataset(
+        root, "train", session="b", brain_mask_dir=masks, exclude_subjects=["02", "03"]
+    )
+    assert session_b.brain_mask == subject_level
+    session_a = read_bids_dataset(root, "train", session="a", brain_mask_dir=masks)
+    assert [s.brain_mask for s in session_a] == [
+        subject_level,
+        session_level,  # the session's own folder comes first
+        None,  # another session's mask is not this session's
+    ]
+
+
+def test_bids_mask_named_like_the_chosen_run(tmp_path: Path) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {"sub-01": ["anat/sub-01_run-1_T1w.nii.gz", "anat/sub-01_run-2_T1w.nii.gz"]},
+        [("sub-01", "40", "F")],
+    )
+    masks = root / "derivatives/masks"
+    touch(masks / "sub-01/anat/sub-01_run-1_desc-brain_mask.nii.gz")
+    second = touch(masks / "sub-01/anat/sub-01_run-2_desc-brain_mask.nii.gz")
+    [subject] = read_bids_dataset(root, "train", run="highest", brain_mask_dir=masks)
+    assert subject.brain_mask == second
+
+
+def test_bids_missing_mask_is_a_warning_naming_the_subject_and_folders(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {"sub-01": ["ses-a/anat/sub-01_ses-a_T1w.nii.gz"], "sub-02": ["anat/sub-02_T1w.nii.gz"]},
+        [("sub-01", "20", "M"), ("sub-02", "30", "F")],
+    )
+    masks = root / "derivatives/masks"
+    touch(masks / "sub-02/anat/sub-02_desc-brain_mask.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="defaceaudit.inputs"):
+        subjects = read_bids_dataset(root, "train", brain_mask_dir=masks)
+    assert [s.brain_mask is None for s in subjects] == [True, False]
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "no brain mask for subject sub-01" in record.getMessage()
+    assert f"in {masks}/sub-01/ses-a/anat or {masks}/sub-01/anat" in record.getMessage()
+    assert "ROBEX computes one" in record.getMessage()
+    caplog.clear()
+    read_bids_dataset(root, "train")  # no brain_mask_dir: ROBEX for everyone, nothing to say
+    assert not caplog.records
+
+
 def test_bids_brain_mask_dir_absolute(ds: Path, tmp_path: Path) -> None:
     masks = tmp_path / "elsewhere"
     touch(masks / "sub-02/anat/sub-02_desc-brain_mask.nii.gz")
@@ -239,13 +304,127 @@ def test_bids_two_sessions_need_session(tmp_path: Path) -> None:
     )
 
 
-def test_bids_two_runs_are_not_supported(tmp_path: Path) -> None:
+def test_bids_two_runs_name_the_keys_that_pick_one(tmp_path: Path) -> None:
     root = make_bids(
         tmp_path / "ds",
         {"sub-01": ["anat/sub-01_run-1_T1w.nii.gz", "anat/sub-01_run-2_T1w.nii.gz"]},
         [("sub-01", "40", "F")],
     )
-    expect_error(lambda: read_bids_dataset(root, "train"), "sub-01", "not supported yet")
+    message = expect_error(
+        lambda: read_bids_dataset(root, "train"),
+        "sub-01 has 2 T1w images",
+        str(root / "sub-01/anat/sub-01_run-2_T1w.nii.gz"),
+        "`acq` or `run` (a run number, lowest or highest)",
+        "`exclude_subjects`",
+    )
+    assert "session" not in message  # the subject has no sessions
+
+
+# --------------------------------------------------------------------------------------------
+# BIDS: several T1w images, left-out subjects
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """sub-01: two runs of one protocol and one of another; sub-02: one image (acq-fast)."""
+    return make_bids(
+        tmp_path / "runs",
+        {
+            "sub-01": [
+                "anat/sub-01_acq-mprage_run-1_T1w.nii.gz",
+                "anat/sub-01_acq-mprage_run-02_T1w.nii.gz",
+                "anat/sub-01_acq-fast_run-3_T1w.nii.gz",
+            ],
+            "sub-02": ["anat/sub-02_acq-fast_T1w.nii.gz"],
+        },
+        [("sub-01", "40", "F"), ("sub-02", "50", "M")],
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "chosen"),
+    [
+        ({"run": "highest"}, "acq-fast_run-3"),
+        ({"run": "lowest"}, "acq-mprage_run-1"),
+        ({"run": 2}, "acq-mprage_run-02"),
+        ({"run": "run-2"}, "acq-mprage_run-02"),
+        ({"acq": "fast"}, "acq-fast_run-3"),
+        ({"acq": "acq-mprage", "run": "highest"}, "acq-mprage_run-02"),
+    ],
+)
+def test_bids_acq_and_run_pick_one_of_several(runs: Path, options: dict, chosen: str) -> None:
+    first, second = read_bids_dataset(runs, "train", **options)
+    assert first.t1w == runs / f"sub-01/anat/sub-01_{chosen}_T1w.nii.gz"
+    assert second.t1w == runs / "sub-02/anat/sub-02_acq-fast_T1w.nii.gz"  # its only image
+
+
+@pytest.mark.parametrize(
+    ("options", "left"),
+    [
+        ({}, ""),
+        ({"acq": "mprage"}, "acq='mprage' leave 2"),
+        ({"acq": "other", "run": "highest"}, "acq='other', run='highest' leave 0"),
+        ({"run": 7}, "run=7 leave 0"),
+    ],
+)
+def test_bids_acq_and_run_that_leave_several_or_none(runs: Path, options, left) -> None:
+    expect_error(
+        lambda: read_bids_dataset(runs, "train", **options),
+        "sub-01 has 3 T1w images",
+        str(runs / "sub-01/anat/sub-01_acq-fast_run-3_T1w.nii.gz"),
+        left,
+        "`exclude_subjects`",
+    )
+
+
+def test_bids_highest_run_needs_a_run_on_every_image(tmp_path: Path) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {"sub-01": ["anat/sub-01_T1w.nii.gz", "anat/sub-01_run-2_T1w.nii.gz"]},
+        [("sub-01", "40", "F")],
+    )
+    expect_error(lambda: read_bids_dataset(root, "train", run="highest"), "2 T1w images")
+
+
+def test_bids_invalid_run(runs: Path) -> None:
+    expect_error(lambda: read_bids_dataset(runs, "train", run="last"), str(runs), "'last'")
+
+
+def test_bids_sessions_in_the_error_only_when_images_span_sessions(tmp_path: Path) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {"sub-01": ["ses-1/anat/sub-01_ses-1_T1w.nii.gz", "ses-2/anat/sub-01_ses-2_T1w.nii.gz"]},
+        [("sub-01", "40", "F")],
+    )
+    expect_error(
+        lambda: read_bids_dataset(root, "train", run="highest"),
+        "sub-01 has 2 T1w images",
+        "`session`, `acq` or `run`",
+    )
+
+
+def test_bids_exclude_subjects(runs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    touch(runs / "sub-03/anat/sub-03_T2w.nii.gz")  # no T1w and no participants row: skipped
+    with caplog.at_level(logging.WARNING, logger="defaceaudit.inputs"):
+        [kept] = read_bids_dataset(runs, "train", exclude_subjects=["sub-01", "03", "sub-09"])
+    assert kept.subject == "02"
+    assert f"BIDS dataset {runs}: exclude_subjects leaves out sub-01, sub-03" in caplog.text
+    assert "exclude_subjects names sub-09, which has no subject folder" in caplog.text
+
+
+def test_bids_exclude_subjects_is_before_the_prefix(runs: Path) -> None:
+    subjects = read_bids_dataset(runs, "train", subject_prefix="x", exclude_subjects=["01"])
+    assert [s.subject for s in subjects] == ["x02"]
+
+
+def test_bids_selection_keys_from_the_config(runs: Path) -> None:
+    from defaceaudit.cohort import load_cohort
+    from defaceaudit.config import validate_config
+
+    entry = {"path": str(runs), "role": "train", "run": "highest", "exclude_subjects": ["02"]}
+    config = validate_config({"input": {"source": "bids", "bids": [entry]}})
+    cohort = load_cohort(config)
+    assert [s.t1w.name for s in cohort.subjects.values()] == ["sub-01_acq-fast_run-3_T1w.nii.gz"]
 
 
 def test_bids_missing_participants_tsv(tmp_path: Path) -> None:

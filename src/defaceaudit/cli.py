@@ -11,14 +11,45 @@ from pathlib import Path
 from defaceaudit import __version__
 from defaceaudit.errors import DefaceAuditError
 
+#: the Snakefile's ``configfile:``, read from the working directory as Snakemake reads it
+WORKFLOW_CONFIG = Path("config.yaml")
+
+
+def run_config(path: str | Path) -> dict:
+    """The config ``snakemake --configfile <path>`` sees when run in this directory, validated
+    with defaults filled: ``config.yaml`` here (the Snakefile's ``configfile:``; skipped when
+    missing, as Snakemake skips it when given a config file), then ``path`` on top (Snakemake's
+    own loader and merge: mappings merged key by key, lists and values replaced)."""
+    from snakemake.common.configfile import load_configfile
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import update_config
+
+    from defaceaudit.config import validate_config
+    from defaceaudit.errors import InputError
+
+    path = Path(path)
+    files = [path]
+    if WORKFLOW_CONFIG.is_file() and not (path.exists() and path.samefile(WORKFLOW_CONFIG)):
+        files.insert(0, WORKFLOW_CONFIG)
+    config: dict = {}
+    for file in files:
+        try:
+            update_config(config, load_configfile(str(file)))
+        except (OSError, WorkflowError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputError(f"config {file}: cannot read ({reason})") from None
+    try:
+        return validate_config(config)
+    except InputError as err:
+        raise InputError(f"{' + '.join(map(str, files))}: {err}") from None
+
 
 def _check_inputs(args: argparse.Namespace) -> int:
-    from defaceaudit.cohort import load_cohort
-    from defaceaudit.config import load_config
+    from defaceaudit.cohort import plan_run
     from defaceaudit.inputs import cohort_frame
 
-    cohort = load_cohort(load_config(args.config))
-    frame = cohort_frame(cohort.subjects.values())
+    plan = plan_run(run_config(args.config))
+    frame = cohort_frame(plan.cohort.subjects.values())
     if args.tsv:
         frame.to_csv(sys.stdout, sep="\t", index=False)
     else:
@@ -30,11 +61,9 @@ def _check_inputs(args: argparse.Namespace) -> int:
 
 
 def _targets(args: argparse.Namespace) -> int:
-    from defaceaudit.cohort import load_cohort
-    from defaceaudit.config import load_config
-    from defaceaudit.targets import all_targets
+    from defaceaudit.cohort import plan_run
 
-    print("\n".join(all_targets(load_cohort(load_config(args.config)))))
+    print("\n".join(plan_run(run_config(args.config)).targets()))
     return 0
 
 
@@ -95,13 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"defaceaudit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = commands.add_parser("check-inputs", help="validate a config and its cohort")
-    check.add_argument("--config", type=Path, default=Path("config.yaml"))
+    on_top = "config file, on top of ./config.yaml as with snakemake --configfile"
+    check = commands.add_parser(
+        "check-inputs", help="validate a config, its cohort and what a run would build"
+    )
+    check.add_argument("--config", type=Path, default=WORKFLOW_CONFIG, help=on_top)
     check.add_argument("--tsv", action="store_true", help="print the subject table as TSV")
     check.set_defaults(func=_check_inputs)
 
     targets = commands.add_parser("targets", help="list every output a run would build")
-    targets.add_argument("--config", type=Path, default=Path("config.yaml"))
+    targets.add_argument("--config", type=Path, default=WORKFLOW_CONFIG, help=on_top)
     targets.set_defaults(func=_targets)
 
     fetch = commands.add_parser("fetch-bases", help="fetch and verify the demo's real heads")

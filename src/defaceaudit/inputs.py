@@ -10,6 +10,7 @@ Ages are in years; sex is ``"M"`` or ``"F"``; subject ids are BIDS labels withou
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import warnings
@@ -20,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from defaceaudit.errors import InputError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS",
@@ -46,6 +49,7 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _AGE_RULE = f"need a number of years between {MIN_AGE_YEARS:g} and {MAX_AGE_YEARS:g}"
 _SPLIT_RULE = f"need one of {', '.join(SPLITS)}"
 _LABEL_RULE = "need letters and digits only"
+_RUN_RULES = ("lowest", "highest")
 
 
 @dataclass(frozen=True)
@@ -173,19 +177,61 @@ def _find_t1w(subject_dir: Path, label: str, session: str | None) -> list[Path]:
     return found
 
 
+def _entity(path: Path, key: str) -> str | None:
+    """Value of the BIDS entity ``key`` in a file name, or None (``run`` of
+    ``sub-01_run-02_T1w.nii.gz`` is ``"02"``)."""
+    for part in path.name.split("_")[:-1]:
+        name, sep, value = part.partition("-")
+        if sep and name == key:
+            return value
+    return None
+
+
+def _run_number(path: Path) -> int | None:
+    """The run index of a file name (``run-02`` -> 2), or None without a numeric run."""
+    value = _entity(path, "run")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _mask_folders(mask_root: Path, t1w: Path, subject_dir: Path) -> list[Path]:
+    """Where a T1w's brain mask is looked for: the derivatives folder mirroring the T1w's own
+    (``sub-X[/ses-Y]/anat``), then for a session's T1w the subject's ``sub-X/anat`` (the layout
+    of fMRIPrep for subjects with several sessions, and of the README)."""
+    relative_anat = t1w.parent.relative_to(subject_dir.parent)  # sub-X[/ses-Y]/anat
+    folders = [mask_root / relative_anat]
+    if len(relative_anat.parts) == 3:
+        folders.append(mask_root / subject_dir.name / "anat")
+    return folders
+
+
 def _find_mask(
     mask_root: Path, t1w: Path, subject_dir: Path, label: str, where: str
 ) -> Path | None:
-    """A native-space ``desc-brain`` mask beside the T1w in a derivatives tree, or None."""
-    relative_anat = t1w.parent.relative_to(subject_dir.parent)  # sub-X[/ses-Y]/anat
-    ses = relative_anat.parts[1] if len(relative_anat.parts) == 3 else None
-    stem = glob.escape(f"sub-{label}") + (f"_{glob.escape(ses)}" if ses else "")
-    found = _nifti_glob(mask_root / relative_anat, f"{stem}*_desc-brain_mask")
-    native = [p for p in found if "_space-" not in p.name or "_space-T1w_" in p.name]
-    if len(native) > 1:
-        files = ", ".join(str(p) for p in native)
-        raise _error(f"{where}: subject sub-{label} has several brain masks ({files})")
-    return native[0] if native else None
+    """A native-space ``desc-brain`` mask of ``t1w`` in a derivatives tree, or None.
+
+    The first of :func:`_mask_folders` holding one wins. A subject-level mask of a session's
+    T1w may name no session or the T1w's; several masks there are narrowed to the one named
+    like the T1w (``sub-X_run-1_desc-brain_mask`` for ``sub-X_run-1_T1w``), else InputError.
+    """
+    ses = _entity(t1w, "ses")
+    t1w_prefix = t1w.name.split("_T1w")[0] + "_"
+    for folder in _mask_folders(mask_root, t1w, subject_dir):
+        found = _nifti_glob(folder, glob.escape(f"sub-{label}") + "*_desc-brain_mask")
+        native = [
+            p
+            for p in found
+            if ("_space-" not in p.name or "_space-T1w_" in p.name)
+            and _entity(p, "ses") in (None, ses)
+        ]
+        same_entities = [p for p in native if p.name.startswith(t1w_prefix)]
+        if len(native) > 1 and len(same_entities) == 1:
+            native = same_entities
+        if len(native) > 1:
+            files = ", ".join(str(p) for p in native)
+            raise _error(f"{where}: subject sub-{label} has several brain masks ({files})")
+        if native:
+            return native[0]
+    return None
 
 
 def _participants(root: Path) -> tuple[Path, dict[str, list[pd.Series]]]:
@@ -237,21 +283,99 @@ def _mask_root(
     return mask_root
 
 
-def _bids_t1w(subject_dir: Path, label: str, session: str | None, where: str) -> Path:
+def _run_choice(run: str | int | None, where: str) -> str | int | None:
+    """``run`` as an index (``"run-02"``, ``"2"`` or ``2`` -> 2), ``lowest``, ``highest``, None."""
+    if run is None or run in _RUN_RULES:
+        return run
+    text = str(run).removeprefix("run-")
+    if not text.isdigit():
+        raise _error(f"{where}: invalid run {run!r} (need a run number, lowest or highest)")
+    return int(text)
+
+
+def _narrow_t1w(candidates: list[Path], acq: str | None, run: str | int | None) -> list[Path]:
+    """The candidates with ``acq-<acq>`` (when set), then the run ``run`` picks (when set): an
+    index, or the lowest or highest run index (only when every candidate has one)."""
+    chosen = [p for p in candidates if acq is None or _entity(p, "acq") == acq]
+    if run is None or not chosen:
+        return chosen
+    numbers = [_run_number(p) for p in chosen]
+    if run in _RUN_RULES:
+        if None in numbers:
+            return chosen
+        run = min(numbers) if run == "lowest" else max(numbers)
+    return [p for p, n in zip(chosen, numbers, strict=True) if n == run]
+
+
+def _bids_t1w(
+    subject_dir: Path,
+    label: str,
+    session: str | None,
+    acq: str | None,
+    run: str | int | None,
+    where: str,
+) -> Path:
+    """The one T1w image of a subject; several are narrowed by ``acq`` and ``run``."""
     candidates = _find_t1w(subject_dir, label, session)
     if not candidates:
         scope = f" in session ses-{session}" if session is not None else ""
         raise _error(
             f"{where}: subject folder {subject_dir} has no T1w image{scope} "
-            f"(need anat/sub-{label}*_T1w.nii[.gz] or ses-*/anat/sub-{label}_ses-*_T1w.nii[.gz])"
+            f"(need anat/sub-{label}*_T1w.nii[.gz] or ses-*/anat/sub-{label}_ses-*_T1w.nii[.gz]; "
+            "or leave the subject out with `exclude_subjects`)"
         )
-    if len(candidates) > 1:
-        files = ", ".join(str(p) for p in candidates)
-        raise _error(
-            f"{where}: subject sub-{label} has {len(candidates)} T1w images ({files}); "
-            "set `session` to pick one (multiple runs/acquisitions are not supported yet)"
+    if len(candidates) == 1:
+        return candidates[0]
+    chosen = _narrow_t1w(candidates, acq, run)
+    if len(chosen) == 1:
+        return chosen[0]
+    files = ", ".join(str(p) for p in candidates)
+    keys = ["`acq`", "`run` (a run number, lowest or highest)"]
+    if len({_entity(p, "ses") for p in candidates}) > 1:
+        keys.insert(0, "`session`")
+    settings = [f"{k}={v!r}" for k, v in (("acq", acq), ("run", run)) if v is not None]
+    left = f"; {', '.join(settings)} leave {len(chosen)}" if settings else ""
+    raise _error(
+        f"{where}: subject sub-{label} has {len(candidates)} T1w images ({files}){left}; "
+        f"set this dataset's {', '.join(keys[:-1])} or {keys[-1]} to pick one, or leave the "
+        "subject out with `exclude_subjects`"
+    )
+
+
+def _excluded_labels(exclude_subjects: Iterable[str], labels: list[str], where: str) -> set[str]:
+    """Labels (without ``sub-``) of ``exclude_subjects``; logs them, and warns about ids that
+    name no subject folder."""
+    excluded = {str(s).removeprefix("sub-") for s in exclude_subjects}
+    unknown = sorted(excluded - set(labels))
+    if unknown:
+        names = ", ".join(f"sub-{s}" for s in unknown)
+        log.warning("%s: exclude_subjects names %s, which has no subject folder", where, names)
+    skipped = sorted(excluded & set(labels))
+    if skipped:
+        names = ", ".join(f"sub-{s}" for s in skipped)
+        log.warning("%s: exclude_subjects leaves out %s", where, names)
+    return excluded
+
+
+def _provided_mask(
+    mask_root: Path | None, t1w: Path, subject_dir: Path, label: str, where: str
+) -> Path | None:
+    """The subject's mask from ``brain_mask_dir`` (None without one: ROBEX computes one, and a
+    warning names the subject and the folders searched when ``brain_mask_dir`` is set)."""
+    if mask_root is None:
+        return None
+    mask = _find_mask(mask_root, t1w, subject_dir, label, where)
+    if mask is None:
+        folders = " or ".join(str(f) for f in _mask_folders(mask_root, t1w, subject_dir))
+        log.warning(
+            "%s: no brain mask for subject sub-%s in %s (need sub-%s*_desc-brain_mask.nii[.gz]); "
+            "ROBEX computes one",
+            where,
+            label,
+            folders,
+            label,
         )
-    return candidates[0]
+    return mask
 
 
 def read_bids_dataset(
@@ -262,6 +386,9 @@ def read_bids_dataset(
     session: str | None = None,
     subject_prefix: str = "",
     brain_mask_dir: str | os.PathLike[str] | None = None,
+    acq: str | None = None,
+    run: str | int | None = None,
+    exclude_subjects: Iterable[str] = (),
 ) -> list[Subject]:
     """Subjects of a BIDS dataset, all in split ``role``, sorted by subject id.
 
@@ -269,7 +396,12 @@ def read_bids_dataset(
     ``session`` (``"01"`` or ``"ses-01"``) restricts the T1w search to that session;
     ``subject_prefix`` is prepended to each label (``"ext"`` + ``01`` -> ``ext01``);
     ``brain_mask_dir`` is a derivatives folder (relative to ``path``) searched for
-    ``*_desc-brain_mask.nii[.gz]``. Only file existence is checked; no image is opened.
+    ``*_desc-brain_mask.nii[.gz]`` (:func:`_find_mask`; a subject without one is logged as a
+    warning and gets a ROBEX mask). A subject with several T1w images keeps those with
+    ``acq-<acq>``, then ``run-<run>`` or the ``lowest``/``highest`` run; one image must remain
+    (InputError naming them otherwise); subjects with one T1w image are not affected.
+    ``exclude_subjects``: participant ids (``"sub-03"`` or ``"03"``, before the prefix) left
+    out, logged. Only file existence is checked; no image is opened.
     """
     root = _abspath(path)
     where = f"BIDS dataset {root}"
@@ -278,24 +410,28 @@ def read_bids_dataset(
     _check_role(role, where)
     _check_prefix(subject_prefix, where)
     session = session.removeprefix("ses-") if session is not None else None
+    acq = acq.removeprefix("acq-") if acq is not None else None
+    run = _run_choice(run, where)
     mask_root = _mask_root(root, brain_mask_dir, where)
     subject_dirs = _subject_dirs(root, where)
+    labels = [d.name.removeprefix("sub-") for d in subject_dirs]
+    excluded = _excluded_labels(exclude_subjects, labels, where)
     tsv_path, rows = _participants(root)
     tsv_where = f"participants.tsv {tsv_path}"
     name = dataset if dataset is not None else root.name
     subjects = []
-    for subject_dir in subject_dirs:
-        label = subject_dir.name.removeprefix("sub-")
+    for subject_dir, label in zip(subject_dirs, labels, strict=True):
+        if label in excluded:
+            continue
         subject_id = subject_prefix + label
         if not _is_label(subject_id):
             raise _error(
                 f"{where}: subject folder {subject_dir} gives invalid subject id "
                 f"{subject_id!r} ({_LABEL_RULE})"
             )
-        t1w = _bids_t1w(subject_dir, label, session, where)
+        t1w = _bids_t1w(subject_dir, label, session, acq, run, where)
         row = _participant_row(rows, label, tsv_where)
         who = f"subject sub-{label}"
-        mask = _find_mask(mask_root, t1w, subject_dir, label, where) if mask_root else None
         subjects.append(
             Subject(
                 subject=subject_id,
@@ -304,7 +440,7 @@ def read_bids_dataset(
                 age=_parse_age(row["age"], tsv_where, who),
                 sex=_parse_sex(row["sex"], tsv_where, who),
                 dataset=name,
-                brain_mask=mask,
+                brain_mask=_provided_mask(mask_root, t1w, subject_dir, label, where),
             )
         )
     return sorted(subjects, key=lambda s: s.subject)
