@@ -78,13 +78,17 @@ rule reidentify_faces:
         benchmark_file("reidentify_faces", "all")
     conda:
         "../envs/defaceaudit.yaml"
+    # nearest-neighbour queries in threads: probes x gallery faces grows as the square of the
+    # test subjects (paper scale: about an hour of CPU, README "Face metrics")
+    threads: 4
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=60,
     params:
         gallery=reidentification_gallery,
         probes=reidentification_probe_list,
         n_bootstrap=config["metrics"]["n_bootstrap"],
         seed=config["metrics"]["seed"],
+        probe_vertices=config["metrics"]["reidentification_vertices"],
     script:
         "../workflow_scripts/reidentify_faces.py"

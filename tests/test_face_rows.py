@@ -166,6 +166,27 @@ def test_a_face_equally_far_from_all_ranks_last():
     assert rank_probes(gallery, [probe])["rank"].iloc[0] == 2  # ties count against the probe
 
 
+def test_probe_subsets_are_seeded_and_estimate_the_full_distance():
+    from defaceaudit.metrics.reidentify import probe_subset
+
+    vertices = _sphere(60, n=3000, seed=3)
+    assert probe_subset(vertices, 0, 1) is vertices and probe_subset(vertices, 5000, 1) is vertices
+    one, again = probe_subset(vertices, 500, [0, 1]), probe_subset(vertices, 500, [0, 1])
+    assert one.shape == (500, 3) and np.array_equal(one, again)
+    assert not np.array_equal(one, probe_subset(vertices, 500, [0, 2]))
+    assert len(np.unique(one, axis=0)) == 500  # without replacement
+    gallery = {s: _sphere(60 + 3 * k, seed=10 + k) for k, s in enumerate("abcd")}
+    probes = [
+        {"subject": s, "test_set": "t", "image_type": "x", "image": "x", "vertices": v + 0.1}
+        for s, v in gallery.items()
+    ]
+    full = rank_probes(gallery, probes, probe_vertices=0)
+    subset = rank_probes(gallery, probes, probe_vertices=300, seed=4)
+    assert (subset["rank"] == full["rank"]).all()
+    np.testing.assert_allclose(subset["distance_own_mm"], full["distance_own_mm"], rtol=0.1)
+    assert not np.allclose(subset["distance_own_mm"], full["distance_own_mm"], rtol=1e-9)
+
+
 def test_reidentify_files_ranks_a_shared_image_once(tmp_path):
     gallery, probes = {}, []
     for i, subject in enumerate(("a", "b", "c")):

@@ -11,4 +11,6 @@ run_step(
     out=dict(snakemake.output.items()),
     n_resamples=snakemake.params.n_bootstrap,
     seed=snakemake.params.seed,
+    probe_vertices=snakemake.params.probe_vertices,
+    workers=snakemake.threads,
 )

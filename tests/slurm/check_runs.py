@@ -105,11 +105,14 @@ def resource_problems(record: dict[str, str], rule: str, profile: Path) -> list[
 
 def group_of(name: str, groups: dict[str, set[str]]) -> str | None:
     """The group whose job a comment name is: Snakemake names a group job
-    `<group>_<its rules, sorted, joined by _>`."""
+    `<group id>_<its rules, sorted, joined by _>`, the group id being the profile's group name
+    with its wildcards filled in (`subject-{subject}` -> `subject-tr01`; BIDS labels are
+    alphanumeric)."""
     for group, members in groups.items():
+        group_id = re.sub(r"\\\{\w+\\\}", "[A-Za-z0-9]+", re.escape(group))
         for n in range(1, len(members) + 1):
             for rules in combinations(sorted(members), n):
-                if name == f"{group}_{'_'.join(rules)}":
+                if re.fullmatch(f"{group_id}_{re.escape('_'.join(rules))}", name):
                     return group
     return None
 

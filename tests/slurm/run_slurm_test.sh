@@ -222,7 +222,7 @@ ReturnToService=2
 KillWait=5
 # GPUs as generic resources: scontrol show job --details lists a job's allocated GPU (GRES=).
 GresTypes=gpu
-# The node claims what profiles/slurm asks for (8 CPUs per GPU job, 16 GB at the first attempt,
+# The node claims what profiles/slurm asks for (4 CPUs for a group job of 4 defacers, 16 GB at the first attempt,
 # more on retries), whatever the machine has: config_overrides makes slurmd take these numbers.
 # The tiny jobs use far less, and the test profile runs two at a time.
 SlurmdParameters=config_overrides

@@ -61,6 +61,18 @@ def dry_run_resources(workdir: Path, *args: str, site=None) -> dict[str, list[di
     return jobs
 
 
+def declared_threads() -> dict[str, int]:
+    """Rule -> its ``threads:`` in rules/*.smk (1 where it declares none; the dry-run listing
+    does not print threads)."""
+    threads = {}
+    for path in sorted((REPO / "rules").glob("*.smk")):
+        for block in re.split(r"^(?=rule \w+:)", path.read_text(), flags=re.M):
+            if name := re.match(r"rule (\w+):", block):
+                found = re.search(r"^    threads: (\d+)$", block, re.M)
+                threads[name[1]] = int(found[1]) if found else 1
+    return threads
+
+
 def profile_entries() -> dict[str, dict]:
     return yaml.safe_load((PROFILE / "profile.yaml").read_text())["set-resources"]
 
@@ -102,6 +114,9 @@ def test_profile_resources_are_the_rules_own_and_gpu_rules_have_entries(workdir,
             assert all(
                 job["cpus_per_gpu"] == str(entries[rule]["cpus_per_gpu"]) for job in profiled[rule]
             )
+            # the CPUs a GPU job gets are the threads it runs on (none left idle)
+            threads = declared_threads()[rule]
+            assert entries[rule]["cpus_per_gpu"] == threads, f"{rule}: cpus_per_gpu != threads"
         else:
             assert "cpus_per_gpu" not in entries[rule], f"{rule} asks for no GPU"
 
