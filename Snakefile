@@ -23,6 +23,7 @@ memoize_uri_parsing()
 
 onstart:
     resume_full_collections()
+    clear_partial()  # rules/common.smk
 
 
 configfile: "config.yaml"

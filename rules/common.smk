@@ -1,4 +1,6 @@
 # Helpers only: the cohort, and input/params functions that look subjects up in it.
+import shutil
+
 from defaceaudit import paths
 from defaceaudit.cohort import load_cohort
 from defaceaudit.config import canonical
@@ -248,25 +250,30 @@ def face_panel_columns(wildcards):
 
 def on_failure():
     """The QC table with each failed deface job and its error, and the face tables of the rows
-    that exist, marked PARTIAL (see README, 'Face metrics')."""
+    that exist, marked PARTIAL, under results/partial/ (see README, 'Defacers')."""
     # imported here: scipy.stats (face tables) adds about half a second to every Snakemake start
     from defaceaudit.metrics.aggregate import aggregate_available_rows
     from defaceaudit.qc_report import write_qc_tables
 
+    partial = paths.partial_file
     if DEFACERS:
-        write_qc_tables(
-            expected_qc_records(), paths.QC_TABLE, paths.QC_SUMMARY, paths.QC_SUMMARY_MD
-        )
-        print(f"QC table with the failed jobs: {paths.QC_TABLE}")
+        qc_files = (paths.QC_TABLE, paths.QC_SUMMARY, paths.QC_SUMMARY_MD)
+        write_qc_tables(expected_qc_records(), *map(partial, qc_files))
+        print(f"QC table with the failed jobs: {partial(paths.QC_TABLE)}")
     missing = aggregate_available_rows(
         face_metric_rows(None),
-        paths.FACE_METRICS,
-        paths.FACE_TABLES,
+        partial(paths.FACE_METRICS),
+        {key: partial(path) for key, path in paths.FACE_TABLES.items()},
         n_resamples=config["metrics"]["n_bootstrap"],
         seed=config["metrics"]["seed"],
     )
     if missing:
-        print(f"PARTIAL face tables ({len(missing)} jobs missing): {paths.FACE_METRICS}")
+        print(f"PARTIAL face tables ({len(missing)} jobs missing): {partial(paths.FACE_METRICS)}")
+
+
+def clear_partial():
+    """Remove the previous failed run's stand-ins (results/partial/) as a run starts."""
+    shutil.rmtree(paths.PARTIAL, ignore_errors=True)
 
 
 def reface_training_inputs(wildcards):

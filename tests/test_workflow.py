@@ -280,7 +280,10 @@ def test_failed_defacing_is_listed_in_the_qc_table(workdir):
     config["deface"] = {"defacers": ["quickshear", "skullstrip"]}
     done = run_snakemake(workdir, "--cores", "2", "--keep-going", config=config)
     assert done.returncode == 1
-    table = pd.read_csv(workdir / "results" / "deface" / "qc_table.tsv", sep="\t")
+    # the QC table's own rule could not run: the stand-in is apart from its output, which
+    # Snakemake would otherwise take for up to date on the next run
+    assert not (workdir / paths.QC_TABLE).exists()
+    table = pd.read_csv(workdir / paths.partial_file(paths.QC_TABLE), sep="\t")
     failed = table[table["status"] == "job_failed"]
     # a brain mask over the whole field of view leaves both tools nothing to remove
     pairs = sorted(zip(failed["defacer"], failed["subject"], strict=True))
@@ -298,6 +301,15 @@ def test_failed_defacing_is_listed_in_the_qc_table(workdir):
     assert (
         workdir / "results/deface/skullstrip/sub-good/figures/sub-good_desc-skullstrip_qc.png"
     ).stat().st_size > 1000
+
+    # leaving the broken subject out: the next run writes the real QC table and clears the
+    # stand-ins
+    config.update(manifest_config(workdir, rows[:1]))
+    done = run_snakemake(workdir, "--cores", "2", config=config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(workdir / paths.QC_TABLE, sep="\t")
+    assert set(table["subject"]) == {"good"} and (table["status"] != "job_failed").all()
+    assert not (workdir / paths.PARTIAL).exists()
 
 
 def test_killed_training_job_resumes_from_its_checkpoint(workdir):

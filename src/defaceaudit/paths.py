@@ -15,9 +15,23 @@ RESULTS = "results"
 #: benchmarks run the workflow in temporary copies: :func:`copy_workflow`)
 WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "envs", "config.yaml")
 DEMO_ROOT = f"{RESULTS}/demo"
+#: what a run with failed jobs could build of its aggregates (the onerror handler): kept apart
+#: from the aggregates' own outputs, which only their rules write (Snakemake keeps no record of
+#: a file written outside a job, so a stand-in there would never be rebuilt); emptied when the
+#: next run starts
+PARTIAL = f"{RESULTS}/partial"
 DEMO_BIDS = f"{DEMO_ROOT}/bids"
 #: demo BIDS dataset -> folder; train and internal test share one dataset, as in the paper
 DEMO_DATASETS = ("internal", "external")
+
+
+def partial_file(path: str) -> str:
+    """Where the onerror handler writes its stand-in for the aggregate output ``path``:
+    ``results/deface/qc_table.tsv`` -> ``results/partial/deface/qc_table.tsv``."""
+    prefix = f"{RESULTS}/"
+    if not path.startswith(prefix):
+        raise ValueError(f"{path} is not under {RESULTS}/")
+    return f"{PARTIAL}/{path[len(prefix) :]}"
 
 
 def stage_file(stage: str, subject: str, desc: str, suffix: str, ext: str = ".nii.gz") -> str:

@@ -51,8 +51,8 @@ def aggregate_available_rows(
 ) -> list[str]:
     """After a run with failed jobs (``--keep-going``): the tables of the rows that exist, each
     Markdown table marked PARTIAL with the row files it lacks. Returns the missing files (nothing
-    is written when no row file exists). The next run rebuilds complete tables once the failed
-    jobs succeed, because their row files are then newer than these tables.
+    is written when no row file exists). The workflow writes them under results/partial/
+    (:func:`defaceaudit.paths.partial_file`), never over the aggregate rule's own outputs.
     """
     present = [f for f in row_files if Path(f).exists()]
     missing = [str(f) for f in row_files if not Path(f).exists()]
