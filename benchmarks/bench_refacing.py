@@ -219,7 +219,9 @@ def child(spec: dict) -> dict:
             model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"]
         )
         ema = EMA(model, decay=settings["ema_decay"])
-        net = torch.compile(model) if compiled else model
+        # static shapes: an automatic recompilation with symbolic shapes failed in inductor
+        # (ValueRangeError, torch 2.13 on the CPU); every shape here is fixed anyway
+        net = torch.compile(model, dynamic=False) if compiled else model
         if stage == 1:
             spatial, cond_channels = low_grid, 1
         else:  # a slab, or an in-plane crop of one (slab_patch), as stage2_batches cuts them
@@ -263,7 +265,7 @@ def child(spec: dict) -> dict:
     nets = []
     for stage in (1, 2):
         model = network(stage).eval().requires_grad_(False)
-        nets.append(torch.compile(model) if compiled else model)
+        nets.append(torch.compile(model, dynamic=False) if compiled else model)
     seconds = {"stage1": 0.0, "stage2": 0.0}
 
     def timed(net, key: str):

@@ -1,0 +1,39 @@
+"""The GPU benchmark's cases (benchmarks/bench_refacing.py --gpu) run end to end on the CPU at a
+toy size, so that a GPU session finds them working: fp32, bf16 autocast, channels_last_3d and
+MONAI's fused attention, each for a stage-1 and a stage-2 training step and a cascade sample.
+(bf16 + torch.compile also runs on the CPU, with ``dynamic=False``, but compiling takes a
+minute: it is left to the benchmark.)"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+bench = pytest.importorskip("bench_refacing")
+
+
+@pytest.mark.parametrize("variant", ["fp32", "bf16", "bf16_channels_last", "bf16_sdpa"])
+def test_gpu_benchmark_cases_run_on_the_cpu(variant):
+    config = bench.reface_config(paper=False)
+    grid = bench.padded(config, (24, 24, 24))
+    base = {
+        "device": "cpu",
+        "variant": variant,
+        "config": config,
+        "grid": grid,
+        "warmup": 1,
+        "repeats": 1,
+        "cudnn_benchmark": False,
+    }
+    cases = [
+        {"case": "train", "stage": 1},
+        {"case": "train", "stage": 2, "patch": 0},
+        {"case": "sample", "sampling_steps": [2]},
+    ]
+    for case in cases:
+        rows = bench.child({**base, **case})
+        assert rows and all(row["seconds"] > 0 for row in rows.values()), (case, rows)
+    assert rows["2 steps"]["grid"] == list(grid) and rows["2 steps"]["slabs"] >= 1
