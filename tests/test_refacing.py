@@ -2,6 +2,7 @@
 overfitting one tiny pair, and the refacing jobs on files."""
 
 import logging
+import tracemalloc
 
 import nibabel as nib
 import numpy as np
@@ -18,23 +19,30 @@ from defaceaudit.diffusion.cascade import (
 )
 from defaceaudit.diffusion.checkpoint import CheckpointError
 from defaceaudit.diffusion.refacing import (
+    LOAD_WORKING_VOLUMES,
     known_voxels,
     load_pairs,
     reface_subject,
     train_refacing_stage,
+    training_memory_mb,
 )
 from defaceaudit.diffusion.schedule import DiffusionSchedule
+from defaceaudit.diffusion.slabs import SLAB_SIZE
 from defaceaudit.diffusion.train import default_resume_path
-from defaceaudit.diffusion.unet import build_unet, randomise_zero_initialised
+from defaceaudit.diffusion.unet import build_unet, randomise_zero_initialised, required_multiple
 from defaceaudit.diffusion.volumes import (
     crop_volume,
+    downsample,
     from_unit,
     intensity_scale,
     pad_volume,
     padded_shape,
     to_unit,
+    upsample,
+    upsample_window,
 )
 from defaceaudit.errors import ImageError, InputError
+from defaceaudit.nifti import load_t1w, to_ras
 
 TINY = {
     "channels": [8, 8],
@@ -74,20 +82,21 @@ def test_padded_shape_divides_both_stages_and_holds_a_slab():
     assert np.array_equal(crop_volume(padded, volume.shape), volume)
 
 
-def pair_set(n=2, shape=(16, 16, 16), seed=0):
+def volumes(n=2, shape=(16, 16, 16), seed=0):
+    """(inputs, targets), each [n, 1, *shape] float32 in [-1, 1]."""
     rng = np.random.default_rng(seed)
     targets = torch.from_numpy(rng.uniform(-1, 1, (n, 1, *shape)).astype(np.float32))
     inputs = targets.clone()
     inputs[..., shape[1] // 2 :, :] = -1.0  # the "face" half removed
-    return PairSet(inputs, targets)
+    return inputs, targets
 
 
 def test_stage_batches_have_the_cascade_shapes():
-    pairs = pair_set()
+    pairs = PairSet.from_volumes(*volumes(), factor=2)
     rng = np.random.default_rng(1)
-    one = next(stage1_batches(pairs, factor=2, batch_size=3)(rng))
+    one = next(stage1_batches(pairs, batch_size=3)(rng))
     assert one["x0"].shape == (3, 1, 8, 8, 8) and one["cond"].shape == (3, 1, 8, 8, 8)
-    two = next(stage2_batches(pairs, factor=2, batch_size=3)(rng))
+    two = next(stage2_batches(pairs, batch_size=3)(rng))
     assert two["x0"].shape == (3, 1, 16, 16, 8) and two["cond"].shape == (3, 2, 16, 16, 8)
     # the second condition channel is the defaced input, sliced like x0
     assert torch.all(two["cond"][:, 1][two["x0"][:, 0] != two["cond"][:, 1]] == -1)
@@ -95,8 +104,7 @@ def test_stage_batches_have_the_cascade_shapes():
 
 def test_sampling_is_seeded_and_pastes_back_the_untouched_voxels():
     schedule = DiffusionSchedule()
-    pairs = pair_set(n=1)
-    defaced = pairs.inputs
+    defaced, _ = volumes(n=1)
     keep = defaced > -1
     settings = SamplingSettings(steps=3, eta=0.5, seed=7, paste_back=True, slab_batch=2)
     args = (tiny_net(2), tiny_net(3, seed=1), schedule, schedule, defaced, keep, 2)
@@ -112,8 +120,8 @@ def test_sampling_is_seeded_and_pastes_back_the_untouched_voxels():
 def test_overfitting_one_pair_lowers_the_loss_and_moves_the_sample_to_the_target():
     torch.manual_seed(0)
     schedule = DiffusionSchedule()
-    pairs = pair_set(n=1, shape=(8, 8, 8))
-    batch = {"x0": pairs.targets, "cond": pairs.inputs}
+    inputs, targets = volumes(n=1, shape=(8, 8, 8))
+    batch = {"x0": targets, "cond": inputs}
     net = build_unet(in_channels=2, out_channels=1, **TINY)
     loss_fn = diffusion_loss(schedule)
     optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -131,15 +139,15 @@ def test_overfitting_one_pair_lowers_the_loss_and_moves_the_sample_to_the_target
 
     sample = ddim_sample(
         model_predictor(net),
-        tuple(pairs.targets.shape),
-        pairs.inputs,
+        tuple(targets.shape),
+        inputs,
         schedule,
         steps=10,
         eta=0.0,
         generator=torch.Generator().manual_seed(1),
     )
-    before = float(((pairs.inputs - pairs.targets) ** 2).mean())
-    after = float(((sample - pairs.targets) ** 2).mean())
+    before = float(((inputs - targets) ** 2).mean())
+    after = float(((sample - targets) ** 2).mean())
     assert after < 0.5 * before
 
 
@@ -314,6 +322,185 @@ def test_generation_window_covers_the_removed_region_on_valid_sizes():
 
 
 def test_stage2_trains_on_in_plane_crops():
-    pairs = pair_set(shape=(16, 24, 16))
-    batch = next(stage2_batches(pairs, factor=2, batch_size=2, patch=8)(np.random.default_rng(0)))
+    pairs = PairSet.from_volumes(*volumes(shape=(16, 24, 16)), factor=2)
+    batch = next(stage2_batches(pairs, batch_size=2, patch=8)(np.random.default_rng(0)))
     assert batch["x0"].shape == (2, 1, 8, 8, 8) and batch["cond"].shape == (2, 2, 8, 8, 8)
+
+
+# The training data as they were built before PairSet stored them for memory (float32, every
+# pair's original again, the coarse condition as one full-resolution volume): the reference.
+
+
+def old_load_pairs(originals, defaced, config):
+    """(inputs, targets), each [N, 1, X, Y, Z] float32: the former ``load_pairs``."""
+    factor = config["downsample_factor"]
+    m1 = required_multiple(config["stage1"]["network"]["channels"])
+    m2 = required_multiple(config["stage2"]["network"]["channels"])
+    volumes = []
+    for original_path, defaced_path in zip(originals, defaced, strict=True):
+        original = to_ras(load_t1w(original_path))
+        other = to_ras(load_t1w(defaced_path))
+        d = np.asarray(other.dataobj, dtype=np.float32)
+        scale = intensity_scale(d)
+        volumes.append((to_unit(d, scale), to_unit(np.asarray(original.dataobj), scale)))
+    shape = np.max([padded_shape(v[0].shape, factor, m1, m2) for v in volumes], axis=0)
+    inputs = torch.from_numpy(np.stack([pad_volume(v[0], shape) for v in volumes]))[:, None]
+    targets = torch.from_numpy(np.stack([pad_volume(v[1], shape) for v in volumes]))[:, None]
+    return inputs, targets
+
+
+def old_stage1_batch(inputs, targets, factor, batch_size, rng):
+    low_targets, low_inputs = downsample(targets, factor), downsample(inputs, factor)
+    index = torch.as_tensor(rng.integers(0, len(targets), batch_size))
+    return {"x0": low_targets[index], "cond": low_inputs[index]}
+
+
+def old_stage2_batch(inputs, targets, factor, batch_size, patch, rng):
+    coarse = upsample(downsample(targets, factor), targets.shape[2:])
+    conditions = torch.cat([coarse, inputs], dim=1)
+    nx, ny, depth = targets.shape[2:]
+    px, py = (min(patch, nx), min(patch, ny)) if patch > 0 else (nx, ny)
+    index = rng.integers(0, len(targets), batch_size)
+    starts = rng.integers(0, depth - SLAB_SIZE + 1, batch_size)
+    xs = rng.integers(0, nx - px + 1, batch_size)
+    ys = rng.integers(0, ny - py + 1, batch_size)
+    x0, cond = [], []
+    for i, s, x, y in zip(index, starts, xs, ys, strict=True):
+        window = (slice(x, x + px), slice(y, y + py), slice(s, s + SLAB_SIZE))
+        x0.append(targets[i, :, *window])
+        cond.append(conditions[i, :, *window])
+    return {"x0": torch.stack(x0), "cond": torch.stack(cond)}
+
+
+#: float16 storage of the full-resolution volumes: < 2**-12 * gain (gain < 2 here)
+F16 = 5e-4
+
+
+def assert_batches_match_the_old_ones(pairs, inputs, targets, factor, patch, seed=3):
+    new1 = stage1_batches(pairs, 3)(np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    for _ in range(3):
+        old, new = old_stage1_batch(inputs, targets, factor, 3, rng), next(new1)
+        assert torch.equal(new["x0"], old["x0"]) and torch.equal(new["cond"], old["cond"])
+    new2 = stage2_batches(pairs, 3, patch)(np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    for _ in range(6):
+        old, new = old_stage2_batch(inputs, targets, factor, 3, patch, rng), next(new2)
+        assert new["x0"].shape == old["x0"].shape and new["cond"].shape == old["cond"].shape
+        assert new["x0"].dtype == new["cond"].dtype == torch.float32
+        assert torch.allclose(new["cond"][:, :1], old["cond"][:, :1], rtol=0, atol=1e-6)
+        assert torch.allclose(new["cond"][:, 1:], old["cond"][:, 1:], rtol=0, atol=2.0**-12)
+        assert torch.allclose(new["x0"], old["x0"], rtol=0, atol=F16)
+
+
+@pytest.mark.parametrize("patch", [0, 8, 100])
+def test_stage_batches_equal_the_float32_construction(patch):
+    inputs, targets = volumes(n=3, shape=(16, 24, 16), seed=5)
+    for factor in (2, 4):
+        pairs = PairSet.from_volumes(inputs, targets, factor)
+        assert_batches_match_the_old_ones(pairs, inputs, targets, factor, patch)
+
+
+def test_upsample_window_is_the_window_of_the_full_upsample():
+    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    for factor in (1, 2, 3, 4):
+        low = torch.rand(2, 1, 5, 7, 4, generator=generator) * 2 - 1
+        size = [factor * n for n in low.shape[2:]]
+        full = upsample(low, size)
+        windows = [
+            tuple(slice(0, n) for n in size),  # the whole volume (patch = 0)
+            tuple(slice(n - factor, n) for n in size),  # the last voxels
+            tuple(slice(0, 1) for _ in size),  # the first voxel
+        ]
+        for _ in range(200):
+            starts = [int(rng.integers(0, n)) for n in size]
+            windows.append(
+                tuple(
+                    slice(a, int(rng.integers(a + 1, n + 1)))
+                    for a, n in zip(starts, size, strict=True)
+                )
+            )
+        for window in windows:
+            got = upsample_window(low, factor, window)
+            assert torch.allclose(got, full[..., *window], rtol=0, atol=1e-6)
+            if factor != 3:  # powers of two: the same arithmetic, bit for bit
+                assert torch.equal(got, full[..., *window])
+        assert torch.equal(upsample_window(low[0], factor, windows[0]), full[0])
+
+
+def _write_training_set(folder, shape=(12, 14, 10)):
+    """Two originals (the second on a smaller grid, stored with permuted axes) x three
+    "defacers" whose intensity scales differ: (originals, defaced), one path per pair, defacer
+    by defacer as the workflow lists them."""
+    rng = np.random.default_rng(0)
+    permuted = np.array([[0, 4, 0, 0], [4, 0, 0, 0], [0, 0, 4, 0], [0, 0, 0, 1.0]])
+    grids = [(shape, np.diag([4.0, 4.0, 4.0, 1.0])), ((shape[0] - 2, shape[1] + 2, 9), permuted)]
+    defacers = {"zero": 0.0, "bright": 130.0, "dim": None}  # the face: 0, 130 or halved
+    subjects = []
+    for k, (grid, affine) in enumerate(grids):
+        original = rng.uniform(50, 100, grid).astype(np.float32)
+        original[0] = 0  # background
+        files = {"original": folder / f"s{k}_original.nii.gz"}
+        nib.save(nib.Nifti1Image(original, affine), files["original"])
+        face = (slice(None), slice(grid[1] // 2, None), slice(0, grid[2] // 2))
+        for name, value in defacers.items():
+            data = original.copy()
+            data[face] = data[face] * 0.5 if value is None else value
+            files[name] = folder / f"s{k}_{name}.nii.gz"
+            nib.save(nib.Nifti1Image(data, affine), files[name])
+        subjects.append(files)
+    pairs = [(files["original"], files[name]) for name in defacers for files in subjects]
+    return [str(p[0]) for p in pairs], [str(p[1]) for p in pairs]
+
+
+def test_load_pairs_stores_each_original_once_and_batches_as_before(tmp_path):
+    originals, defaced = _write_training_set(tmp_path)
+    config = reface_config()
+    inputs, targets = old_load_pairs(originals, defaced, config)
+    assert inputs.shape == (6, 1, 16, 16, 12)  # the second subject's RAS grid is 16 x 10 x 9
+    full = load_pairs(originals, defaced, config)
+    assert len(full) == 6 and full.shape == (16, 16, 12) and full.originals.shape[0] == 2
+    assert full.original_index.tolist() == [0, 1, 0, 1, 0, 1]
+    assert (full.gain >= 1).all() and len(set(full.gain.tolist())) > 2  # the scales differ
+    window = tuple(slice(0, n) for n in full.shape)
+    for i in range(6):
+        assert torch.allclose(full.target_window(i, window), targets[i], rtol=0, atol=F16)
+        assert torch.allclose(full.input_window(i, window), inputs[i], rtol=0, atol=2.0**-12)
+    assert_batches_match_the_old_ones(full, inputs, targets, factor=2, patch=8)
+    # each stage keeps what its batches read, and the same values
+    one, two = load_pairs(originals, defaced, config, 1), load_pairs(originals, defaced, config, 2)
+    assert one.inputs is None and one.originals is None and two.low_inputs is None
+    assert torch.equal(one.low_inputs, full.low_inputs)
+    assert torch.equal(one.low_targets, full.low_targets)
+    assert torch.equal(two.inputs, full.inputs) and torch.equal(two.originals, full.originals)
+    with pytest.raises(ValueError, match="stage 2 needs"):
+        stage2_batches(one, 2)
+    with pytest.raises(ValueError, match="stage 1 needs"):
+        stage1_batches(two, 2)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_loading_stays_under_the_memory_estimate(tmp_path, stage):
+    originals, defaced = _write_training_set(tmp_path, shape=(40, 46, 36))
+    config = reface_config()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        pairs = load_pairs(originals, defaced, config, stage)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    kept = sum(
+        t.nbytes
+        for t in (pairs.low_targets, pairs.low_inputs, pairs.inputs, pairs.originals)
+        if t is not None
+    )
+    estimate = training_memory_mb(stage, 6, 2, pairs.shape, 2, overhead_mb=0)
+    volume = np.prod(pairs.shape) * 4
+    assert kept <= peak <= estimate * 1e6  # tracemalloc sees the stored tensors
+    assert estimate * 1e6 - kept == pytest.approx(LOAD_WORKING_VOLUMES * volume, rel=0.01)
+    if stage == 2:  # two originals for six pairs
+        assert pairs.originals.shape[0] == 2 and kept < 6 * 2 * volume / 2
+    paper = [training_memory_mb(s, 720, 180, (224, 256, 256), 4) for s in (1, 2)]
+    assert paper[0] < 16_000 and paper[1] < 0.2 * 210_000

@@ -32,54 +32,137 @@ import torch
 from defaceaudit.diffusion.ddim import ddim_sample, model_predictor, paste_known_hook
 from defaceaudit.diffusion.schedule import DiffusionSchedule
 from defaceaudit.diffusion.slabs import SLAB_SIZE, SLAB_STRIDE, slab_predictor
-from defaceaudit.diffusion.volumes import downsample, upsample
+from defaceaudit.diffusion.volumes import downsample, upsample, upsample_window
 
 
 @dataclass
 class PairSet:
-    """Training pairs on one padded grid, in [-1, 1]: ``inputs`` (defaced) and ``targets``
-    (originals), each [N, 1, X, Y, Z] float32 (CPU)."""
+    """Training pairs (defaced input, original target) on one padded grid [X, Y, Z] in [-1, 1],
+    on the CPU, stored for host memory: N pairs of M distinct originals (paper scale: 720 pairs
+    of 180 originals, 4 defacers each), ``f`` = ``factor``.
 
-    inputs: torch.Tensor
-    targets: torch.Tensor
+    - ``low_targets``: [N, 1, X/f, Y/f, Z/f] float32, each pair's target downsampled (stage 1's
+      x0; stage 2 upsamples its coarse condition from it, window by window);
+    - ``low_inputs``: [N, 1, X/f, Y/f, Z/f] float32, the inputs downsampled (stage 1), or None;
+    - ``inputs``: [N, 1, X, Y, Z] float16, the inputs at full resolution (stage 2), or None;
+    - ``originals``: [M, 1, X, Y, Z] float16, each distinct original once (stage 2), or None,
+      with ``original_index`` [N] int64 and ``gain`` [N] float32 (>= 1) giving pair i's target
+      ``clip(gain[i] * (originals[original_index[i]] + 1) - 1, -1, 1)``. A pair's target is
+      its original scaled by the pair's DEFACED image (:mod:`~defaceaudit.diffusion.volumes`),
+      so one original's pairs differ by a factor: it is stored on the largest of their scales
+      and ``gain`` is that scale over the pair's.
+
+    Float16: the full-resolution volumes are rounded to float16 once and read back as float32
+    (:meth:`input_window`, :meth:`target_window`): error <= 2**-12 (2.4e-4) on an input and
+    ``gain`` * 2**-12 on a target (below 5e-4 while an original's scales differ by less than
+    a factor 2). The downsampled volumes are computed in float32 from the float32 volumes and
+    kept in float32: stage 1's batches and stage 2's coarse condition are those of float32
+    storage. Nothing else reads a PairSet (sampling and paste-back work on float32 volumes).
+    """
+
+    factor: int
+    low_targets: torch.Tensor
+    original_index: torch.Tensor
+    gain: torch.Tensor
+    low_inputs: torch.Tensor | None = None
+    inputs: torch.Tensor | None = None
+    originals: torch.Tensor | None = None
 
     def __post_init__(self):
-        if self.inputs.shape != self.targets.shape or self.inputs.ndim != 5:
+        n = self.low_targets.shape[0]
+        full = (n, 1, *self.shape)
+        checks = [
+            ("low_targets", self.low_targets.ndim == 5 and self.low_targets.shape[1] == 1),
+            ("original_index", tuple(self.original_index.shape) == (n,)),
+            ("gain", tuple(self.gain.shape) == (n,)),
+            ("low_inputs", self.low_inputs is None or self.low_inputs.shape == (n, 1, *self.low)),
+            ("inputs", self.inputs is None or tuple(self.inputs.shape) == full),
+            ("originals", self.originals is None or tuple(self.originals.shape[1:]) == full[1:]),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(
+                    f"PairSet.{name}: shape does not fit low_targets "
+                    f"{tuple(self.low_targets.shape)} (factor {self.factor})"
+                )
+
+    @classmethod
+    def from_volumes(cls, inputs: torch.Tensor, targets: torch.Tensor, factor: int) -> PairSet:
+        """From full-resolution float32 volumes ``inputs`` and ``targets`` [N, 1, X, Y, Z] in
+        [-1, 1] (sizes divisible by ``factor``), each target its own original."""
+        if inputs.shape != targets.shape or inputs.ndim != 5:
             raise ValueError(
-                f"pairs need equal [N, 1, X, Y, Z] shapes, got {tuple(self.inputs.shape)} "
-                f"and {tuple(self.targets.shape)}"
+                f"pairs need equal [N, 1, X, Y, Z] shapes, got {tuple(inputs.shape)} "
+                f"and {tuple(targets.shape)}"
             )
+        n = inputs.shape[0]
+        return cls(
+            factor=factor,
+            low_targets=downsample(targets, factor),
+            low_inputs=downsample(inputs, factor),
+            inputs=inputs.half(),
+            originals=targets.half(),
+            original_index=torch.arange(n),
+            gain=torch.ones(n),
+        )
 
     def __len__(self) -> int:
-        return self.inputs.shape[0]
+        return self.low_targets.shape[0]
+
+    @property
+    def low(self) -> tuple[int, int, int]:
+        """The downsampled grid (x, y, z) = (X, Y, Z) / factor."""
+        return tuple(self.low_targets.shape[2:])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The full-resolution grid (X, Y, Z)."""
+        return tuple(self.factor * n for n in self.low)
+
+    def input_window(self, i: int, window: tuple[slice, ...]) -> torch.Tensor:
+        """Pair ``i``'s input in ``window`` (three slices of the grid): [1, *sizes] float32."""
+        return self.inputs[i, :, *window].float()
+
+    def target_window(self, i: int, window: tuple[slice, ...]) -> torch.Tensor:
+        """Pair ``i``'s target in ``window``: [1, *sizes] float32."""
+        original = self.originals[int(self.original_index[i]), :, *window].float()
+        return torch.clamp(self.gain[i] * (original + 1) - 1, -1, 1)
+
+    def coarse_window(self, i: int, window: tuple[slice, ...]) -> torch.Tensor:
+        """Pair ``i``'s target downsampled and upsampled again, in ``window``: [1, *sizes]
+        float32, the window of ``upsample(downsample(target), grid)``."""
+        return upsample_window(self.low_targets[i], self.factor, window)
 
 
 def stage1_batches(
-    pairs: PairSet, factor: int, batch_size: int
+    pairs: PairSet, batch_size: int
 ) -> Callable[[np.random.Generator], Iterator[dict]]:
-    """Batches for stage 1: ``{"x0": [B, 1, x, y, z], "cond": [B, 1, x, y, z]}`` at 1/factor."""
-    low_targets = downsample(pairs.targets, factor)
-    low_inputs = downsample(pairs.inputs, factor)
+    """Batches for stage 1: ``{"x0": [B, 1, x, y, z], "cond": [B, 1, x, y, z]}`` at
+    1/``pairs.factor``: random pairs' downsampled target and input."""
+    if pairs.low_inputs is None:
+        raise ValueError("stage 1 needs the downsampled inputs (pairs loaded for stage 2)")
 
     def batches(rng: np.random.Generator) -> Iterator[dict]:
         while True:
             index = torch.as_tensor(rng.integers(0, len(pairs), batch_size))
-            yield {"x0": low_targets[index], "cond": low_inputs[index]}
+            yield {"x0": pairs.low_targets[index], "cond": pairs.low_inputs[index]}
 
     return batches
 
 
 def stage2_batches(
-    pairs: PairSet, factor: int, batch_size: int, patch: int = 0
+    pairs: PairSet, batch_size: int, patch: int = 0
 ) -> Callable[[np.random.Generator], Iterator[dict]]:
-    """Batches for stage 2: ``{"x0": [B, 1, P, P, 8], "cond": [B, 2, P, P, 8]}``: random pairs,
-    random slab positions (any start, not only the stride's, so every slice is seen) and, when
-    ``patch`` > 0, a random in-plane crop of ``patch`` x ``patch`` voxels (the network is
-    convolutional, so it samples whole slabs after training on crops; crops cut the cost of a
-    step several-fold). ``patch`` = 0 or larger than the grid: whole slabs [B, *, X, Y, 8]."""
-    coarse = upsample(downsample(pairs.targets, factor), pairs.targets.shape[2:])
-    conditions = torch.cat([coarse, pairs.inputs], dim=1)
-    nx, ny, depth = pairs.targets.shape[2:]
+    """Batches for stage 2: ``{"x0": [B, 1, P, P, 8], "cond": [B, 2, P, P, 8]}`` float32:
+    random pairs, random slab positions (any start, not only the stride's, so every slice is
+    seen) and, when ``patch`` > 0, a random in-plane crop of ``patch`` x ``patch`` voxels (the
+    network is convolutional, so it samples whole slabs after training on crops; crops cut the
+    cost of a step several-fold). ``patch`` = 0 or larger than the grid: whole slabs
+    [B, *, X, Y, 8]. The conditions are the window of the target downsampled and upsampled
+    again (:meth:`PairSet.coarse_window`) and of the input."""
+    if pairs.inputs is None or pairs.originals is None:
+        raise ValueError("stage 2 needs the full-resolution volumes (pairs loaded for stage 1)")
+    nx, ny, depth = pairs.shape
     px, py = (min(patch, nx), min(patch, ny)) if patch > 0 else (nx, ny)
 
     def batches(rng: np.random.Generator) -> Iterator[dict]:
@@ -91,8 +174,9 @@ def stage2_batches(
             x0, cond = [], []
             for i, s, x, y in zip(index, starts, xs, ys, strict=True):
                 window = (slice(x, x + px), slice(y, y + py), slice(s, s + SLAB_SIZE))
-                x0.append(pairs.targets[i, :, *window])
-                cond.append(conditions[i, :, *window])
+                x0.append(pairs.target_window(i, window))
+                coarse = pairs.coarse_window(i, window)
+                cond.append(torch.cat([coarse, pairs.input_window(i, window)]))
             yield {"x0": torch.stack(x0), "cond": torch.stack(cond)}
 
     return batches

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -33,6 +34,7 @@ from defaceaudit.diffusion.train import device_from_config, train
 from defaceaudit.diffusion.unet import required_multiple, unet_from_config
 from defaceaudit.diffusion.volumes import (
     crop_volume,
+    downsample,
     from_unit,
     intensity_scale,
     pad_volume,
@@ -115,32 +117,147 @@ def known_voxels(generated: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return np.pad(~np.asarray(generated, dtype=bool), pads, constant_values=True)
 
 
+def _ras_shape(path: str | os.PathLike) -> tuple[int, int, int]:
+    """[X, Y, Z] of ``to_ras(load_t1w(path))`` read from the header (no voxel is read)."""
+    try:
+        img = nib.load(path)
+    except Exception:
+        load_t1w(path)  # raises ImageError naming the file and the problem
+        raise
+    axes = nib.orientations.io_orientation(img.affine)[:, 0]
+    return tuple(int(n) for _, n in sorted(zip(axes, img.shape[:3], strict=True)))
+
+
+def _storage(count: int, shape: Sequence[int], dtype) -> torch.Tensor:
+    """An uninitialised [count, 1, *shape] tensor (numpy-allocated: tracemalloc sees it)."""
+    return torch.from_numpy(np.empty((count, 1, *shape), dtype=dtype))
+
+
 def load_pairs(
-    originals: Sequence[str | os.PathLike], defaced: Sequence[str | os.PathLike], config: dict
+    originals: Sequence[str | os.PathLike],
+    defaced: Sequence[str | os.PathLike],
+    config: dict,
+    stage: int | None = None,
 ) -> PairSet:
     """Training pairs (defaced input, original target) in [-1, 1] on one padded grid.
 
-    ``originals[i]`` and ``defaced[i]`` are one pair (same subject and grid). Each pair is scaled
+    ``originals[i]`` and ``defaced[i]`` are one pair (same subject and grid); an original listed
+    for several pairs (one per defacer) is read and stored once (same path). Each pair is scaled
     by its defaced image's :func:`intensity_scale`; all are padded with -1 to the largest
-    :func:`padded_shape` among them.
+    :func:`padded_shape` among them. ``stage`` 1 keeps the downsampled volumes only, stage 2
+    the full-resolution inputs and originals and the downsampled targets, None all of them
+    (:class:`~defaceaudit.diffusion.cascade.PairSet`). Volumes are downsampled while loading,
+    one original and its defaced images at a time: peak host memory as
+    :func:`training_memory_mb` estimates it.
     """
     if len(originals) != len(defaced) or not originals:
         raise ValueError(f"need matching, non-empty pairs, got {len(originals)}/{len(defaced)}")
     factor, m1, m2 = _grid_multiples(config)
-    volumes = []
-    for original_path, defaced_path in zip(originals, defaced, strict=True):
+    shapes = [padded_shape(_ras_shape(path), factor, m1, m2) for path in defaced]
+    shape = tuple(int(n) for n in np.max(shapes, axis=0))
+    low = tuple(n // factor for n in shape)
+    members: dict[str, list[int]] = {}
+    for i, path in enumerate(originals):
+        members.setdefault(os.fspath(path), []).append(i)
+    index = torch.empty(len(defaced), dtype=torch.int64)
+    gain = torch.empty(len(defaced), dtype=torch.float32)
+    low_targets = _storage(len(defaced), low, np.float32)
+    low_inputs = _storage(len(defaced), low, np.float32) if stage != 2 else None
+    inputs = _storage(len(defaced), shape, np.float16) if stage != 1 else None
+    stored = _storage(len(members), shape, np.float16) if stage != 1 else None
+
+    def downsampled(unit: np.ndarray) -> torch.Tensor:
+        return downsample(torch.from_numpy(unit)[None, None], factor)[0]
+
+    for j, (original_path, group) in enumerate(members.items()):
         original = to_ras(load_t1w(original_path))
-        other = to_ras(load_t1w(defaced_path))
-        if other.shape != original.shape:
-            raise ImageError(f"{defaced_path}: grid {other.shape} differs from {original_path}")
-        d = np.asarray(other.dataobj, dtype=np.float32)
-        scale = scale_of(d, defaced_path)
-        volumes.append((to_unit(d, scale), to_unit(np.asarray(original.dataobj), scale)))
-    shape = np.max([padded_shape(v[0].shape, factor, m1, m2) for v in volumes], axis=0)
-    inputs = torch.from_numpy(np.stack([pad_volume(v[0], shape) for v in volumes]))[:, None]
-    targets = torch.from_numpy(np.stack([pad_volume(v[1], shape) for v in volumes]))[:, None]
-    log.info("%d training pairs on a padded grid %s", len(volumes), tuple(int(s) for s in shape))
-    return PairSet(inputs, targets)
+        data = np.asarray(original.dataobj, dtype=np.float32)
+        scales = {}
+        for i in group:
+            other = to_ras(load_t1w(defaced[i]))
+            if other.shape != original.shape:
+                raise ImageError(f"{defaced[i]}: grid {other.shape} differs from {original_path}")
+            d = np.asarray(other.dataobj, dtype=np.float32)
+            scales[i] = scale_of(d, defaced[i])
+            unit = pad_volume(to_unit(d, scales[i]), shape)
+            del other, d
+            if low_inputs is not None:
+                low_inputs[i] = downsampled(unit)
+            if inputs is not None:
+                inputs[i, 0] = torch.from_numpy(unit)  # rounded to float16
+            del unit
+            low_targets[i] = downsampled(pad_volume(to_unit(data, scales[i]), shape))
+        top = max(scales.values())
+        for i in group:
+            index[i], gain[i] = j, top / scales[i]
+        if stored is not None:
+            stored[j, 0] = torch.from_numpy(pad_volume(to_unit(data, top), shape))
+        if top > 2 * min(scales.values()):
+            log.warning(
+                "%s: its defaced images' intensity scales differ by more than a factor 2 "
+                "(%g to %g): its float16 targets are off by up to %.1e",
+                original_path,
+                min(scales.values()),
+                top,
+                top / min(scales.values()) * 2.0**-12,
+            )
+        del original, data
+    log.info(
+        "%d training pairs of %d originals on a padded grid %s",
+        len(defaced),
+        len(members),
+        shape,
+    )
+    return PairSet(
+        factor=factor,
+        low_targets=low_targets,
+        original_index=index,
+        gain=gain,
+        low_inputs=low_inputs,
+        inputs=inputs,
+        originals=stored,
+    )
+
+
+#: full-resolution float32 volumes that loading holds at a time besides the PairSet (an
+#: original, a defaced image, the file buffers and the temporaries of scaling and padding);
+#: also bounds a training batch (stage 2's whole-slab batch of 4 is 0.4 volumes)
+LOAD_WORKING_VOLUMES = 8
+
+#: MB for the interpreter, torch and a GPU's runtime libraries (not measured at paper scale:
+#: an allowance); networks, optimiser state and activations live on the GPU
+PROCESS_MB = 3000
+
+
+def training_memory_mb(
+    stage: int,
+    pairs: int,
+    originals: int,
+    shape: Sequence[int],
+    factor: int,
+    overhead_mb: float = PROCESS_MB,
+) -> float:
+    """Peak host memory (MB, 10**6 bytes) of training stage ``stage`` (1 or 2) on ``pairs``
+    pairs of ``originals`` distinct originals on the padded grid ``shape`` [X, Y, Z] (as
+    :func:`padded_shape` gives it) with the stage-1 ``factor``.
+
+    Counts what :func:`load_pairs` keeps for the stage (stage 1: the downsampled inputs and
+    targets, float32, 2 N X Y Z / f**3 values; stage 2: the inputs and originals, float16,
+    (N + M) X Y Z values, and the downsampled targets, float32; plus the index and gain of each
+    pair), :data:`LOAD_WORKING_VOLUMES` full-resolution float32 volumes held while loading
+    (afterwards: a batch, smaller), and ``overhead_mb`` for the process
+    (:data:`PROCESS_MB`). Files are float32 on disk (prepared and defaced images are).
+    """
+    voxels = int(np.prod(shape))
+    low = voxels // factor**3
+    if stage == 1:
+        kept = 2 * pairs * low * 4
+    elif stage == 2:
+        kept = (pairs + originals) * voxels * 2 + pairs * low * 4
+    else:
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    kept += pairs * (8 + 4)  # original_index (int64), gain (float32)
+    return (kept + LOAD_WORKING_VOLUMES * voxels * 4) / 1e6 + overhead_mb
 
 
 def _schedule(config: dict) -> DiffusionSchedule:
@@ -163,16 +280,18 @@ def train_refacing_stage(
     (:func:`defaceaudit.diffusion.train.train`); one written for other pairs or another config
     raises :class:`~defaceaudit.diffusion.checkpoint.CheckpointError`.
     Raises :class:`InputError` when stage 2's sizes do not fit (:func:`check_stage2_sizes`).
+    Each distinct original (by path) is read and stored once; peak host memory:
+    :func:`training_memory_mb`.
     """
     key = f"stage{stage}"
     check_stage2_sizes(config)
-    pairs = load_pairs(originals, defaced, config)
+    pairs = load_pairs(originals, defaced, config, stage)
     factor = int(config["downsample_factor"])
     batch_size = int(config[key]["training"]["batch_size"])
     if stage == 1:
-        batches = stage1_batches(pairs, factor, batch_size)
+        batches = stage1_batches(pairs, batch_size)
     else:
-        batches = stage2_batches(pairs, factor, batch_size, int(config.get("slab_patch", 0)))
+        batches = stage2_batches(pairs, batch_size, int(config.get("slab_patch", 0)))
     in_channels = 2 if stage == 1 else 3  # x_t + conditions
     stage_config = {
         "stage": stage,

@@ -81,3 +81,31 @@ def downsample(volume: torch.Tensor, factor: int) -> torch.Tensor:
 def upsample(volume: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """[B, C, x, y, z] -> [B, C, *size], trilinear (the stage-1 output as stage-2 condition)."""
     return F.interpolate(volume, size=tuple(size), mode="trilinear", align_corners=False)
+
+
+def upsample_window(low: torch.Tensor, factor: int, window: Sequence[slice]) -> torch.Tensor:
+    """``upsample(low, factor * low's size)[..., *window]`` without the full-resolution volume.
+
+    ``low``: [..., x, y, z] (at least 4-D); ``window``: three slices (steps of 1) of the
+    full-resolution grid ``factor * (x, y, z)``. Returns [..., *window sizes].
+
+    Trilinear interpolation (``align_corners=False``) at an integer ``factor`` reads, for each
+    full-resolution voxel, the two nearest low-resolution voxels along each axis, clamped at the
+    volume's edges. Upsampling the low-resolution block that covers the window with one voxel of
+    margin (where not at the volume's edge) gives every voxel of the window the same neighbours
+    and weights (the block's own edge clamping touches only its margin); its crop is the window
+    of the full upsample: bit for bit when ``factor`` is a power of two, else to float32 rounding
+    of the interpolation weights.
+    """
+    block, crop = [], []
+    for part, n in zip(window, low.shape[-3:], strict=True):
+        lo = max(part.start // factor - 1, 0)
+        hi = min(-(-part.stop // factor) + 1, n)
+        block.append(slice(lo, hi))
+        crop.append(slice(part.start - lo * factor, part.stop - lo * factor))
+    piece = low[..., *block]
+    squeeze = piece.ndim == 4  # F.interpolate needs [B, C, x, y, z]
+    if squeeze:
+        piece = piece[None]
+    up = upsample(piece, [factor * n for n in piece.shape[-3:]])[..., *crop]
+    return up[0] if squeeze else up
