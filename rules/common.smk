@@ -1,4 +1,6 @@
 # Helpers only: the cohort, and input/params functions that look subjects up in it.
+import errno
+import os
 import shutil
 
 from defaceaudit import paths
@@ -274,6 +276,23 @@ def on_failure():
 def clear_partial():
     """Remove the previous failed run's stand-ins (results/partial/) as a run starts."""
     shutil.rmtree(paths.PARTIAL, ignore_errors=True)
+
+
+def reface_training_mem_mb(stage):
+    """The ``mem_mb`` resource of a refacing training stage: its estimated peak host memory
+    from the training images' headers (``defaceaudit.diffusion.sizing``), times the attempt.
+    Snakemake evaluates it once the images exist (it reads their headers)."""
+
+    def mem_mb(wildcards, input, attempt):
+        from defaceaudit.diffusion.sizing import training_job_mb
+
+        for path in (*input.originals, *input.defaced):
+            if not os.path.exists(path):  # Snakemake asks again once the inputs exist
+                raise FileNotFoundError(errno.ENOENT, "not built yet", path)
+        need = training_job_mb(input.originals, input.defaced, config["reface"], stage)
+        return need * attempt
+
+    return mem_mb
 
 
 def reface_training_inputs(wildcards):

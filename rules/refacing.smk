@@ -18,9 +18,10 @@ rule train_stage1:
     conda:
         "../envs/defaceaudit.yaml"
     threads: 2
+    # host memory from the images' size (stage 1 at paper scale: about 5 GB)
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=reface_training_mem_mb(1),
         runtime=240,
     # only what this stage's training reads (a changed param reruns the job); the device comes
     # from the config in the script: moving a run to a GPU does not retrain
@@ -46,9 +47,10 @@ rule train_stage2:
     conda:
         "../envs/defaceaudit.yaml"
     threads: 2
+    # host memory from the images' size (stage 2 at paper scale: about 31 GB)
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=reface_training_mem_mb(2),
         runtime=480,
     # only what this stage's training reads (a changed param reruns the job); the device comes
     # from the config in the script: moving a run to a GPU does not retrain

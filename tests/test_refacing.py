@@ -19,14 +19,13 @@ from defaceaudit.diffusion.cascade import (
 )
 from defaceaudit.diffusion.checkpoint import CheckpointError
 from defaceaudit.diffusion.refacing import (
-    LOAD_WORKING_VOLUMES,
     known_voxels,
     load_pairs,
     reface_subject,
     train_refacing_stage,
-    training_memory_mb,
 )
 from defaceaudit.diffusion.schedule import DiffusionSchedule
+from defaceaudit.diffusion.sizing import LOAD_WORKING_VOLUMES, training_job_mb, training_memory_mb
 from defaceaudit.diffusion.slabs import SLAB_SIZE
 from defaceaudit.diffusion.train import default_resume_path
 from defaceaudit.diffusion.unet import build_unet, randomise_zero_initialised, required_multiple
@@ -504,3 +503,6 @@ def test_loading_stays_under_the_memory_estimate(tmp_path, stage):
         assert pairs.originals.shape[0] == 2 and kept < 6 * 2 * volume / 2
     paper = [training_memory_mb(s, 720, 180, (224, 256, 256), 4) for s in (1, 2)]
     assert paper[0] < 16_000 and paper[1] < 0.2 * 210_000
+    # what the workflow asks for, from the files' headers (the rule lists each original once)
+    job = training_job_mb(sorted(set(originals)), defaced, config, stage)
+    assert job == np.ceil(training_memory_mb(stage, 6, 2, pairs.shape, 2))

@@ -19,6 +19,8 @@ from conftest import REPO, copy_workflow
 pytestmark = pytest.mark.workflow
 
 PROFILE = REPO / "profiles" / "slurm"
+#: how a dry-run prints a resource that Snakemake evaluates once the job's inputs exist
+TBD = "<TBD>"
 BIN = Path(sys.executable).parent
 SITE_VARIABLES = (
     "DEFACEAUDIT_SLURM_PARTITION",
@@ -101,7 +103,15 @@ def test_profile_resources_are_the_rules_own_and_gpu_rules_have_entries(workdir,
     profiled = dry_run_resources(workdir, "--profile", str(profile), *config)
     entries = profile_entries()
     for rule, jobs in plain.items():
+        # sized from the job's input files (evaluated once they exist; none does here)
+        sized = {k for k in ("mem_mb", "runtime") if jobs[0].get(k) == TBD}
         declared = {k: jobs[0][k] for k in ("mem_mb", "runtime") if k in jobs[0]}
+        declared = {k: v for k, v in declared.items() if k not in sized}
+        if sized:
+            assert not sized & set(entries.get(rule, {})), (
+                f"profiles/slurm would replace {rule}'s {sorted(sized)}, sized from its inputs"
+            )
+            assert all(job[k] == TBD for job in profiled[rule] for k in sized)
         if not declared:
             continue  # a local rule: runs on the submit host
         assert rule in entries, f"{rule} declares {declared}: add it to profiles/slurm"

@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -29,9 +28,10 @@ from defaceaudit.diffusion.cascade import (
 )
 from defaceaudit.diffusion.checkpoint import CheckpointError, model_from_checkpoint
 from defaceaudit.diffusion.schedule import DiffusionSchedule
+from defaceaudit.diffusion.sizing import ras_shape, required_multiple
 from defaceaudit.diffusion.slabs import SLAB_SIZE
 from defaceaudit.diffusion.train import device_from_config, train
-from defaceaudit.diffusion.unet import required_multiple, unet_from_config
+from defaceaudit.diffusion.unet import unet_from_config
 from defaceaudit.diffusion.volumes import (
     crop_volume,
     downsample,
@@ -117,17 +117,6 @@ def known_voxels(generated: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return np.pad(~np.asarray(generated, dtype=bool), pads, constant_values=True)
 
 
-def _ras_shape(path: str | os.PathLike) -> tuple[int, int, int]:
-    """[X, Y, Z] of ``to_ras(load_t1w(path))`` read from the header (no voxel is read)."""
-    try:
-        img = nib.load(path)
-    except Exception:
-        load_t1w(path)  # raises ImageError naming the file and the problem
-        raise
-    axes = nib.orientations.io_orientation(img.affine)[:, 0]
-    return tuple(int(n) for _, n in sorted(zip(axes, img.shape[:3], strict=True)))
-
-
 def _storage(count: int, shape: Sequence[int], dtype) -> torch.Tensor:
     """An uninitialised [count, 1, *shape] tensor (numpy-allocated: tracemalloc sees it)."""
     return torch.from_numpy(np.empty((count, 1, *shape), dtype=dtype))
@@ -148,12 +137,12 @@ def load_pairs(
     the full-resolution inputs and originals and the downsampled targets, None all of them
     (:class:`~defaceaudit.diffusion.cascade.PairSet`). Volumes are downsampled while loading,
     one original and its defaced images at a time: peak host memory as
-    :func:`training_memory_mb` estimates it.
+    :func:`defaceaudit.diffusion.sizing.training_memory_mb` estimates it.
     """
     if len(originals) != len(defaced) or not originals:
         raise ValueError(f"need matching, non-empty pairs, got {len(originals)}/{len(defaced)}")
     factor, m1, m2 = _grid_multiples(config)
-    shapes = [padded_shape(_ras_shape(path), factor, m1, m2) for path in defaced]
+    shapes = [padded_shape(ras_shape(path), factor, m1, m2) for path in defaced]
     shape = tuple(int(n) for n in np.max(shapes, axis=0))
     low = tuple(n // factor for n in shape)
     members: dict[str, list[int]] = {}
@@ -219,47 +208,6 @@ def load_pairs(
     )
 
 
-#: full-resolution float32 volumes that loading holds at a time besides the PairSet (an
-#: original, a defaced image, the file buffers and the temporaries of scaling and padding);
-#: also bounds a training batch (stage 2's whole-slab batch of 4 is 0.4 volumes)
-LOAD_WORKING_VOLUMES = 8
-
-#: MB for the interpreter, torch and a GPU's runtime libraries (not measured at paper scale:
-#: an allowance); networks, optimiser state and activations live on the GPU
-PROCESS_MB = 3000
-
-
-def training_memory_mb(
-    stage: int,
-    pairs: int,
-    originals: int,
-    shape: Sequence[int],
-    factor: int,
-    overhead_mb: float = PROCESS_MB,
-) -> float:
-    """Peak host memory (MB, 10**6 bytes) of training stage ``stage`` (1 or 2) on ``pairs``
-    pairs of ``originals`` distinct originals on the padded grid ``shape`` [X, Y, Z] (as
-    :func:`padded_shape` gives it) with the stage-1 ``factor``.
-
-    Counts what :func:`load_pairs` keeps for the stage (stage 1: the downsampled inputs and
-    targets, float32, 2 N X Y Z / f**3 values; stage 2: the inputs and originals, float16,
-    (N + M) X Y Z values, and the downsampled targets, float32; plus the index and gain of each
-    pair), :data:`LOAD_WORKING_VOLUMES` full-resolution float32 volumes held while loading
-    (afterwards: a batch, smaller), and ``overhead_mb`` for the process
-    (:data:`PROCESS_MB`). Files are float32 on disk (prepared and defaced images are).
-    """
-    voxels = int(np.prod(shape))
-    low = voxels // factor**3
-    if stage == 1:
-        kept = 2 * pairs * low * 4
-    elif stage == 2:
-        kept = (pairs + originals) * voxels * 2 + pairs * low * 4
-    else:
-        raise ValueError(f"stage must be 1 or 2, got {stage}")
-    kept += pairs * (8 + 4)  # original_index (int64), gain (float32)
-    return (kept + LOAD_WORKING_VOLUMES * voxels * 4) / 1e6 + overhead_mb
-
-
 def _schedule(config: dict) -> DiffusionSchedule:
     return DiffusionSchedule(**config["schedule"])
 
@@ -281,7 +229,7 @@ def train_refacing_stage(
     raises :class:`~defaceaudit.diffusion.checkpoint.CheckpointError`.
     Raises :class:`InputError` when stage 2's sizes do not fit (:func:`check_stage2_sizes`).
     Each distinct original (by path) is read and stored once; peak host memory:
-    :func:`training_memory_mb`.
+    :func:`defaceaudit.diffusion.sizing.training_memory_mb`.
     """
     key = f"stage{stage}"
     check_stage2_sizes(config)

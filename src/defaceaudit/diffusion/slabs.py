@@ -18,10 +18,8 @@ from collections.abc import Sequence
 import torch
 
 from defaceaudit.diffusion.ddim import Predictor
-
-#: axial slices per slab and slab stride (paper section 2.1: 8 slices, 4 overlapping)
-SLAB_SIZE = 8
-SLAB_STRIDE = 4
+from defaceaudit.diffusion.sizing import SLAB_SIZE as SLAB_SIZE
+from defaceaudit.diffusion.sizing import SLAB_STRIDE as SLAB_STRIDE
 
 
 def slab_starts(depth: int, size: int = SLAB_SIZE, stride: int = SLAB_STRIDE) -> list[int]:

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from monai.networks.nets import DiffusionModelUNet
 
+from defaceaudit.diffusion.sizing import required_multiple as required_multiple
+
 #: keys of a UNet config (:func:`unet_from_config`); the first four are required
 UNET_KEYS = (
     "in_channels",
@@ -89,12 +91,6 @@ def unet_from_config(cfg: Mapping) -> DiffusionModelUNet:
     if missing or unknown:
         raise ValueError(f"UNet config: missing keys {missing}, unknown keys {unknown}")
     return build_unet(**cfg)
-
-
-def required_multiple(channels: Sequence[int]) -> int:
-    """The factor every spatial size must divide by: ``2 ** (len(channels) - 1)`` (one
-    down-sampling by 2 between consecutive levels)."""
-    return 2 ** (len(channels) - 1)
 
 
 def _randomise(params: Sequence[torch.nn.Parameter], generator: torch.Generator, std: float):

@@ -12,14 +12,13 @@ padded at the end of each axis with -1 (background) to :func:`padded_shape` and 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defaceaudit.diffusion.slabs import SLAB_SIZE
+from defaceaudit.diffusion.sizing import padded_shape as padded_shape
 
 #: percentile of the defaced image's non-zero voxels mapped to +1
 SCALE_PERCENTILE = 99.5
@@ -43,19 +42,6 @@ def to_unit(volume: np.ndarray, scale: float) -> np.ndarray:
 def from_unit(volume: np.ndarray, scale: float) -> np.ndarray:
     """[-1, 1] -> image units (float32), the inverse of :func:`to_unit` inside its range."""
     return ((np.asarray(volume, dtype=np.float32) + 1.0) * 0.5 * scale).astype(np.float32)
-
-
-def padded_shape(
-    shape: Sequence[int], factor: int, multiple_low: int, multiple_high: int
-) -> tuple[int, int, int]:
-    """The smallest shape >= ``shape`` whose stage-1 grid (divided by ``factor``) divides by
-    ``multiple_low`` and whose full-resolution in-plane axes divide by ``multiple_high``; the
-    axial axis holds at least one slab."""
-    step_low = factor * multiple_low
-    steps = (math.lcm(step_low, multiple_high),) * 2 + (step_low,)
-    out = [int(math.ceil(n / s) * s) for n, s in zip(shape, steps, strict=True)]
-    out[2] = max(out[2], int(math.ceil(SLAB_SIZE / step_low) * step_low))
-    return tuple(out)
 
 
 def pad_volume(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:

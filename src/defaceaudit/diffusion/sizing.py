@@ -1,0 +1,110 @@
+"""Sizes, without torch: the padded grid that refacing puts images on, the networks' size
+multiple, and the host memory of a training job. The workflow sizes the training jobs' memory
+with :func:`training_job_mb` in the Snakemake process, which must not import torch (a second
+per start); the training code uses the same functions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import nibabel as nib
+import numpy as np
+
+from defaceaudit.nifti import load_t1w
+
+#: axial slices per slab and slab stride (paper section 2.1: 8 slices, 4 overlapping)
+SLAB_SIZE = 8
+SLAB_STRIDE = 4
+
+
+def required_multiple(channels: Sequence[int]) -> int:
+    """The factor every spatial size must divide by: ``2 ** (len(channels) - 1)`` (one
+    down-sampling by 2 between consecutive levels)."""
+    return 2 ** (len(channels) - 1)
+
+
+def padded_shape(
+    shape: Sequence[int], factor: int, multiple_low: int, multiple_high: int
+) -> tuple[int, int, int]:
+    """The smallest shape >= ``shape`` whose stage-1 grid (divided by ``factor``) divides by
+    ``multiple_low`` and whose full-resolution in-plane axes divide by ``multiple_high``; the
+    axial axis holds at least one slab."""
+    step_low = factor * multiple_low
+    steps = (math.lcm(step_low, multiple_high),) * 2 + (step_low,)
+    out = [int(math.ceil(n / s) * s) for n, s in zip(shape, steps, strict=True)]
+    out[2] = max(out[2], int(math.ceil(SLAB_SIZE / step_low) * step_low))
+    return tuple(out)
+
+
+def ras_shape(path: str | os.PathLike) -> tuple[int, int, int]:
+    """[X, Y, Z] of ``to_ras(load_t1w(path))`` read from the header (no voxel is read)."""
+    try:
+        img = nib.load(path)
+    except Exception:
+        load_t1w(path)  # raises ImageError naming the file and the problem
+        raise
+    axes = nib.orientations.io_orientation(img.affine)[:, 0]
+    return tuple(int(n) for _, n in sorted(zip(axes, img.shape[:3], strict=True)))
+
+
+#: full-resolution float32 volumes that loading holds at a time besides the PairSet (an
+#: original, a defaced image, the file buffers and the temporaries of scaling and padding);
+#: also bounds a training batch (stage 2's whole-slab batch of 4 is 0.4 volumes)
+LOAD_WORKING_VOLUMES = 8
+
+#: MB for the interpreter, torch and a GPU's runtime libraries (not measured at paper scale:
+#: an allowance); networks, optimiser state and activations live on the GPU
+PROCESS_MB = 3000
+
+
+def training_memory_mb(
+    stage: int,
+    pairs: int,
+    originals: int,
+    shape: Sequence[int],
+    factor: int,
+    overhead_mb: float = PROCESS_MB,
+) -> float:
+    """Peak host memory (MB, 10**6 bytes) of training stage ``stage`` (1 or 2) on ``pairs``
+    pairs of ``originals`` distinct originals on the padded grid ``shape`` [X, Y, Z] (as
+    :func:`padded_shape` gives it) with the stage-1 ``factor``.
+
+    Counts what :func:`load_pairs` keeps for the stage (stage 1: the downsampled inputs and
+    targets, float32, 2 N X Y Z / f**3 values; stage 2: the inputs and originals, float16,
+    (N + M) X Y Z values, and the downsampled targets, float32; plus the index and gain of each
+    pair), :data:`LOAD_WORKING_VOLUMES` full-resolution float32 volumes held while loading
+    (afterwards: a batch, smaller), and ``overhead_mb`` for the process
+    (:data:`PROCESS_MB`). Files are float32 on disk (prepared and defaced images are).
+    """
+    voxels = int(np.prod(shape))
+    low = voxels // factor**3
+    if stage == 1:
+        kept = 2 * pairs * low * 4
+    elif stage == 2:
+        kept = (pairs + originals) * voxels * 2 + pairs * low * 4
+    else:
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    kept += pairs * (8 + 4)  # original_index (int64), gain (float32)
+    return (kept + LOAD_WORKING_VOLUMES * voxels * 4) / 1e6 + overhead_mb
+
+
+def training_job_mb(
+    originals: Sequence[str | os.PathLike],
+    defaced: Sequence[str | os.PathLike],
+    reface: dict,
+    stage: int,
+) -> int:
+    """:func:`training_memory_mb` of a training job, in whole MB: the padded grid from the
+    defaced images' headers (as ``load_pairs`` computes it; no voxel is read), the stage-1
+    factor and the networks from ``reface`` (the resolved config section or a stage's
+    ``training_settings``), one pair per defaced image, ``originals`` counted once each."""
+    factor = int(reface["downsample_factor"])
+    m1 = required_multiple(reface["stage1"]["network"]["channels"])
+    m2 = required_multiple(reface["stage2"]["network"]["channels"])
+    shapes = [padded_shape(ras_shape(path), factor, m1, m2) for path in defaced]
+    shape = tuple(int(n) for n in np.max(shapes, axis=0))
+    pairs, distinct = len(defaced), len(set(map(str, originals)))
+    return math.ceil(training_memory_mb(stage, pairs, distinct, shape, factor))
