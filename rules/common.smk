@@ -4,7 +4,7 @@ import os
 import shutil
 
 from defaceaudit import paths
-from defaceaudit.cohort import load_cohort
+from defaceaudit.cohort import check_radiodensity_split, load_cohort
 from defaceaudit.config import canonical
 from defaceaudit.defacers import containers
 from defaceaudit.defacers.plan import defacer_plan, with_backend
@@ -21,6 +21,7 @@ try:
     COHORT = load_cohort(config)
     DEFACERS = defacer_plan(config["deface"])
     RADIODENSITY_PLAN = radiodensity_plan(COHORT, DEFACERS, config["radiodensity"])
+    check_radiodensity_split(COHORT, RADIODENSITY_PLAN, config["radiodensity"]["split"])
 except DefaceAuditError as err:
     # One line naming the file or subject, instead of a traceback.
     raise WorkflowError(str(err)) from None

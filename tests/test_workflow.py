@@ -235,7 +235,8 @@ def test_container_backends_dry_run_with_image_and_command_per_subject(workdir):
         "quickshear": "quickshear ",
         "mri_reface": "run_mri_reface.sh ",
     }
-    for subject in ("tr01", "tr02", "in01", "ex01"):
+    subjects = [f"tr{i:02d}" for i in range(1, 7)] + ["in01", "ex01"]
+    for subject in subjects:
         prepared = f"results/prepare/sub-{subject}/anat/sub-{subject}_desc-prepared_T1w.nii.gz"
         for tool, call in expected_tool.items():
             mine = [c for c in commands if f"/{tool}/raw/sub-{subject}_T1w" in c]
@@ -243,7 +244,19 @@ def test_container_backends_dry_run_with_image_and_command_per_subject(workdir):
             assert f"image: {images[tool]}" in mine[0]
             assert call in mine[0] and prepared in mine[0]
     counts = job_counts(done.stdout)
-    assert counts["finalize_container_deface"] == 4 * 5
+    assert counts["finalize_container_deface"] == len(subjects) * 5
+
+
+def test_too_small_a_radiodensity_split_stops_the_dag_with_one_line(workdir):
+    config = {
+        "demo": {"n_train": 2, "n_internal_test": 1, "n_external_test": 1},
+        "radiodensity": {"enabled": True},
+    }
+    done = run_snakemake(workdir, "--dry-run", config=config)
+    assert done.returncode == 1
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if "train split" in line]
+    assert len(lines) == 1 and "config radiodensity" in lines[0]
+    assert "2 of the cohort's 4" in lines[0]
 
 
 def test_impossible_backend_or_missing_image_is_a_clear_error(workdir):

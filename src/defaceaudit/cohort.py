@@ -12,6 +12,7 @@ from defaceaudit.demo.plan import DemoSubject, plan_demo_cohort
 from defaceaudit.errors import DefaceAuditError, InputError
 from defaceaudit.inputs import Subject, check_cohort, read_bids_dataset, read_manifest
 from defaceaudit.metrics.plan import POPULATION_AVERAGE_REFACERS
+from defaceaudit.radiodensity.splits import MIN_TRAIN_SUBJECTS, assign_subject_splits
 
 if TYPE_CHECKING:
     from defaceaudit.metrics.plan import MetricPlan
@@ -146,13 +147,10 @@ def check_radiodensity_split(cohort: Cohort, plan: RadiodensityPlan | None, spli
 
     The study splits its subjects by ``split`` (fractions ``train``, ``validation``, ``test``,
     and ``seed``) with exact sizes, as ``radiodensity.study.write_targets`` does, and fits each
-    body part's mixed model on at least ``MIN_TRAIN_SUBJECTS`` of them. Imports statsmodels
-    (about 0.7 s) when the study runs.
+    body part's mixed model on at least ``MIN_TRAIN_SUBJECTS`` of them.
     """
     if plan is None:
         return
-    from defaceaudit.radiodensity.targets import MIN_TRAIN_SUBJECTS, assign_subject_splits
-
     fractions = {k: split[k] for k in ("train", "validation", "test")}
     subjects = [f"sub-{s}" for s in cohort.subjects]  # the study's participant ids
     try:
