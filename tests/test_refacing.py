@@ -506,3 +506,18 @@ def test_loading_stays_under_the_memory_estimate(tmp_path, stage):
     # what the workflow asks for, from the files' headers (the rule lists each original once)
     job = training_job_mb(sorted(set(originals)), defaced, config, stage)
     assert job == np.ceil(training_memory_mb(stage, 6, 2, pairs.shape, 2))
+
+
+def test_a_pair_whose_images_do_not_overlay_is_named(tmp_path):
+    originals, defaced = _write_training_set(tmp_path)
+    image = nib.load(defaced[0])
+    shifted = image.affine.copy()
+    shifted[:3, 3] += 4.0  # one voxel along each axis: same grid, other place
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), shifted), defaced[0])
+    with pytest.raises(ImageError, match="affines differ") as err:
+        load_pairs(originals, defaced, reface_config(), 1)
+    assert defaced[0] in str(err.value) and originals[0] in str(err.value)
+    other = nib.load(defaced[1])  # the second original's pair: shape differs from the first
+    nib.save(nib.Nifti1Image(np.asanyarray(other.dataobj)[:-1], other.affine), defaced[0])
+    with pytest.raises(ImageError, match="differs from"):
+        load_pairs(originals, defaced, reface_config(), 1)

@@ -166,6 +166,11 @@ def load_pairs(
             other = to_ras(load_t1w(defaced[i]))
             if other.shape != original.shape:
                 raise ImageError(f"{defaced[i]}: grid {other.shape} differs from {original_path}")
+            if not np.allclose(other.affine, original.affine, atol=1e-3):
+                raise ImageError(
+                    f"{defaced[i]}: its voxels are not where {original_path}'s are (affines "
+                    "differ): a defacer that moves or resamples the image cannot make a pair"
+                )
             d = np.asarray(other.dataobj, dtype=np.float32)
             scales[i] = scale_of(d, defaced[i])
             unit = pad_volume(to_unit(d, scales[i]), shape)
