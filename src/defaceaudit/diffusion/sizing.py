@@ -72,11 +72,11 @@ def training_memory_mb(
     pairs of ``originals`` distinct originals on the padded grid ``shape`` [X, Y, Z] (as
     :func:`padded_shape` gives it) with the stage-1 ``factor``.
 
-    Counts what :func:`load_pairs` keeps for the stage (stage 1: the downsampled inputs and
-    targets, float32, 2 N X Y Z / f**3 values; stage 2: the inputs and originals, float16,
-    (N + M) X Y Z values, and the downsampled targets, float32; plus the index and gain of each
-    pair), :data:`LOAD_WORKING_VOLUMES` full-resolution float32 volumes held while loading
-    (afterwards: a batch, smaller), and ``overhead_mb`` for the process
+    Counts what :func:`defaceaudit.diffusion.refacing.load_pairs` keeps for the stage (stage 1:
+    the downsampled inputs and targets, float32, 2 N X Y Z / f**3 values; stage 2: the inputs
+    and originals, float16, (N + M) X Y Z values, and the downsampled targets, float32; plus the
+    index and gain of each pair), :data:`LOAD_WORKING_VOLUMES` full-resolution float32 volumes
+    held while loading (afterwards: a batch, smaller), and ``overhead_mb`` for the process
     (:data:`PROCESS_MB`). Files are float32 on disk (prepared and defaced images are).
     """
     voxels = int(np.prod(shape))

@@ -41,7 +41,7 @@ def write_targets(
     ``phenotype``: TSVs with participant_id (``sub-<subject>``), visit, age and ``<part>_hu``;
     rows of subjects outside the cohort are dropped (logged). ``cohort_table``: the cohort's
     subjects.tsv (subject, sex, ...). ``split``: fractions ``train``, ``validation``, ``test``
-    and ``seed`` (:func:`~defaceaudit.radiodensity.targets.assign_subject_splits`, exact
+    and ``seed`` (:func:`~defaceaudit.radiodensity.splits.assign_subject_splits`, exact
     sizes: subjects ranked by a hash of their id fill the splits in order). The mixed
     model is fitted on the train split only. Writes and returns the long table of
     :func:`~defaceaudit.radiodensity.targets.lme_residual_targets` plus ``subject`` and
