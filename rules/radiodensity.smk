@@ -64,14 +64,10 @@ rule train_radiodensity:
         gpu=1,
         mem_mb=8000,
         runtime=120,
+    # the device comes from the config in the script: moving the study to a GPU does not retrain
     params:
         subjects=list(COHORT.subjects),
-        settings=canonical(
-            {
-                **config["radiodensity"]["training"],
-                "device": config["radiodensity"]["device"],
-            }
-        ),
+        settings=canonical(config["radiodensity"]["training"]),
     script:
         "../workflow_scripts/train_radiodensity.py"
 

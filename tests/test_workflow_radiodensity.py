@@ -61,3 +61,8 @@ def test_tiny_radiodensity_study_trains_a_model_per_image_type(workdir):  # noqa
     markdown = (workdir / paths.RADIODENSITY_TABLES["markdown"]).read_text()
     assert "quickshear" in markdown and "skullstrip" in markdown
     assert (workdir / paths.RADIODENSITY_FIGURE).stat().st_size > 10_000
+
+    # where the models run is not what they are: a new device retrains nothing
+    moved = {**TINY, "radiodensity": {**TINY["radiodensity"], "device": "cpu"}}
+    done = run_snakemake(workdir, *targets, "--dry-run", config=moved)
+    assert done.returncode == 0 and "Nothing to be done" in done.stdout, done.stdout[-2000:]

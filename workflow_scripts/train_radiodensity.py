@@ -14,7 +14,7 @@ run_step(
     targets_tsv=snakemake.input.targets,
     body_part=snakemake.wildcards.body_part,
     splits=dict(zip(targets["subject"], targets["split"], strict=True)),
-    settings=dict(snakemake.params.settings),
+    settings={**snakemake.params.settings, "device": snakemake.config["radiodensity"]["device"]},
     out_predictions=snakemake.output.predictions,
     out_history=snakemake.output.history,
     out_model=snakemake.output.model,
