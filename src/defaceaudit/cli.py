@@ -18,30 +18,14 @@ WORKFLOW_CONFIG = Path("config.yaml")
 def run_config(path: str | Path) -> dict:
     """The config ``snakemake --configfile <path>`` sees when run in this directory, validated
     with defaults filled: ``config.yaml`` here (the Snakefile's ``configfile:``; skipped when
-    missing, as Snakemake skips it when given a config file), then ``path`` on top (Snakemake's
-    own loader and merge: mappings merged key by key, lists and values replaced)."""
-    from snakemake.common.configfile import load_configfile
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import update_config
-
-    from defaceaudit.config import validate_config
-    from defaceaudit.errors import InputError
+    missing, as Snakemake skips it when given a config file), then ``path`` on top
+    (:func:`defaceaudit.config.load_config`)."""
+    from defaceaudit.config import load_config
 
     path = Path(path)
-    files = [path]
     if WORKFLOW_CONFIG.is_file() and not (path.exists() and path.samefile(WORKFLOW_CONFIG)):
-        files.insert(0, WORKFLOW_CONFIG)
-    config: dict = {}
-    for file in files:
-        try:
-            update_config(config, load_configfile(str(file)))
-        except (OSError, WorkflowError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(f"config {file}: cannot read ({reason})") from None
-    try:
-        return validate_config(config)
-    except InputError as err:
-        raise InputError(f"{' + '.join(map(str, files))}: {err}") from None
+        return load_config(WORKFLOW_CONFIG, path)
+    return load_config(path)
 
 
 def _check_inputs(args: argparse.Namespace) -> int:

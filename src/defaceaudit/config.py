@@ -29,17 +29,22 @@ def validate_config(config: dict) -> dict:
     return config
 
 
-def load_config(path: str | Path) -> dict:
-    """Read a YAML config file and validate it (InputError naming the file on failure)."""
-    path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise InputError(f"config {path}: cannot read ({type(err).__name__})") from err
+def load_config(*paths: str | Path) -> dict:
+    """Read YAML config files, each on top of the ones before (as Snakemake layers
+    ``configfile:`` and ``--configfile``: mappings merged key by key, lists and values replaced),
+    and validate the result (InputError naming the files on failure)."""
+    from snakemake.utils import update_config
+
+    config: dict = {}
+    for path in map(Path, paths):
+        try:
+            update_config(config, yaml.safe_load(path.read_text()) or {})
+        except (OSError, yaml.YAMLError) as err:
+            raise InputError(f"config {path}: cannot read ({type(err).__name__})") from err
     try:
         return validate_config(config)
     except InputError as err:
-        raise InputError(f"{path}: {err}") from err
+        raise InputError(f"{' + '.join(map(str, paths))}: {err}") from err
 
 
 def canonical(value):

@@ -28,7 +28,7 @@ from defaceaudit.diffusion.cascade import (
 )
 from defaceaudit.diffusion.checkpoint import CheckpointError, model_from_checkpoint
 from defaceaudit.diffusion.schedule import DiffusionSchedule
-from defaceaudit.diffusion.sizing import ras_shape, required_multiple
+from defaceaudit.diffusion.sizing import factor_of, required_multiple, training_grid
 from defaceaudit.diffusion.slabs import SLAB_SIZE
 from defaceaudit.diffusion.train import device_from_config, train
 from defaceaudit.diffusion.unet import unet_from_config
@@ -46,15 +46,6 @@ from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras
 from defaceaudit.tables import write_json
 
 log = logging.getLogger(__name__)
-
-
-def _grid_multiples(config: dict) -> tuple[int, int, int]:
-    """(downsampling factor, stage-1 multiple, stage-2 multiple) of a refacing config."""
-    return (
-        int(config["downsample_factor"]),
-        required_multiple(config["stage1"]["network"]["channels"]),
-        required_multiple(config["stage2"]["network"]["channels"]),
-    )
 
 
 def check_stage2_sizes(config: dict) -> None:
@@ -141,9 +132,8 @@ def load_pairs(
     """
     if len(originals) != len(defaced) or not originals:
         raise ValueError(f"need matching, non-empty pairs, got {len(originals)}/{len(defaced)}")
-    factor, m1, m2 = _grid_multiples(config)
-    shapes = [padded_shape(ras_shape(path), factor, m1, m2) for path in defaced]
-    shape = tuple(int(n) for n in np.max(shapes, axis=0))
+    factor = factor_of(config)
+    shape = training_grid(defaced, config)
     low = tuple(n // factor for n in shape)
     members: dict[str, list[int]] = {}
     for i, path in enumerate(originals):
@@ -239,7 +229,7 @@ def train_refacing_stage(
     key = f"stage{stage}"
     check_stage2_sizes(config)
     pairs = load_pairs(originals, defaced, config, stage)
-    factor = int(config["downsample_factor"])
+    factor = factor_of(config)
     batch_size = int(config[key]["training"]["batch_size"])
     if stage == 1:
         batches = stage1_batches(pairs, batch_size)

@@ -50,6 +50,28 @@ def ras_shape(path: str | os.PathLike) -> tuple[int, int, int]:
     return tuple(int(n) for _, n in sorted(zip(axes, img.shape[:3], strict=True)))
 
 
+def factor_of(reface: dict) -> int:
+    """The stage-1 downsampling factor of a ``reface`` config section."""
+    return int(reface["downsample_factor"])
+
+
+def grid_multiples(reface: dict) -> tuple[int, int, int]:
+    """(downsampling factor, stage-1 size multiple, stage-2 size multiple) of a ``reface``
+    config section (the resolved section or a stage's ``training_settings``)."""
+    return (
+        factor_of(reface),
+        required_multiple(reface["stage1"]["network"]["channels"]),
+        required_multiple(reface["stage2"]["network"]["channels"]),
+    )
+
+
+def training_grid(images: Sequence[str | os.PathLike], reface: dict) -> tuple[int, int, int]:
+    """The padded grid [X, Y, Z] (voxels) that training puts ``images`` on: the largest
+    :func:`padded_shape` of their RAS shapes, read from the headers (no voxel is read)."""
+    shapes = [padded_shape(ras_shape(path), *grid_multiples(reface)) for path in images]
+    return tuple(int(n) for n in np.max(shapes, axis=0))
+
+
 #: full-resolution float32 volumes that loading holds at a time besides the PairSet (an
 #: original, a defaced image, the file buffers and the temporaries of scaling and padding);
 #: also bounds a training batch (stage 2's whole-slab batch of 4 is 0.4 volumes)
@@ -97,14 +119,10 @@ def training_job_mb(
     reface: dict,
     stage: int,
 ) -> int:
-    """:func:`training_memory_mb` of a training job, in whole MB: the padded grid from the
-    defaced images' headers (as ``load_pairs`` computes it; no voxel is read), the stage-1
-    factor and the networks from ``reface`` (the resolved config section or a stage's
-    ``training_settings``), one pair per defaced image, ``originals`` counted once each."""
-    factor = int(reface["downsample_factor"])
-    m1 = required_multiple(reface["stage1"]["network"]["channels"])
-    m2 = required_multiple(reface["stage2"]["network"]["channels"])
-    shapes = [padded_shape(ras_shape(path), factor, m1, m2) for path in defaced]
-    shape = tuple(int(n) for n in np.max(shapes, axis=0))
+    """:func:`training_memory_mb` of a training job, in whole MB: the padded grid
+    (:func:`training_grid`) and the stage-1 factor from ``reface`` (the resolved config section
+    or a stage's ``training_settings``), one pair per defaced image, ``originals`` counted once
+    each."""
+    shape = training_grid(defaced, reface)
     pairs, distinct = len(defaced), len(set(map(str, originals)))
-    return math.ceil(training_memory_mb(stage, pairs, distinct, shape, factor))
+    return math.ceil(training_memory_mb(stage, pairs, distinct, shape, factor_of(reface)))
