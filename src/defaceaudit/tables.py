@@ -1,14 +1,18 @@
-"""Atomic writers for tables and JSON sidecars: a reader never sees a half-written file."""
+"""Atomic writers for tables and JSON sidecars (a reader never sees a half-written file), and a
+table reader whose errors name the file."""
 
 from __future__ import annotations
 
 import json
 import os
 import uuid
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+
+from defaceaudit.errors import DefaceAuditError
 
 
 @contextmanager
@@ -37,3 +41,27 @@ def write_json(data: dict, path: str | os.PathLike) -> None:
     """Indented JSON with a final newline."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read_tsv(
+    path: str | os.PathLike,
+    what: str,
+    columns: Sequence[str] = (),
+    *,
+    dtype: Mapping[str, type] | None = None,
+    error: type[DefaceAuditError] = DefaceAuditError,
+) -> pd.DataFrame:
+    """The table at ``path`` (tab-separated, header line; ``n/a`` and pandas' other NA strings
+    read as missing; ``dtype`` per column as in :func:`pandas.read_csv`), checked to have
+    ``columns``. A missing, unreadable, empty or malformed file, or a missing column, raises
+    ``error`` (default :class:`DefaceAuditError`) naming ``path`` and ``what`` (e.g.
+    ``"phenotype table"``)."""
+    try:
+        frame = pd.read_csv(path, sep="\t", na_values=["n/a"], dtype=dtype)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise error(f"{path}: cannot read the {what} ({reason})") from err
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise error(f"{path}: the {what} has no column(s) {', '.join(missing)}")
+    return frame

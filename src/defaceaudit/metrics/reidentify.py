@@ -11,6 +11,7 @@ is the fraction of probes whose subject ranks k or better; chance is k / N for N
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ RANKS = (1, 5)
 PROBE_VERTICES = 2000
 
 
-def probe_subset(vertices: np.ndarray, n: int, seed: int) -> np.ndarray:
+def probe_subset(vertices: np.ndarray, n: int, seed: int | Sequence[int]) -> np.ndarray:
     """``n`` of a probe's ``vertices`` ``[M, 3]``, drawn without replacement by a generator
     seeded with ``seed`` (all of them when ``n`` is 0 or at least M)."""
     if n <= 0 or len(vertices) <= n:

@@ -20,8 +20,7 @@ from defaceaudit.radiodensity.evaluate import radiodensity_table, write_radioden
 from defaceaudit.radiodensity.figure import plot_radiodensity
 from defaceaudit.radiodensity.plan import ORIGINAL
 from defaceaudit.radiodensity.targets import assign_subject_splits, lme_residual_targets
-from defaceaudit.radiodensity.tsv import read_tsv
-from defaceaudit.tables import write_tsv
+from defaceaudit.tables import read_tsv, write_tsv
 
 log = logging.getLogger(__name__)
 

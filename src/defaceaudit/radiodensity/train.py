@@ -32,9 +32,8 @@ from defaceaudit.diffusion.train import device_from_config
 from defaceaudit.errors import DefaceAuditError, InputError
 from defaceaudit.radiodensity.model import load_medicalnet, resnet10
 from defaceaudit.radiodensity.sampler import balanced_sampler, subject_balanced_weights
-from defaceaudit.radiodensity.targets import SPLITS
-from defaceaudit.radiodensity.tsv import read_tsv
-from defaceaudit.tables import atomic_path, write_tsv
+from defaceaudit.radiodensity.splits import SPLITS
+from defaceaudit.tables import atomic_path, read_tsv, write_tsv
 
 __all__ = [
     "HISTORY_COLUMNS",
