@@ -61,11 +61,5 @@ cache_signatures(globals())
 rule all:
     default_target: True
     input:
-        all_targets(
-            COHORT,
-            DEFACERS,
-            METRIC_PLAN,
-            config["metrics"]["face_panel_subjects"],
-            RADIODENSITY_PLAN,
-        ),
+        RUN.targets(),
     localrule: True

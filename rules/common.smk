@@ -4,27 +4,29 @@ import os
 import shutil
 
 from defaceaudit import paths
-from defaceaudit.cohort import check_radiodensity_split, load_cohort
+from defaceaudit.cohort import plan_run
 from defaceaudit.config import canonical
 from defaceaudit.defacers import containers
-from defaceaudit.defacers.plan import defacer_plan, with_backend
+from defaceaudit.defacers.plan import with_backend
 from defaceaudit.demo.synth import synth_config
 from defaceaudit.diffusion import jobs as reface_jobs
 from defaceaudit.errors import DefaceAuditError
 from defaceaudit.inputs import cohort_frame
 from defaceaudit.metrics import jobs as metric_jobs
-from defaceaudit.metrics.plan import metric_plan
-from defaceaudit.radiodensity.plan import image_files, radiodensity_plan
-from defaceaudit.targets import all_targets, prepared_files
+from defaceaudit.radiodensity.plan import image_files
+from defaceaudit.targets import prepared_files
 
 try:
-    COHORT = load_cohort(config)
-    DEFACERS = defacer_plan(config["deface"])
-    RADIODENSITY_PLAN = radiodensity_plan(COHORT, DEFACERS, config["radiodensity"])
-    check_radiodensity_split(COHORT, RADIODENSITY_PLAN, config["radiodensity"]["split"])
+    # the cohort and every stage's plan, as `defaceaudit check-inputs` and `targets` build them
+    RUN = plan_run(config)
 except DefaceAuditError as err:
     # One line naming the file or subject, instead of a traceback.
     raise WorkflowError(str(err)) from None
+COHORT = RUN.cohort
+DEFACERS = RUN.defacers
+RADIODENSITY_PLAN = RUN.radiodensity
+# Face metrics: which defacers give table rows and which fills the population-average column.
+METRIC_PLAN = RUN.metrics
 
 
 def log_file(rule_name, key="{subject}"):
@@ -193,13 +195,6 @@ def container_params(wildcards):
         "fsl_deface": {},
     }
     return params[wildcards.defacer]
-
-
-# Face metrics: which defacers give table rows and which fills the population-average column.
-try:
-    METRIC_PLAN = metric_plan(DEFACERS, config["metrics"], config["reface"]["enabled"])
-except DefaceAuditError as err:
-    raise WorkflowError(str(err)) from None
 
 
 def metric_defacer_pattern():

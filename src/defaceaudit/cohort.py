@@ -100,7 +100,7 @@ def demo_cohort(demo: dict) -> Cohort:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a run on a validated config builds, decided as rules/common.smk decides it.
+    """What a run on a validated config builds (the workflow's ``RUN``, rules/common.smk).
 
     ``defacers``: ``{defacer: backend}``; ``metrics``: the face-metric plan; ``radiodensity``:
     the study's plan, None when it does not run; ``n_panel_subjects``: test subjects per split
@@ -124,9 +124,9 @@ class RunPlan:
 
 
 def plan_run(config: dict) -> RunPlan:
-    """The cohort and every stage's plan for a validated ``config``, with the functions and
-    arguments of rules/common.smk, then :func:`check_radiodensity_split` (InputError, one line).
-    """
+    """The cohort and every stage's plan for a validated ``config``, then
+    :func:`check_radiodensity_split` (InputError, one line). The workflow (rules/common.smk) and
+    the ``check-inputs`` and ``targets`` commands all plan a run with this."""
     # imported here: these modules import Cohort from this one
     from defaceaudit.defacers.plan import defacer_plan
     from defaceaudit.metrics.plan import metric_plan
