@@ -119,7 +119,7 @@ if kind != "baseline":
     seconds["cpu"] = time.process_time() - cpu  # all threads
     face = (a != b) & ha  # the voxels the defacer changed, inside the head
     start, cpu = time.perf_counter(), time.process_time()
-    crop = FaceCrop.from_head(ha)
+    crop = FaceCrop.from_head(ha, zooms)
     if kind == "defaceaudit":
         # as the pipeline: the original's face once, reused for every image measured against it
         original_faces = face_vertices(ha, crop, zooms)

@@ -229,9 +229,7 @@ def reidentification_files(wildcards):
 
 
 def reidentification_gallery(wildcards):
-    return {
-        s: paths.template_alignment_files(s)["faces"] for s in metric_jobs.test_subjects(COHORT)
-    }
+    return metric_jobs.reidentification_gallery(COHORT)
 
 
 def reidentification_probe_list(wildcards):

@@ -146,7 +146,7 @@ def test_each_probe_ranks_its_own_face_first_when_faces_differ():
         }
         for s, v in gallery.items()
     ]
-    ranks = rank_probes(gallery, probes)
+    ranks = rank_probes({"internal_test": gallery}, probes)
     assert (ranks["rank"] == 1).all() and (ranks["nearest"] == ranks["subject"]).all()
     summary = summarise_ranks(ranks, n_resamples=200, seed=1)
     row = summary.iloc[0]
@@ -163,7 +163,40 @@ def test_a_face_equally_far_from_all_ranks_last():
         "image": "x",
         "vertices": _sphere(70, seed=2),
     }
-    assert rank_probes(gallery, [probe])["rank"].iloc[0] == 2  # ties count against the probe
+    assert rank_probes({"t": gallery}, [probe])["rank"].iloc[0] == 2  # ties count against it
+
+
+def test_probes_rank_within_their_own_test_set_and_a_faceless_probe_identifies_no_one():
+    internal = {f"i{k}": _sphere(60 + 3 * k, seed=k) for k in range(2)}
+    external = {f"e{k}": _sphere(61 + 3 * k, seed=20 + k) for k in range(5)}
+    probes = [
+        {"subject": s, "test_set": t, "image_type": "x", "image": "x", "vertices": v + 0.2}
+        for t, gallery in (("internal_test", internal), ("external_test", external))
+        for s, v in gallery.items()
+    ]
+    probes.append(
+        {
+            "subject": "e0",
+            "test_set": "external_test",
+            "image_type": "x",
+            "image": "x",
+            "vertices": np.empty((0, 3)),
+        }
+    )
+    galleries = {"internal_test": internal, "external_test": external}
+    ranks = rank_probes(galleries, probes)
+    # each probe's nearest face is in its own test set, never in the other
+    assert set(ranks[ranks["test_set"] == "internal_test"]["nearest"]) <= set(internal)
+    assert ranks["n_gallery"].tolist() == [2, 2, 5, 5, 5, 5, 5, 5]
+    faceless = ranks.iloc[-1]
+    assert np.isnan(faceless["rank"]) and faceless["nearest"] == ""
+    summary = summarise_ranks(ranks, n_resamples=50).set_index("test_set")
+    assert summary.loc["internal_test", "chance_rank1"] == pytest.approx(1 / 2)
+    assert summary.loc["internal_test", "chance_rank5"] == 1.0  # min(k, N) / N
+    assert summary.loc["external_test", "n_no_face"] == 1
+    assert summary.loc["external_test", "rank5_rate"] == pytest.approx(5 / 6)  # not identified
+    with pytest.raises(ValueError, match="no face in the internal_test gallery"):
+        rank_probes({"internal_test": internal}, [{**probes[2], "test_set": "internal_test"}])
 
 
 def test_probe_subsets_are_seeded_and_estimate_the_full_distance():
@@ -180,8 +213,8 @@ def test_probe_subsets_are_seeded_and_estimate_the_full_distance():
         {"subject": s, "test_set": "t", "image_type": "x", "image": "x", "vertices": v + 0.1}
         for s, v in gallery.items()
     ]
-    full = rank_probes(gallery, probes, probe_vertices=0)
-    subset = rank_probes(gallery, probes, probe_vertices=300, seed=4)
+    full = rank_probes({"t": gallery}, probes, probe_vertices=0)
+    subset = rank_probes({"t": gallery}, probes, probe_vertices=300, seed=4)
     assert (subset["rank"] == full["rank"]).all()
     np.testing.assert_allclose(subset["distance_own_mm"], full["distance_own_mm"], rtol=0.1)
     assert not np.allclose(subset["distance_own_mm"], full["distance_own_mm"], rtol=1e-9)
@@ -192,6 +225,8 @@ def test_reidentify_files_ranks_a_shared_image_once(tmp_path):
     for i, subject in enumerate(("a", "b", "c")):
         gallery[subject] = tmp_path / f"{subject}_orig.npz"
         save_faces(gallery[subject], {"original": _sphere(60 + 4 * i, seed=i)})
+    gallery = {"internal_test": gallery}
+    for i, subject in enumerate(("a", "b", "c")):
         for defacer in ("d1", "d2"):
             path = tmp_path / f"{subject}_{defacer}.npz"
             save_faces(

@@ -6,7 +6,7 @@ from skimage.metrics import structural_similarity
 
 from defaceaudit.metrics import similarity as similarity_module
 from defaceaudit.metrics.similarity import normalise, similarity
-from defaceaudit.metrics.surface import FaceCrop, face_vertices, masd
+from defaceaudit.metrics.surface import FaceCrop, face_vertices, inferior_slices, masd
 
 
 def ball(radius_mm, shape=(120, 120, 120), spacing=1.0, centre=None):
@@ -24,12 +24,20 @@ def test_concentric_spheres_give_the_radius_difference(r1, r2):
 
 def test_crop_caps_are_dropped():
     head = ball(40)
-    crop = FaceCrop.from_head(head)
+    crop = FaceCrop.from_head(head, (1.0, 1.0, 1.0))
     verts = face_vertices(head, crop, (1.0, 1.0, 1.0))
     centre = np.asarray(head.shape) / 2
     radii = np.linalg.norm(verts + 0.5 - centre, axis=1)  # vertex frame: voxel centres at i
     assert np.abs(radii - 40).max() < 1.0  # every vertex is on the sphere, none on a flat cap
     assert verts[:, 1].min() >= crop.y_min + 0.5
+
+
+@pytest.mark.parametrize(("slice_mm", "dropped"), [(1.0, 10), (2.5, 4), (1.2, 9), (0.9, 12)])
+def test_the_neck_crop_drops_at_least_10_mm_in_whole_slices(slice_mm, dropped):
+    assert inferior_slices(slice_mm) == dropped
+    head = ball(40)
+    lowest = int(np.nonzero(head.any(axis=(0, 1)))[0][0])
+    assert FaceCrop.from_head(head, (1.0, 1.0, slice_mm)).z_min == lowest + dropped
 
 
 def test_a_shifted_face_has_a_larger_distance_than_itself():
@@ -60,7 +68,7 @@ def reference_face_vertices(head, crop, spacing):
 )
 def test_face_vertices_on_the_bounding_box_match_the_whole_volume(centre, spacing):
     head = ball(30, shape=(60, 90, 70), centre=centre)
-    crop = FaceCrop.from_head(head)
+    crop = FaceCrop.from_head(head, spacing)
     fast = face_vertices(head, crop, spacing)
     expected = reference_face_vertices(head, crop, spacing)
     assert fast.shape == expected.shape
@@ -69,7 +77,7 @@ def test_face_vertices_on_the_bounding_box_match_the_whole_volume(centre, spacin
 
 def test_masd_accepts_the_original_vertices_and_crop():
     head, other = ball(40), ball(43)
-    crop = FaceCrop.from_head(head)
+    crop = FaceCrop.from_head(head, (1.0, 1.0, 1.0))
     vertices = face_vertices(head, crop, (1.0, 1.0, 1.0))
     plain = masd(head, other, (1.0, 1.0, 1.0))
     reused = masd(head, other, (1.0, 1.0, 1.0), original_vertices=vertices, crop=crop)

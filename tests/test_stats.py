@@ -105,7 +105,11 @@ def test_bootstrap_drops_nans_and_handles_tiny_samples():
     assert empty["n"] == 0
     assert all(np.isnan(empty[k]) for k in ("mean", "ci_low", "ci_high"))
     one = bootstrap_mean_ci([np.nan, 2.5])
-    assert one == {"n": 1, "mean": 2.5, "ci_low": 2.5, "ci_high": 2.5}
+    assert one["n"] == 1 and one["mean"] == 2.5  # one value: no interval
+    assert np.isnan(one["ci_low"]) and np.isnan(one["ci_high"])
+    from defaceaudit.face_tables import format_ci
+
+    assert format_ci(one["mean"], one["ci_low"], one["ci_high"]) == "2.50 [n/a]"
 
 
 def test_bootstrap_ci_general_statistic_and_rate():

@@ -79,7 +79,7 @@ def _masd(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(
-            f"MASD {result['masd_mm']:.3f} mm (other -> original, the paper's direction); "
+            f"MASD {result['masd_mm']:.3f} mm (other -> original); "
             f"symmetric {result['masd_symmetric_mm']:.3f} mm"
         )
     return 0

@@ -41,7 +41,7 @@ def frontal_rendering(
     (:func:`defaceaudit.nifti.to_ras`; a no-op for the pipeline's RAS images) and masked with
     :func:`defaceaudit.masks.head_mask`. Returns ``(image, extent)``: ``image`` is float
     ``[Z, X]`` brightness in 0..1 with NaN where no head is seen, rows running inferior to
-    superior (draw with ``origin="lower"``) and columns from the patient's left to right, so
+    superior (draw with ``origin="lower"``) and columns from the patient's right to left, so
     that the patient's right appears on the viewer's left as when facing the person;
     ``extent`` is ``(left, right, bottom, top)`` in mm for :meth:`~matplotlib.axes.Axes.imshow`.
     Raises :class:`defaceaudit.errors.ImageError` for an unreadable image and ValueError when no
@@ -52,7 +52,7 @@ def frontal_rendering(
     vox = voxel_sizes_mm(img.affine)
     shaded = shade_depth(depth_map(head_mask(data, vox), vox), vox)  # [X, Z]
     nx, _, nz = data.shape
-    # transpose: superior up; reverse x: patient's right (low x in RAS) on the viewer's left
+    # transpose: superior up; reverse x: patient's right (high x in RAS) on the viewer's left
     image = shaded.T[:, ::-1]
     return image, (nx * vox[0], 0.0, 0.0, nz * vox[2])
 

@@ -283,9 +283,12 @@ def paired_tests(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_ci(mean: float, low: float, high: float, decimals: int = 2) -> str:
-    """``"mean [low, high]"``; ``n/a`` when the mean is NaN."""
+    """``"mean [low, high]"``; ``n/a`` when the mean is NaN, ``"mean [n/a]"`` without an
+    interval (a single value)."""
     if not np.isfinite(mean):
         return NA
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{mean:.{decimals}f} [{NA}]"
     return f"{mean:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
 
 
@@ -399,7 +402,7 @@ def paper_tables(summary: pd.DataFrame, tests: pd.DataFrame) -> dict[str, pd.Dat
 
 _TITLES = {
     "table1_masd": "Table 1. Mean absolute surface distance (mm) between the original face and the "
-    "defaced or refaced face (other -> original, the paper's direction)",
+    "defaced or refaced face (other -> original)",
     "table1_masd_symmetric": "Table 1 (symmetric). Mean absolute surface distance (mm) between the "
     "original face and the defaced or refaced face (mean of both directions)",
     "table2_psnr": "Table 2. Peak signal-to-noise ratio (PSNR, dB) of defaced, "
@@ -409,22 +412,35 @@ _TITLES = {
 }
 _MASD_DIRECTION = {
     "masd_mm": "For every vertex of the defaced or refaced face, the distance (mm) to the nearest "
-    "vertex of the original face, averaged over the vertices (other -> original, as the paper).",
+    "vertex of the original face, averaged over the vertices (other -> original; the paper does "
+    "not say which direction it used).",
     "masd_symmetric_mm": "Mean of the two directed mean distances (mm): other -> original and "
-    "original -> other. The paper's direction alone is in Table 1.",
+    "original -> other. Table 1 has the other -> original direction alone.",
 }
-_M5 = (
-    "Face (M5): the intersection of the region removed by the defacer, the region altered by "
-    "population-average refacing and the head masks of the original and the population-average "
-    "image (the paper's area changed by defacing). Whole head: the original's head mask."
-)
+
+
+def _m5_note(summary: pd.DataFrame) -> str:
+    """The face region's definition, as computed: with or without a population average."""
+    if (summary["image_type"] == "population_average").any():
+        region = (
+            "the intersection of the region removed by the defacer, the region altered by "
+            "population-average refacing and the head masks of the original and the "
+            "population-average image (the paper's area changed by defacing)"
+        )
+    else:
+        region = (
+            "the region removed by the defacer inside the original's head mask (no "
+            "population-average refacer configured: the paper's M2 and M4 are left out)"
+        )
+    return f"Face (M5): {region}. Whole head: the original's head mask."
 
 
 def _values_note(n_resamples: int, seed: int) -> str:
     return (
         f"Values: mean and {CONFIDENCE:.0%} confidence interval [in square brackets] over "
         f"subjects, percentile bootstrap with n={n_resamples} resamples (seed {seed}). "
-        "N: subjects in the testing set. n/a: no rows for that image type (not run yet, or no "
+        "N: subjects of the testing set with results (the most in any cell; fewer than the "
+        "split's subjects where jobs failed). n/a: no rows for that image type (not run yet, or no "
         "population-average refacer configured)."
     )
 
@@ -457,8 +473,8 @@ def _infinite_note(summary: pd.DataFrame, metrics: Iterable[str]) -> str:
     return (
         "PSNR is infinite where an image equals the original inside the region (MSE = 0); such "
         f"values are left out of the mean and CI ({n_inf} in this table; n_infinite in the "
-        "summary). PSNR = 10 log10(1 / MSE), intensities divided by the original's 99.5th "
-        "percentile in the region."
+        "summary). PSNR = 10 log10(1 / MSE), intensities of both images divided by the "
+        "original's 99.5th percentile inside its head mask (the same scale for both regions)."
     )
 
 
@@ -470,9 +486,10 @@ def _footnotes(
         metric = "masd_symmetric_mm" if name.endswith("symmetric") else "masd_mm"
         notes += [_MASD_DIRECTION[metric], _tests_note(tests, metric)]
     elif name == "table2_psnr":
-        notes += [_M5, _infinite_note(summary, ("psnr_head_db", "psnr_face_db"))]
+        notes += [_m5_note(summary), _infinite_note(summary, ("psnr_head_db", "psnr_face_db"))]
     else:
-        notes += [_M5, "SSIM: Gaussian window (sigma 1.5 voxels), mean of the map in the region."]
+        ssim = "SSIM: Gaussian window (sigma 1.5 voxels), mean of the map in the region."
+        notes += [_m5_note(summary), ssim]
     return notes + [_population_note(summary)]
 
 

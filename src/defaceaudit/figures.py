@@ -344,8 +344,8 @@ def plot_masd(
 ) -> None:
     """MASD to the original face (paper Table 1): mean and 95% CI per defacer and image type.
 
-    Panel rows: ``masd_mm`` (the paper's direction: every vertex of the other face to its nearest
-    vertex of the original) and ``masd_symmetric_mm``; columns: test sets. ``rows``
+    Panel rows: ``masd_mm`` (every vertex of the other face to its nearest vertex of the
+    original) and ``masd_symmetric_mm``; columns: test sets. ``rows``
     (optional, wide per-subject metrics) adds one faint dot per subject. Lower is closer to the
     original face. Writes ``out_png`` atomically.
     """

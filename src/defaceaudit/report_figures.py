@@ -45,7 +45,7 @@ def write_face_panel(
     out_png: str | os.PathLike,
 ) -> None:
     """Renderings of one subject: a row per defacer (original, defaced, population average,
-    DPM-refaced), each labelled with its MASD to the original (paper direction)."""
+    DPM-refaced), each labelled with its MASD to the original (other -> original)."""
     rows = pd.concat([_read(p) for p in row_files], ignore_index=True)
     masd = {(r.defacer, r.image_type): r.masd_mm for r in rows.itertuples()}
     panel = []

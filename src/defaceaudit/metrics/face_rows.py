@@ -4,7 +4,7 @@ For a defacer ``d`` the images compared with the subject's original are: the ima
 ``d``, the population-average refaced image (the same for every ``d``), and later the image the
 diffusion models refaced from ``d``'s output. Each gets, against the original (section 2.3):
 
-* MASD of the face, paper direction (every vertex of the image's face to the original's) and
+* MASD of the face, other -> original (every vertex of the image's face to the original's) and
   symmetric (:mod:`defaceaudit.metrics.surface`);
 * SSIM and PSNR over the whole head (the original's head mask M3) and over the face area
   M5 = M1 & M2 & M3 & M4 (Figure S1): M1 the region ``d`` removed, M2 the region the
@@ -90,9 +90,11 @@ def measure_face_metrics(
         images: ``image_type -> {"image": name, "t1w": path, "removed": path}`` for the image
             types present (``defaced`` is required and its ``removed`` is M1;
             ``population_average``'s ``removed`` is M2).
-        template: the template head; with ``out_faces``, every image is registered rigidly to
-            it on its own, as an attacker would (the defaced head, not the original, drives its
-            registration), and its face vertices go to ``out_faces`` in template world (npz).
+        template: the template head; with ``out_faces``, every image is treated as an attacker
+            would, without the original: its face is cropped with planes found on its own head
+            (not the original's, as for MASD), it is registered rigidly to the template on its
+            own, and its face vertices go to ``out_faces`` in template world (npz; an empty
+            ``[0, 3]`` array for an image with no face left, which then identifies no one).
         seed: seed of those registrations.
         probes: the image types whose faces go to ``out_faces`` (default: all). An image shared
             by every row of a subject (the population average) is registered in one row only.
@@ -106,7 +108,7 @@ def measure_face_metrics(
         prepared["head_mask"], original_img, canonical=True, reference_name=prepared["t1w"]
     )
     spacing = voxel_sizes_mm(original_img.affine)
-    crop = FaceCrop.from_head(original_head)
+    crop = FaceCrop.from_head(original_head, spacing)
     original_faces = face_vertices(original_head, crop, spacing)
 
     loaded, data, heads, faces = {}, {}, {}, {}
@@ -161,13 +163,19 @@ def measure_face_metrics(
     if out_faces is not None and template is not None:
         reference = load_template(template, spacing)
         world = {}
-        for kind, verts in faces.items():
+        for kind in (k for k in IMAGE_TYPES if k in images):
             if probes is not None and kind not in probes:
                 continue
+            name = f"{kind}__{images[kind]['image']}"
+            try:
+                own_crop = FaceCrop.from_head(heads[kind], spacing)
+                verts = face_vertices(heads[kind], own_crop, spacing)
+            except ValueError as err:
+                log.warning("%s / %s / %s: %s; no face to re-identify", subject, defacer, kind, err)
+                world[name] = np.empty((0, 3))
+                continue
             matrix = register_to_template(loaded[kind], reference, seed=seed)
-            world[f"{kind}__{images[kind]['image']}"] = apply_transform(
-                to_world(verts, spacing, original_img.affine), matrix
-            )
+            world[name] = apply_transform(to_world(verts, spacing, original_img.affine), matrix)
         save_faces(out_faces, world, subject=subject, defacer=defacer)
     if out_rows is not None:
         write_tsv(frame, out_rows)

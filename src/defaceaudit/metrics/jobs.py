@@ -66,6 +66,16 @@ def reidentification_inputs(cohort: Cohort, plan: MetricPlan) -> dict[str, list[
     }
 
 
+def reidentification_gallery(cohort: Cohort) -> dict[str, dict[str, str]]:
+    """``test split -> {subject -> original face in template space}``: each probe is ranked
+    among the subjects of its own test split."""
+    gallery: dict[str, dict[str, str]] = {}
+    for s in test_subjects(cohort):
+        faces = paths.template_alignment_files(s)["faces"]
+        gallery.setdefault(cohort.subjects[s].split, {})[s] = faces
+    return gallery
+
+
 def reidentification_probes(cohort: Cohort, plan: MetricPlan) -> list[dict]:
     return [
         {

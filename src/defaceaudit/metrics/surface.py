@@ -1,15 +1,18 @@
 """Mean absolute surface distance (MASD) between two faces, paper section 2.3.
 
-The face is the head-mask surface after cropping the 10 most inferior axial slices (the neck) and
-the posterior half of the head. Both images are cropped with the planes found on the ORIGINAL
-image, so both faces cover the same region. Marching cubes runs on the cropped mask with the voxel
+The face is the head-mask surface after cropping the most inferior 10 mm (the neck: the paper's
+"10 axial slices" of its 1 mm images, so that other voxel sizes crop the same height) and the
+posterior half of the head. Both images are cropped with the planes found on the ORIGINAL image,
+so both faces cover the same region. Marching cubes runs on the cropped mask with the voxel
 spacing (mm); the vertices that lie on the crop planes (the flat caps the crop creates) are
 dropped, because they are not skin and would dilute the distance. Distances are nearest-vertex
 distances from a KD-tree (mm).
 
-Direction: ``masd_mm`` (the paper's) averages, over every vertex of the OTHER face (defaced or
-refaced), the distance to the nearest vertex of the ORIGINAL face; ``masd_symmetric_mm`` is the
-mean of that and the reverse direction.
+Direction: ``masd_mm`` averages, over every vertex of the OTHER face (defaced or refaced), the
+distance to the nearest vertex of the ORIGINAL face (the paper queries "the nearest neighbor on
+the surface of one face for every vertex on the other face" without saying which is which; this
+is the reading that scores a partial face by how far its remaining skin lies from the original);
+``masd_symmetric_mm`` is the mean of that and the reverse direction.
 
 Cost (1 mm 256^3 pair, 2 cores): smoothing and marching cubes run on the face's bounding box
 only, about 0.2 s per face, and both nearest-vertex searches about 0.4 s; a caller measuring
@@ -29,8 +32,9 @@ from defaceaudit.masks import bounding_box, gaussian_filter
 
 #: Gaussian smoothing of the binary mask before marching cubes, in voxels
 SMOOTHING_VOXELS = 1.0
-#: axial slices dropped at the inferior end of the image (the neck), paper section 2.3
-INFERIOR_SLICES = 10
+#: height (mm) dropped at the inferior end of the head (the neck): paper section 2.3 drops 10
+#: axial slices of 1 mm images
+INFERIOR_MM = 10.0
 #: reach of the smoothing kernel in voxels (scipy's default truncation at 4 sigma)
 _KERNEL_RADIUS = int(4.0 * SMOOTHING_VOXELS + 0.5)
 #: zero voxels around the face's bounding box: with two kernel radii, every smoothed value in
@@ -50,20 +54,33 @@ class FaceCrop:
     y_min: int
 
     @classmethod
-    def from_head(cls, head: np.ndarray, inferior_slices: int = INFERIOR_SLICES) -> FaceCrop:
-        """Planes from an original head mask [X, Y, Z]: drop the 10 lowest slices of the head and
-        the posterior half of its antero-posterior extent."""
+    def from_head(
+        cls, head: np.ndarray, spacing_mm: Sequence[float], inferior_mm: float = INFERIOR_MM
+    ) -> FaceCrop:
+        """Planes from a head mask [X, Y, Z] with voxel sizes ``spacing_mm``: drop the lowest
+        ``inferior_mm`` of the head (whole slices, at least that height: 10 slices at 1 mm, 4 at
+        2.5 mm) and the posterior half of its antero-posterior extent."""
         ys = np.nonzero(head.any(axis=(0, 2)))[0]
         zs = np.nonzero(head.any(axis=(0, 1)))[0]
         if ys.size == 0:
             raise ValueError("empty head mask: no face to measure")
-        return cls(z_min=int(zs[0]) + inferior_slices, y_min=int((ys[0] + ys[-1] + 1) // 2))
+        return cls(
+            z_min=int(zs[0]) + inferior_slices(spacing_mm[2], inferior_mm),
+            y_min=int((ys[0] + ys[-1] + 1) // 2),
+        )
 
     def apply(self, mask: np.ndarray) -> np.ndarray:
         """``mask`` (bool [X, Y, Z]) with everything outside the kept region set False."""
         out = np.zeros_like(mask, dtype=bool)
         out[:, self.y_min :, self.z_min :] = mask[:, self.y_min :, self.z_min :]
         return out
+
+
+def inferior_slices(slice_mm: float, inferior_mm: float = INFERIOR_MM) -> int:
+    """Whole axial slices of thickness ``slice_mm`` covering at least ``inferior_mm``."""
+    if slice_mm <= 0:
+        raise ValueError(f"slice thickness must be positive, got {slice_mm} mm")
+    return int(np.ceil(inferior_mm / slice_mm - 1e-6))
 
 
 def _face_window(head: np.ndarray, crop: FaceCrop) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +129,7 @@ def _mean_nearest_distance(points: np.ndarray, queries: np.ndarray) -> float:
 def masd_from_vertices(original_vertices: np.ndarray, other_vertices: np.ndarray) -> dict:
     """MASD of two face surfaces given as vertices ``[N, 3]`` and ``[M, 3]`` in one frame (mm).
 
-    Returns ``{"masd_mm": other -> original (the paper's direction), "masd_symmetric_mm": mean
+    Returns ``{"masd_mm": other -> original, "masd_symmetric_mm": mean
     of both directions}``.
     """
     b_to_a = _mean_nearest_distance(original_vertices, other_vertices)
@@ -130,16 +147,16 @@ def masd(
 ) -> dict:
     """MASD between two head masks [X, Y, Z] on one RAS grid, both cropped like the original.
 
-    ``crop`` defaults to ``FaceCrop.from_head(original)``. ``original_vertices`` ([N, 3] mm, from
-    :func:`face_vertices` with the same crop and spacing) skips recomputing the original's face
-    when several images are measured against it.
+    ``crop`` defaults to ``FaceCrop.from_head(original, spacing_mm)``. ``original_vertices``
+    ([N, 3] mm, from :func:`face_vertices` with the same crop and spacing) skips recomputing the
+    original's face when several images are measured against it.
 
     Returns ``{"masd_mm": other -> original, "masd_symmetric_mm": mean of both directions,
     "n_vertices_original", "n_vertices_other"}``.
     """
     if original.shape != other.shape:
         raise ValueError(f"grids differ: {original.shape} and {other.shape}")
-    crop = FaceCrop.from_head(original) if crop is None else crop
+    crop = FaceCrop.from_head(original, spacing_mm) if crop is None else crop
     if original_vertices is None:
         a = face_vertices(original, crop, spacing_mm)
     else:

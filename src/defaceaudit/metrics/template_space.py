@@ -97,7 +97,7 @@ def align_to_template(
     head = load_mask(head_mask, img, canonical=True, reference_name=t1w)
     spacing = voxel_sizes_mm(img.affine)
     transform = register_to_template(img, load_template(template, spacing), seed=seed)
-    verts = face_vertices(head, FaceCrop.from_head(head), spacing)
+    verts = face_vertices(head, FaceCrop.from_head(head, spacing), spacing)
     world = apply_transform(to_world(verts, spacing, img.affine), transform)
     save_faces(out_faces, {"original": world}, subject=str(t1w))
     write_json(

@@ -53,8 +53,9 @@ def bootstrap_ci(
     a rate is the mean of 0/1 values. Infinite values are kept (the caller decides what they
     mean; see ``face_tables`` for PSNR). Returns ``{"n", "estimate", "ci_low", "ci_high"}`` in the
     units of the statistic: ``n`` counts the non-NaN values, ``estimate`` is the statistic of
-    all of them. With n == 0 the estimate and CI are NaN; with n == 1 every resample equals the
-    sample, so the CI is the degenerate [estimate, estimate].
+    all of them. With n == 0 the estimate and CI are NaN; with n == 1 the estimate is that value
+    and the CI is NaN (every resample would equal the sample: one observation says nothing about
+    spread, and a zero-width interval would read as certainty).
     """
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
@@ -66,7 +67,7 @@ def bootstrap_ci(
         return {"n": 0, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan}
     estimate = float(statistic(values, axis=-1))
     if n == 1:
-        return {"n": 1, "estimate": estimate, "ci_low": estimate, "ci_high": estimate}
+        return {"n": 1, "estimate": estimate, "ci_low": np.nan, "ci_high": np.nan}
     rng = np.random.default_rng(seed)
     resampled = _resampled_statistic(values, statistic, n_resamples, rng)
     alpha = (1.0 - confidence) / 2.0
@@ -81,8 +82,7 @@ def bootstrap_mean_ci(
 
     Returns ``{"n", "mean", "ci_low", "ci_high"}`` in the units of ``values`` (mm, dB, ...).
     ``mean`` is the exact sample mean of the non-NaN values. n == 0 gives NaN mean and CI;
-    n == 1 gives that value as the mean and as both CI bounds (a degenerate interval: one
-    observation carries no information on spread).
+    n == 1 gives that value as the mean and a NaN CI (:func:`bootstrap_ci`).
     """
     result = bootstrap_ci(
         values, np.mean, n_resamples=n_resamples, confidence=confidence, seed=seed
