@@ -140,8 +140,8 @@ def expected_qc_records(wildcards=None):
     return rows
 
 
-def container_work(tool, subject):
-    return f"{paths.RESULTS}/deface/{tool}/work/sub-{subject}"
+#: work folder of a container defacer, inside the job's shadow folder (deleted after the job)
+CONTAINER_WORK = "work"
 
 
 def fsl_deface_shell(wildcards, input, output):
@@ -154,9 +154,10 @@ def mri_deface_shell(wildcards, input, output):
 
 
 def pydeface_shell(wildcards, input, output):
-    work = container_work("pydeface", wildcards.subject)
     cost = config["deface"]["pydeface_cost"]
-    return containers.pydeface_command(input.t1w, output.t1w, output.removed, work, cost)
+    return containers.pydeface_command(
+        input.t1w, output.t1w, output.removed, CONTAINER_WORK, cost
+    )
 
 
 def quickshear_shell(wildcards, input, output):
@@ -165,8 +166,9 @@ def quickshear_shell(wildcards, input, output):
 
 
 def mri_reface_shell(wildcards, input, output):
-    work = container_work("mri_reface", wildcards.subject)
-    return containers.mri_reface_command(input.t1w, output.t1w, work, f"{work}/mcr_cache")
+    return containers.mri_reface_command(
+        input.t1w, output.t1w, CONTAINER_WORK, f"{CONTAINER_WORK}/mcr_cache"
+    )
 
 
 def container_finalize_inputs(wildcards):

@@ -1,6 +1,9 @@
 # The real defacers in their Apptainer images (deface.defacers: <tool>: container). Each writes
 # a raw output that finalize_container_deface turns into the stage's outputs. A rule exists
-# only when its tool is selected with the container backend (it needs an image).
+# only when its tool is selected with the container backend (it needs an image). Each runs in
+# a shadow folder that Snakemake deletes afterwards: the tools' work files (staged copies of the
+# original head, registration matrices, the MATLAB runtime cache) and stray files written to the
+# working folder (mri_deface's log) never stay beside the results.
 
 
 if "fsl_deface" in with_backend(DEFACERS, "container"):
@@ -15,6 +18,8 @@ if "fsl_deface" in with_backend(DEFACERS, "container"):
             log_file("deface_container_fsl_deface"),
         benchmark:
             benchmark_file("deface_container_fsl_deface")
+        shadow:
+            "minimal"
         container:
             config["deface"]["containers"]["fsl_deface"]
         resources:
@@ -38,6 +43,8 @@ if "mri_deface" in with_backend(DEFACERS, "container"):
             log_file("deface_container_mri_deface"),
         benchmark:
             benchmark_file("deface_container_mri_deface")
+        shadow:
+            "minimal"
         container:
             config["deface"]["containers"]["mri_deface"]
         resources:
@@ -62,6 +69,8 @@ if "pydeface" in with_backend(DEFACERS, "container"):
             log_file("deface_container_pydeface"),
         benchmark:
             benchmark_file("deface_container_pydeface")
+        shadow:
+            "minimal"
         container:
             config["deface"]["containers"]["pydeface"]
         resources:
@@ -86,6 +95,8 @@ if "quickshear" in with_backend(DEFACERS, "container"):
             log_file("deface_container_quickshear"),
         benchmark:
             benchmark_file("deface_container_quickshear")
+        shadow:
+            "minimal"
         container:
             config["deface"]["containers"]["quickshear"]
         resources:
@@ -109,6 +120,8 @@ if "mri_reface" in with_backend(DEFACERS, "container"):
             log_file("deface_container_mri_reface"),
         benchmark:
             benchmark_file("deface_container_mri_reface")
+        shadow:
+            "minimal"
         container:
             config["deface"]["containers"]["mri_reface"]
         resources:

@@ -30,9 +30,12 @@ def _bash_parses(cmd: str) -> None:
 
 def test_fsl_deface_documented_form():
     cmd = fsl_deface_command(IN, OUT, MASK)
-    assert cmd == f"fsl_deface '{IN}' {OUT} -d '{MASK}'"
-    assert fsl_deface_command(IN, OUT, MASK, fraction=0.3, bias_correct=True) == (
-        f"fsl_deface '{IN}' {OUT} -d '{MASK}' -f 0.3 -B"
+    assert cmd.startswith("set -euo pipefail; ")
+    assert 'export PATH="$FSLDIR/bin:$PATH"; export FSLOUTPUTTYPE=NIFTI_GZ' in cmd
+    assert "fsl_shim" not in cmd and "command -v fsl" not in cmd  # no launcher needed
+    assert cmd.endswith(f"; fsl_deface '{IN}' {OUT} -d '{MASK}'")
+    assert fsl_deface_command(IN, OUT, MASK, fraction=0.3, bias_correct=True).endswith(
+        f"; fsl_deface '{IN}' {OUT} -d '{MASK}' -f 0.3 -B"
     )
     _bash_parses(cmd)
     with pytest.raises(ValueError):
@@ -84,7 +87,7 @@ def test_pydeface_command_form():
 def test_mri_reface_command_form():
     cmd = mri_reface_command(IN, OUT, "work/mr", "work/mcr cache")
     _bash_parses(cmd)
-    assert 'wd="$(cd work/mr && pwd -P)"' in cmd
+    assert 'wd="$(cd work/mr && pwd -P)"; rm -f "$wd/t1w_deFaced.nii"; gunzip' in cmd
     assert f"gunzip -c '{IN}' > \"$wd/t1w.nii\"" in cmd
     assert "MCR_CACHE_ROOT=\"$(cd 'work/mcr cache' && pwd -P)\"; export MCR_CACHE_ROOT" in cmd
     assert 'run_mri_reface.sh "$wd/t1w.nii" "$wd" -imType T1' in cmd
@@ -160,7 +163,6 @@ def test_pydeface_runs_with_stub_and_moves_mask(tmp_path):
         f"docker://ghcr.io/org/fsl-6.0.7:latest@sha256:{DIGEST}",
         f"docker://registry.example.org:5000/a/b@sha256:{DIGEST}",
         "/data/images/mri_reface_0.3.4.sif",
-        "images/mri reface docker.tar",
     ],
 )
 def test_image_reference_accepted(ref):
@@ -177,6 +179,7 @@ def test_image_reference_accepted(ref):
         f"docker://Poldracklab/pydeface@sha256:{DIGEST}",  # repository names are lower case
         f"shub://x/y@sha256:{DIGEST}",
         "https://example.org/mri_reface.tar",
+        "images/mri reface docker.tar",  # apptainer exec runs no tarball: build a .sif
         "poldracklab/pydeface",
         "image.img",
         ".sif",

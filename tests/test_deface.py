@@ -73,3 +73,24 @@ def test_output_on_another_grid_or_identical_is_a_failure(prepared, tmp_path):
             "mri_deface", prepared, prepared["t1w"], outputs(tmp_path), "x.sif", {}
         )
     assert not any(p.exists() for p in outputs(tmp_path).values())
+
+
+def test_fsl_deface_removed_region_holds_every_voxel_the_tool_zeroed(prepared, tmp_path):
+    face = fake_pydeface(prepared, tmp_path)  # the face zeroed in raw.nii.gz
+    img = nib.load(prepared["t1w"])
+    # fsl_deface's -d mask (1 = removed) with interpolated edges: some zeroed voxels below 0.5
+    mask = face.astype(np.float32)
+    edge = np.argwhere(face)[::7]
+    mask[tuple(edge.T)] = 0.3
+    nib.save(nib.Nifti1Image(mask, img.affine), tmp_path / "defacing_mask.nii.gz")
+    out = outputs(tmp_path / "out")
+    finalize_container_output(
+        "fsl_deface",
+        prepared,
+        tmp_path / "raw.nii.gz",
+        out,
+        image="docker://brainlife/fsl@sha256:" + "0" * 64,
+        params={},
+        raw_removed=tmp_path / "defacing_mask.nii.gz",
+    )
+    assert np.array_equal(nib.load(out["removed"]).get_fdata() > 0, face)

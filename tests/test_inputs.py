@@ -224,6 +224,24 @@ def test_bids_mask_named_like_the_chosen_run(tmp_path: Path) -> None:
     assert subject.brain_mask == second
 
 
+def test_bids_mask_of_another_run_or_acquisition_is_not_taken(tmp_path: Path) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {
+            "sub-01": ["anat/sub-01_run-1_T1w.nii.gz", "anat/sub-01_run-2_T1w.nii.gz"],
+            "sub-02": ["anat/sub-02_acq-mprage_run-02_T1w.nii.gz"],
+            "sub-03": ["anat/sub-03_acq-mprage_T1w.nii.gz"],
+        },
+        [("sub-01", "40", "F"), ("sub-02", "50", "M"), ("sub-03", "60", "F")],
+    )
+    masks = root / "derivatives/masks"
+    touch(masks / "sub-01/anat/sub-01_run-1_desc-brain_mask.nii.gz")  # run-1's only
+    same_run = touch(masks / "sub-02/anat/sub-02_run-2_desc-brain_mask.nii.gz")  # 2 == 02
+    touch(masks / "sub-03/anat/sub-03_acq-fast_desc-brain_mask.nii.gz")  # another acquisition
+    subjects = read_bids_dataset(root, "train", run="highest", brain_mask_dir=masks)
+    assert [s.brain_mask for s in subjects] == [None, same_run, None]
+
+
 def test_bids_missing_mask_is_a_warning_naming_the_subject_and_folders(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -314,10 +332,27 @@ def test_bids_two_runs_name_the_keys_that_pick_one(tmp_path: Path) -> None:
         lambda: read_bids_dataset(root, "train"),
         "sub-01 has 2 T1w images",
         str(root / "sub-01/anat/sub-01_run-2_T1w.nii.gz"),
-        "`acq` or `run` (a run number, lowest or highest)",
+        "`acq`, `rec` (none: the image without one) or `run` (a run number, lowest or highest)",
         "`exclude_subjects`",
     )
     assert "session" not in message  # the subject has no sessions
+
+
+def test_bids_rec_picks_the_raw_or_the_reconstructed_image(tmp_path: Path) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {
+            "sub-01": ["anat/sub-01_T1w.nii.gz", "anat/sub-01_rec-norm_T1w.nii.gz"],
+            "sub-02": ["anat/sub-02_acq-a_T1w.nii.gz", "anat/sub-02_T1w.nii.gz"],
+        },
+        [("sub-01", "40", "F"), ("sub-02", "50", "M")],
+    )
+    raw, _ = read_bids_dataset(root, "train", rec="none", exclude_subjects=["02"]) + [None]
+    assert raw.t1w == root / "sub-01/anat/sub-01_T1w.nii.gz"
+    [norm] = read_bids_dataset(root, "train", rec="rec-norm", exclude_subjects=["02"])
+    assert norm.t1w == root / "sub-01/anat/sub-01_rec-norm_T1w.nii.gz"
+    _, plain = read_bids_dataset(root, "train", rec="none", acq="none")
+    assert plain.t1w == root / "sub-02/anat/sub-02_T1w.nii.gz"
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,7 +434,7 @@ def test_bids_sessions_in_the_error_only_when_images_span_sessions(tmp_path: Pat
     expect_error(
         lambda: read_bids_dataset(root, "train", run="highest"),
         "sub-01 has 2 T1w images",
-        "`session`, `acq` or `run`",
+        "`session`, `acq`, `rec` (none: the image without one) or `run`",
     )
 
 

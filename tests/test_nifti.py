@@ -79,6 +79,15 @@ def test_bad_geometry(tmp_path):
     one_line_error(save(tmp_path, data, singular, name="b.nii.gz"), "singular affine")
     huge = np.diag([20.0, 20.0, 20.0, 1.0])
     one_line_error(save(tmp_path, data, huge, name="c.nii.gz"), "voxel sizes 20x20x20")
+    sheared = np.diag([2.0, 2.0, 2.0, 1.0])
+    sheared[0, 2] = 0.1  # z axis leans 2.86 degrees towards x
+    one_line_error(save(tmp_path, data, sheared, name="d.nii.gz"), "sheared affine.*2.86 degrees")
+    # an oblique acquisition (rotated, axes perpendicular) with header rounding is fine
+    c, s = np.cos(0.3), np.sin(0.3)
+    oblique = np.diag([1.0, 1.2, 2.0, 1.0])
+    oblique[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ oblique[:3, :3]
+    oblique[:3, :3] = np.round(oblique[:3, :3], 5)
+    assert load_t1w(save(tmp_path, data, oblique, name="e.nii.gz")).shape == (10, 10, 10)
 
 
 def test_to_ras_keeps_world_coordinates():

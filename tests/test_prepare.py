@@ -64,5 +64,30 @@ def test_empty_brain_mask_is_refused(tmp_path):
     t1w, mask = tmp_path / "in_T1w.nii.gz", tmp_path / "in_mask.nii.gz"
     nib.save(img, t1w)
     nib.save(nib.Nifti1Image(np.zeros(brain.shape, np.uint8), img.affine), mask)
-    with pytest.raises(ImageError, match="brain mask is empty"):
+    with pytest.raises(ImageError, match="in_mask.nii.gz: brain mask of 0 mL"):
         prepare_to_files(t1w, outputs_in(tmp_path / "out"), brain_mask_path=mask)
+
+
+@pytest.mark.parametrize("failure", ["empty", "raises"])
+def test_a_failed_robex_extraction_names_the_image_and_leaves_nothing(
+    tmp_path, monkeypatch, failure
+):
+    from defaceaudit import prepare
+
+    def robex(img):
+        if failure == "raises":
+            raise RuntimeError("registration diverged")
+        return np.zeros(img.shape, bool)
+
+    monkeypatch.setattr(prepare, "robex_brain_mask", robex)
+    img, _ = synthetic_head()
+    t1w = tmp_path / "in_T1w.nii.gz"
+    nib.save(img, t1w)
+    out = outputs_in(tmp_path / "out")
+    expected = {
+        "empty": r"in_T1w.nii.gz \(ROBEX\): brain mask of 0 mL",
+        "raises": r"in_T1w.nii.gz: ROBEX brain extraction failed \(RuntimeError: registration",
+    }[failure]
+    with pytest.raises(ImageError, match=expected):
+        prepare_to_files(t1w, out)
+    assert not any(p.exists() for p in out.values())

@@ -198,12 +198,15 @@ def finalize_container_output(
     ):
         raise DefaceError(f"{raw}: {defacer} output is not on the input's grid")
     defaced = np.asarray(defaced_img.dataobj, dtype=np.float32)
+    zeroed = (defaced == 0) & (data != 0)
     if raw_removed is not None and Path(raw_removed).exists():
         removed = load_mask(raw_removed, original)
         if defacer == "pydeface":  # its kept mask multiplies the input: 1 = keep, 0 = remove
             removed = ~removed & (data != 0)
+        # a voxel the tool zeroed was removed, whatever the mask's edge interpolation says
+        removed = removed | zeroed
     else:
-        removed = (defaced == 0) & (data != 0)
+        removed = zeroed
     if defacer == "mri_reface":
         removed = removed | (np.abs(defaced - data) > 1e-6 * float(np.abs(data).max()))
     # the container rule's Snakemake benchmark file: column "s" is the wall-clock seconds

@@ -204,16 +204,36 @@ def _mask_folders(mask_root: Path, t1w: Path, subject_dir: Path) -> list[Path]:
     return folders
 
 
+#: entities whose values must agree between a T1w and its brain mask when both name them
+_MASK_ENTITIES = ("ses", "acq", "ce", "rec", "run", "echo", "part")
+
+
+def _entities_conflict(mask: Path, t1w: Path) -> bool:
+    """True when ``mask`` names another value of an entity the T1w names (runs by number:
+    ``run-1`` and ``run-01`` agree)."""
+    for key in _MASK_ENTITIES:
+        a, b = _entity(mask, key), _entity(t1w, key)
+        if a is None or b is None:
+            continue
+        if key == "run" and a.isdigit() and b.isdigit():
+            if int(a) != int(b):
+                return True
+        elif a != b:
+            return True
+    return False
+
+
 def _find_mask(
     mask_root: Path, t1w: Path, subject_dir: Path, label: str, where: str
 ) -> Path | None:
     """A native-space ``desc-brain`` mask of ``t1w`` in a derivatives tree, or None.
 
-    The first of :func:`_mask_folders` holding one wins. A subject-level mask of a session's
-    T1w may name no session or the T1w's; several masks there are narrowed to the one named
-    like the T1w (``sub-X_run-1_desc-brain_mask`` for ``sub-X_run-1_T1w``), else InputError.
+    The first of :func:`_mask_folders` holding one wins. A mask may leave out an entity of the
+    T1w's name (a subject-level mask of a session's T1w names no session) but never name
+    another value (:data:`_MASK_ENTITIES`: ``run-1``'s mask is not ``run-2``'s); several masks
+    there are narrowed to the one named like the T1w (``sub-X_run-1_desc-brain_mask`` for
+    ``sub-X_run-1_T1w``), else InputError.
     """
-    ses = _entity(t1w, "ses")
     t1w_prefix = t1w.name.split("_T1w")[0] + "_"
     for folder in _mask_folders(mask_root, t1w, subject_dir):
         found = _nifti_glob(folder, glob.escape(f"sub-{label}") + "*_desc-brain_mask")
@@ -221,7 +241,7 @@ def _find_mask(
             p
             for p in found
             if ("_space-" not in p.name or "_space-T1w_" in p.name)
-            and _entity(p, "ses") in (None, ses)
+            and not _entities_conflict(p, t1w)
         ]
         same_entities = [p for p in native if p.name.startswith(t1w_prefix)]
         if len(native) > 1 and len(same_entities) == 1:
@@ -293,10 +313,28 @@ def _run_choice(run: str | int | None, where: str) -> str | int | None:
     return int(text)
 
 
-def _narrow_t1w(candidates: list[Path], acq: str | None, run: str | int | None) -> list[Path]:
-    """The candidates with ``acq-<acq>`` (when set), then the run ``run`` picks (when set): an
-    index, or the lowest or highest run index (only when every candidate has one)."""
-    chosen = [p for p in candidates if acq is None or _entity(p, "acq") == acq]
+#: the value of ``acq``/``rec`` that keeps the images without that entity in their name
+NO_ENTITY = "none"
+
+
+def _entity_matches(path: Path, key: str, wanted: str | None) -> bool:
+    """True when ``wanted`` is unset, names ``path``'s ``key`` entity, or is :data:`NO_ENTITY`
+    and the name has no such entity."""
+    if wanted is None:
+        return True
+    value = _entity(path, key)
+    return value is None if wanted == NO_ENTITY else value == wanted
+
+
+def _narrow_t1w(
+    candidates: list[Path], acq: str | None, rec: str | None, run: str | int | None
+) -> list[Path]:
+    """The candidates with ``acq-<acq>`` and ``rec-<rec>`` (when set; ``none``: without that
+    entity), then the run ``run`` picks (when set): an index, or the lowest or highest run index
+    (only when every candidate has one)."""
+    chosen = [
+        p for p in candidates if _entity_matches(p, "acq", acq) and _entity_matches(p, "rec", rec)
+    ]
     if run is None or not chosen:
         return chosen
     numbers = [_run_number(p) for p in chosen]
@@ -312,10 +350,11 @@ def _bids_t1w(
     label: str,
     session: str | None,
     acq: str | None,
+    rec: str | None,
     run: str | int | None,
     where: str,
 ) -> Path:
-    """The one T1w image of a subject; several are narrowed by ``acq`` and ``run``."""
+    """The one T1w image of a subject; several are narrowed by ``acq``, ``rec`` and ``run``."""
     candidates = _find_t1w(subject_dir, label, session)
     if not candidates:
         scope = f" in session ses-{session}" if session is not None else ""
@@ -326,14 +365,19 @@ def _bids_t1w(
         )
     if len(candidates) == 1:
         return candidates[0]
-    chosen = _narrow_t1w(candidates, acq, run)
+    chosen = _narrow_t1w(candidates, acq, rec, run)
     if len(chosen) == 1:
         return chosen[0]
     files = ", ".join(str(p) for p in candidates)
-    keys = ["`acq`", "`run` (a run number, lowest or highest)"]
+    keys = [
+        "`acq`",
+        "`rec` (none: the image without one)",
+        "`run` (a run number, lowest or highest)",
+    ]
     if len({_entity(p, "ses") for p in candidates}) > 1:
         keys.insert(0, "`session`")
-    settings = [f"{k}={v!r}" for k, v in (("acq", acq), ("run", run)) if v is not None]
+    chosen_by = (("acq", acq), ("rec", rec), ("run", run))
+    settings = [f"{k}={v!r}" for k, v in chosen_by if v is not None]
     left = f"; {', '.join(settings)} leave {len(chosen)}" if settings else ""
     raise _error(
         f"{where}: subject sub-{label} has {len(candidates)} T1w images ({files}){left}; "
@@ -387,6 +431,7 @@ def read_bids_dataset(
     subject_prefix: str = "",
     brain_mask_dir: str | os.PathLike[str] | None = None,
     acq: str | None = None,
+    rec: str | None = None,
     run: str | int | None = None,
     exclude_subjects: Iterable[str] = (),
 ) -> list[Subject]:
@@ -398,7 +443,9 @@ def read_bids_dataset(
     ``brain_mask_dir`` is a derivatives folder (relative to ``path``) searched for
     ``*_desc-brain_mask.nii[.gz]`` (:func:`_find_mask`; a subject without one is logged as a
     warning and gets a ROBEX mask). A subject with several T1w images keeps those with
-    ``acq-<acq>``, then ``run-<run>`` or the ``lowest``/``highest`` run; one image must remain
+    ``acq-<acq>`` and ``rec-<rec>`` (``none``: those without the entity, such as the raw image
+    beside a ``rec-norm`` one), then ``run-<run>`` or the ``lowest``/``highest`` run; one image
+    must remain
     (InputError naming them otherwise); subjects with one T1w image are not affected.
     ``exclude_subjects``: participant ids (``"sub-03"`` or ``"03"``, before the prefix) left
     out, logged. Only file existence is checked; no image is opened.
@@ -411,6 +458,7 @@ def read_bids_dataset(
     _check_prefix(subject_prefix, where)
     session = session.removeprefix("ses-") if session is not None else None
     acq = acq.removeprefix("acq-") if acq is not None else None
+    rec = rec.removeprefix("rec-") if rec is not None else None
     run = _run_choice(run, where)
     mask_root = _mask_root(root, brain_mask_dir, where)
     subject_dirs = _subject_dirs(root, where)
@@ -429,7 +477,7 @@ def read_bids_dataset(
                 f"{where}: subject folder {subject_dir} gives invalid subject id "
                 f"{subject_id!r} ({_LABEL_RULE})"
             )
-        t1w = _bids_t1w(subject_dir, label, session, acq, run, where)
+        t1w = _bids_t1w(subject_dir, label, session, acq, rec, run, where)
         row = _participant_row(rows, label, tsv_where)
         who = f"subject sub-{label}"
         subjects.append(

