@@ -1,8 +1,8 @@
 # defaceaudit: audit MRI defacing. This file is an index: stages live in rules/*.smk and all
 # logic in the installed package src/defaceaudit (see README.md).
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from defaceaudit.config import schema_path
+from defaceaudit.config import validate_config
 from defaceaudit.inputs import SUBJECT_PATTERN
 from defaceaudit.demo.sources import BASE_HEADS
 from defaceaudit.paths import DEMO_DATASETS, REFACE_MODELS
@@ -32,7 +32,9 @@ configfile: "config.yaml"
 report: "rules/captions/workflow.rst"
 
 
-validate(config, schema_path())
+# Snakemake's validate() against the packaged schema, defaults filled; a problem stops the run
+# with one line naming the key (InputError) instead of the schema dump.
+validate_config(config)
 
 
 wildcard_constraints:

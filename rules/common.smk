@@ -135,6 +135,9 @@ def expected_qc_records(wildcards=None):
                 "backend": backend,
                 "qc": paths.defaced_files(defacer, subject)["qc"],
                 "logs": logs,
+                # what the job waits for: a failed prepare_subject means it never ran
+                "upstream_logs": [log_file("prepare_subject").format(subject=subject)]
+                + ([log_file("build_average_head", "train")] if defacer == "avgface" else []),
             }
         )
     return rows
@@ -155,9 +158,7 @@ def mri_deface_shell(wildcards, input, output):
 
 def pydeface_shell(wildcards, input, output):
     cost = config["deface"]["pydeface_cost"]
-    return containers.pydeface_command(
-        input.t1w, output.t1w, output.removed, CONTAINER_WORK, cost
-    )
+    return containers.pydeface_command(input.t1w, output.t1w, output.removed, CONTAINER_WORK, cost)
 
 
 def quickshear_shell(wildcards, input, output):

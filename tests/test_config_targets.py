@@ -213,16 +213,31 @@ def test_run_config_is_config_yaml_with_the_users_file_on_top(tmp_path, monkeypa
     assert config["deface"]["defacers"] == ["skullstrip"]  # a list is replaced whole
     assert run_config("config.yaml")["deface"]["defacers"] == ["quickshear"]
     mine.write_text(yaml.safe_dump({"demo": {"n_train": 0}}))
-    with pytest.raises(InputError, match=r"config\.yaml \+ .*mine\.yaml: config: .*minimum"):
+    with pytest.raises(
+        InputError, match=r"config\.yaml \+ .*mine\.yaml: config demo\.n_train: 0 is less"
+    ):
+        run_config(mine)
+    mine.write_text(yaml.safe_dump({"input": {"bids": [{"path": "/d", "role": "training"}]}}))
+    with pytest.raises(InputError, match=r"config input\.bids\[0\]\.role: 'training' is not"):
         run_config(mine)
     with pytest.raises(InputError, match="nope.yaml: cannot read"):
         run_config(tmp_path / "nope.yaml")
+    mine.write_text("demo:\n  n_train: [3\n")
+    with pytest.raises(InputError, match=r"mine\.yaml: not valid YAML at line 3, column 1"):
+        run_config(mine)
 
 
 def test_check_inputs_uses_config_yaml_and_builds_every_plan(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(SMALL_DEMO))
     code, out, _ = cli(tmp_path, capsys, "check-inputs")
     assert code == 0 and out.splitlines()[-1].split() == ["total", "8", "subjects"]
+    lines = dict(line.split(None, 1) for line in out.splitlines()[:2])
+    assert lines["defacers"].startswith("quickshear (native)")
+    assert "face metrics" in out and "radiodensity" in out
+    off = tmp_path / "off.yaml"
+    off.write_text(yaml.safe_dump({"radiodensity": {"enabled": False}}))
+    _, out, _ = cli(tmp_path, capsys, "check-inputs", "--config", str(off))
+    assert "radiodensity   off (radiodensity.enabled: false)" in out
     mine = tmp_path / "mine.yaml"
     problems = {
         "metrics.population_average": {"metrics": {"population_average": "mri_reface"}},

@@ -304,7 +304,11 @@ def test_bids_subject_folder_without_t1w(ds: Path) -> None:
 
 
 def test_bids_session_missing_for_a_subject(ds: Path) -> None:
-    expect_error(lambda: read_bids_dataset(ds, "train", session="1"), str(ds / "sub-01"), "ses-1")
+    expect_error(
+        lambda: read_bids_dataset(ds, "train", session="1"),
+        str(ds / "sub-01"),
+        "need ses-1/anat/sub-01_ses-1*_T1w.nii[.gz], as `session` asks",
+    )
 
 
 def test_bids_two_sessions_need_session(tmp_path: Path) -> None:
@@ -397,9 +401,9 @@ def test_bids_acq_and_run_pick_one_of_several(runs: Path, options: dict, chosen:
     ("options", "left"),
     [
         ({}, ""),
-        ({"acq": "mprage"}, "acq='mprage' leave 2"),
+        ({"acq": "mprage"}, "acq='mprage' leaves 2"),
         ({"acq": "other", "run": "highest"}, "acq='other', run='highest' leave 0"),
-        ({"run": 7}, "run=7 leave 0"),
+        ({"run": 7}, "run=7 leaves 0"),
     ],
 )
 def test_bids_acq_and_run_that_leave_several_or_none(runs: Path, options, left) -> None:

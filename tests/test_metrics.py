@@ -199,7 +199,9 @@ def test_cli_prints_json_and_refuses_two_grids(tmp_path, capsys):
     assert main(["masd", str(same), str(same), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["masd_mm"] == 0.0
     assert main(["similarity", str(same), str(same), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["ssim"] == pytest.approx(1.0)
+    strict = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)  # no Infinity
+    assert strict["ssim"] == pytest.approx(1.0)
+    assert strict["psnr_db"] is None and strict["psnr_identical"] is True
     assert main(["masd", str(same), str(other)]) == 1
     error = capsys.readouterr().err
     assert "grid" in error and str(other) in error and "\n" not in error.strip()

@@ -158,3 +158,20 @@ def test_table_and_summary():
     with pytest.raises(ValueError):
         qc_table([{"status": "success"}])
     assert list(qc_summary(qc_table([])).index) == ["Success", "Failure I", "Failure II", "Total"]
+
+
+def test_failure_reason_points_at_the_step_that_failed(tmp_path):
+    from defaceaudit.qc_report import failure_reason
+
+    own, prepare = tmp_path / "deface.log", tmp_path / "prepare.log"
+    upstream = [str(prepare)]
+    # the job never ran and nothing before it logged an error: point at every log
+    assert failure_reason([str(own)], upstream) == f"not run; see {own}, {prepare}"
+    prepare.write_text("2026 INFO start\n2026 ERROR /d/x.nii.gz: image is empty (all voxels 0)\n")
+    assert failure_reason([str(own)], upstream) == (
+        f"not run: /d/x.nii.gz: image is empty (all voxels 0) (see {prepare})"
+    )
+    own.write_text("2026 INFO start\n2026 ERROR quickshear failed on x: ValueError: no brain\n")
+    assert failure_reason([str(own)], upstream) == "quickshear failed on x: ValueError: no brain"
+    own.write_text("2026 INFO start\n")  # ran, said nothing useful
+    assert failure_reason([str(own)], upstream) == f"no output; see {own}"

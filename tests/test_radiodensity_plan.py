@@ -1,5 +1,7 @@
 """Which models the radiodensity study trains, and the targets it adds (radiodensity.plan)."""
 
+from pathlib import Path
+
 import pytest
 
 from defaceaudit import paths
@@ -60,6 +62,9 @@ def test_own_cohort_runs_the_study_only_with_a_phenotype_table(tmp_path):
     with pytest.raises(InputError, match="radiodensity.phenotype names no table"):
         plan_for(manifest_config(tmp_path, {"enabled": True}))
     table = str(tmp_path / "ct.tsv")
+    with pytest.raises(InputError, match=f"radiodensity.phenotype: {table} not found"):
+        plan_for(manifest_config(tmp_path, {"phenotype": table}))
+    Path(table).write_text("participant_id\tvisit\tage\tabdomen_hu\n")
     _, plan = plan_for(manifest_config(tmp_path, {"phenotype": table}))
     assert plan.phenotype == (table,)
     _, plan = plan_for({"demo": TINY, "radiodensity": {"enabled": False}})

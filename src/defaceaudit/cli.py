@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from defaceaudit import __version__
 from defaceaudit.errors import DefaceAuditError
 
@@ -28,19 +30,69 @@ def run_config(path: str | Path) -> dict:
     return load_config(path)
 
 
+def _subjects(n: int) -> str:
+    return f"{n:>5} subject" + ("" if n == 1 else "s")
+
+
+def plan_lines(plan, config: dict) -> list[str]:
+    """What a run on ``config`` does, one line per stage, with warnings for what this machine
+    cannot check: ``check-inputs`` prints them above the subject counts."""
+    from defaceaudit.metrics.plan import TEST_SPLITS
+
+    images = config["deface"]["containers"]
+    defacers = []
+    warnings = []
+    for defacer, backend in plan.defacers.items():
+        defacers.append(f"{defacer} ({backend})")
+        image = images.get(defacer) if backend == "container" else None
+        if image and "://" not in image and not Path(image).is_file():
+            warnings.append(
+                f"warning: deface.containers.{defacer}: {image} not found on this machine (it "
+                "must exist where the jobs run)"
+            )
+    n_test = sum(s.split in TEST_SPLITS for s in plan.cohort.subjects.values())
+    rows = len(plan.metrics.removing)
+    if n_test and rows:
+        metrics = f"{n_test} test subjects x {rows} face-removing defacers"
+    elif not n_test:
+        metrics = "none (no internal_test or external_test subjects)"
+    else:
+        metrics = "none (no face-removing defacer)"
+    refacing = "on (DPM-refaced rows)" if config["reface"]["enabled"] else "off"
+    study = plan.radiodensity
+    if study is not None:
+        radiodensity = (
+            f"{len(study.image_types) * len(study.body_parts)} models "
+            f"({', '.join(study.image_types)} x {', '.join(study.body_parts)})"
+        )
+    elif config["radiodensity"]["enabled"] in (False, "false"):
+        radiodensity = "off (radiodensity.enabled: false)"
+    else:
+        radiodensity = "off (no phenotype table: set radiodensity.phenotype)"
+    return [
+        f"{'defacers':<14} {', '.join(defacers)}",
+        f"{'face metrics':<14} {metrics}",
+        f"{'refacing':<14} {refacing}",
+        f"{'radiodensity':<14} {radiodensity}",
+        *warnings,
+    ]
+
+
 def _check_inputs(args: argparse.Namespace) -> int:
     from defaceaudit.cohort import plan_run
     from defaceaudit.inputs import cohort_frame
 
-    plan = plan_run(run_config(args.config))
+    config = run_config(args.config)
+    plan = plan_run(config)
     frame = cohort_frame(plan.cohort.subjects.values())
     if args.tsv:
         frame.to_csv(sys.stdout, sep="\t", index=False)
     else:
+        print("\n".join(plan_lines(plan, config)))
         counts = frame.groupby(["split", "dataset"], sort=False).size()
         for (split, dataset), n in counts.items():
-            print(f"{split:<14} {dataset:<24} {n:>5} subjects")
-        print(f"{'total':<39} {len(frame):>5} subjects")
+            print(f"{split:<14} {dataset:<24} {_subjects(n)}")
+        print(f"{'total':<39} {_subjects(len(frame))}")
     return 0
 
 
@@ -64,7 +116,6 @@ def _prepare(args: argparse.Namespace) -> int:
     from defaceaudit.prepare import prepare_to_files
     from defaceaudit.targets import prepared_files
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     out = {k: args.out_dir / Path(v).name for k, v in prepared_files(args.subject).items()}
     summary = prepare_to_files(args.t1w, out, brain_mask_path=args.brain_mask)
     print(json.dumps(summary, indent=2, default=str))
@@ -90,7 +141,10 @@ def _similarity(args: argparse.Namespace) -> int:
 
     result = similarity_files(args.original, args.other, args.mask)
     if args.json:
-        print(json.dumps(result))
+        # strict JSON has no Infinity: identical images (MSE 0) give null and a flag
+        identical = bool(np.isinf(result["psnr_db"]))
+        strict = {**result, "psnr_db": None if identical else result["psnr_db"]}
+        print(json.dumps({**strict, "psnr_identical": identical}, allow_nan=False))
     else:
         print(
             f"SSIM {result['ssim']:.4f}  PSNR {result['psnr_db']:.2f} dB "

@@ -24,8 +24,13 @@ def validate_config(config: dict) -> dict:
     try:
         validate(config, schema_path(), set_default=True)
     except Exception as err:  # WorkflowError with the jsonschema message over several lines
-        reason = [line for line in str(err).splitlines() if line.startswith("ValidationError")]
-        raise InputError(f"config: {(reason or [str(err)])[0]}") from err
+        cause = err.__cause__ or err.__context__
+        key = getattr(cause, "json_path", "$").removeprefix("$").removeprefix(".")
+        message = getattr(cause, "message", None)
+        if message is None:
+            reason = [line for line in str(err).splitlines() if line.startswith("ValidationError")]
+            message = (reason or [str(err)])[0]
+        raise InputError(f"config{' ' + key if key else ''}: {message}") from err
     return config
 
 
@@ -39,8 +44,13 @@ def load_config(*paths: str | Path) -> dict:
     for path in map(Path, paths):
         try:
             update_config(config, yaml.safe_load(path.read_text()) or {})
-        except (OSError, yaml.YAMLError) as err:
+        except OSError as err:
             raise InputError(f"config {path}: cannot read ({type(err).__name__})") from err
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise InputError(f"config {path}: not valid YAML{where} ({problem})") from err
     try:
         return validate_config(config)
     except InputError as err:

@@ -440,8 +440,9 @@ def _values_note(n_resamples: int, seed: int) -> str:
         f"Values: mean and {CONFIDENCE:.0%} confidence interval [in square brackets] over "
         f"subjects, percentile bootstrap with n={n_resamples} resamples (seed {seed}). "
         "N: subjects of the testing set with results (the most in any cell; fewer than the "
-        "split's subjects where jobs failed). n/a: no rows for that image type (not run yet, or no "
-        "population-average refacer configured)."
+        "split's subjects where jobs failed). n/a: no rows for that image type (refacing off "
+        "for the DPM column, no population-average refacer configured for its column, or not "
+        "run yet)."
     )
 
 

@@ -357,10 +357,14 @@ def _bids_t1w(
     """The one T1w image of a subject; several are narrowed by ``acq``, ``rec`` and ``run``."""
     candidates = _find_t1w(subject_dir, label, session)
     if not candidates:
-        scope = f" in session ses-{session}" if session is not None else ""
+        if session is not None:
+            scope = f" in session ses-{session}"
+            need = f"ses-{session}/anat/sub-{label}_ses-{session}*_T1w.nii[.gz], as `session` asks"
+        else:
+            scope = ""
+            need = f"anat/sub-{label}*_T1w.nii[.gz] or ses-*/anat/sub-{label}_ses-*_T1w.nii[.gz]"
         raise _error(
-            f"{where}: subject folder {subject_dir} has no T1w image{scope} "
-            f"(need anat/sub-{label}*_T1w.nii[.gz] or ses-*/anat/sub-{label}_ses-*_T1w.nii[.gz]; "
+            f"{where}: subject folder {subject_dir} has no T1w image{scope} (need {need}; "
             "or leave the subject out with `exclude_subjects`)"
         )
     if len(candidates) == 1:
@@ -378,7 +382,8 @@ def _bids_t1w(
         keys.insert(0, "`session`")
     chosen_by = (("acq", acq), ("rec", rec), ("run", run))
     settings = [f"{k}={v!r}" for k, v in chosen_by if v is not None]
-    left = f"; {', '.join(settings)} leave {len(chosen)}" if settings else ""
+    verb = "leaves" if len(settings) == 1 else "leave"
+    left = f"; {', '.join(settings)} {verb} {len(chosen)}" if settings else ""
     raise _error(
         f"{where}: subject sub-{label} has {len(candidates)} T1w images ({files}){left}; "
         f"set this dataset's {', '.join(keys[:-1])} or {keys[-1]} to pick one, or leave the "

@@ -12,8 +12,9 @@ from defaceaudit.qc import qc_summary, qc_table
 from defaceaudit.tables import atomic_path, write_tsv
 
 
-def failure_reason(logs: list[str]) -> str:
-    """The first ERROR line of the job's logs (the one-line message), else a pointer to them."""
+def _logged_error(logs: list[str]) -> str | None:
+    """The first ERROR line of ``logs`` (the one-line message), else any line with "rror" (a
+    container tool's own stderr), else None."""
     lines = [
         line
         for log in logs
@@ -21,13 +22,29 @@ def failure_reason(logs: list[str]) -> str:
         for line in Path(log).read_text(errors="replace").splitlines()
     ]
     logged = [line.split(" ERROR ", 1)[1] for line in lines if " ERROR " in line]
-    other = [line for line in lines if "rror" in line]  # a container tool's own stderr
+    other = [line for line in lines if "rror" in line]
     found = logged or other
-    return found[0].strip()[:300] if found else f"no output; see {', '.join(logs)}"
+    return found[0].strip()[:300] if found else None
+
+
+def failure_reason(logs: list[str], upstream: list[str] = ()) -> str:
+    """Why a job has no output: the first error in its own ``logs``; when none of them exists
+    (the job never ran), the first error of the ``upstream`` jobs' logs it waited for (such as
+    its subject's prepare_subject); else a pointer to the logs."""
+    error = _logged_error(logs)
+    if error is not None:
+        return error
+    if any(Path(log).exists() for log in logs):
+        return f"no output; see {', '.join(logs)}"
+    failed = [log for log in upstream if _logged_error([log]) is not None]
+    if failed:
+        return f"not run: {_logged_error(failed[:1])} (see {failed[0]})"
+    return f"not run; see {', '.join([*logs, *upstream])}"
 
 
 def collect_qc(expected: list[dict]) -> pd.DataFrame:
-    """One row per expected (defacer, subject): its QC record, or status job_failed + error."""
+    """One row per expected (defacer, subject): its QC record, or status job_failed + error
+    (:func:`failure_reason` over the job's ``logs`` and ``upstream_logs``)."""
     records = []
     for job in expected:
         base = {"defacer": job["defacer"], "subject": job["subject"], "backend": job["backend"]}
@@ -35,7 +52,8 @@ def collect_qc(expected: list[dict]) -> pd.DataFrame:
         if qc.exists():
             records.append({**base, **json.loads(qc.read_text())})
         else:
-            records.append({**base, "status": "job_failed", "error": failure_reason(job["logs"])})
+            reason = failure_reason(job["logs"], job.get("upstream_logs", []))
+            records.append({**base, "status": "job_failed", "error": reason})
     return qc_table(records)
 
 

@@ -10,6 +10,7 @@ cohort subject with a phenotype row takes part.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from defaceaudit import paths
 from defaceaudit.cohort import Cohort
@@ -47,6 +48,8 @@ def radiodensity_plan(
         return None
     if settings.get("phenotype"):
         phenotype = (str(settings["phenotype"]),)
+        if not Path(phenotype[0]).is_file():
+            raise InputError(f"config radiodensity.phenotype: {phenotype[0]} not found")
     elif cohort.demo:
         datasets = sorted({p.dataset for p in cohort.demo.values()})
         phenotype = tuple(paths.demo_table(d, "phenotype/ct_muscle.tsv") for d in datasets)
