@@ -70,6 +70,11 @@ def test_schedule_linear_betas_and_round_trip():
     assert schedule.alphas_cumprod.shape == (1000,)
     assert schedule.alphas_cumprod[0].item() == pytest.approx(1 - 1e-4)
     assert torch.all(schedule.alphas_cumprod[1:] < schedule.alphas_cumprod[:-1])
+    # the paper's linear betas: 1e-4 to 0.02 over T = 1000 (NOTES.md), alpha-bar_T by hand
+    betas = [1e-4 + (0.02 - 1e-4) * t / 999 for t in range(1000)]
+    assert schedule.as_dict()["beta_end"] == 0.02
+    assert schedule.alphas_cumprod[-1].item() == pytest.approx(math.prod(1 - b for b in betas))
+    assert 3e-5 < schedule.alphas_cumprod[-1].item() < 5e-5
     again = DiffusionSchedule.from_dict(schedule.as_dict())
     assert torch.equal(again.alphas_cumprod, schedule.alphas_cumprod)
     with pytest.raises(ValueError, match="unknown"):
@@ -168,6 +173,31 @@ def test_ddim_sample_follows_eq12_and_its_draw_order():
         x_prev = _eq12(x_t, x0, float(a[700]), float(a[300]), 1.0, z)
         expected = predict(x_prev, cond, torch.tensor([300])).clamp(-1, 1)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("steps", "problem"),
+    [
+        ([300, 700], "strictly descending"),
+        ([700, 700], "strictly descending"),
+        ([], "non-empty"),
+        ([1000, 300], r"lie in \[0, 1000\)"),
+        ([300, -1], r"lie in \[0, 1000\)"),
+        (0, "1 <= num_steps <= 1000"),
+    ],
+)
+def test_ddim_sample_refuses_timestep_lists_it_cannot_walk(steps, problem):
+    schedule = DiffusionSchedule()
+    with pytest.raises(ValueError, match=problem):
+        ddim_sample(
+            model_predictor(_tiny_unet()),
+            (1, 1, 8, 8, 8),
+            None,
+            schedule,
+            steps=steps,
+            eta=0.0,
+            generator=torch.Generator().manual_seed(0),
+        )
 
 
 def test_seeded_ddim_sample_is_deterministic_and_hooked():

@@ -11,6 +11,7 @@ from defaceaudit import face_tables, tables
 from defaceaudit.face_tables import (
     FACE_METRIC_COLUMNS,
     TABLE_NAMES,
+    format_ci,
     format_p,
     paired_tests,
     paper_tables,
@@ -132,6 +133,49 @@ def test_summary_cells_are_bootstrap_means():
     assert cell["image"] == "quickshear"
     # 2 test sets x 2 defacers x 6 metrics x 2 image types
     assert len(summary) == 48
+
+
+def test_every_table_cell_is_its_summary_row():
+    rows = face_rows(image_types=("defaced", "population_average", "dpm_refaced"))
+    summary, _, out = _all_tables(rows)
+    labels = {"Internal (N=4)": "internal_test", "External (N=6)": "external_test"}
+    kinds = {
+        "defaced": "defaced",
+        "population average": "population_average",
+        "DPMs-refaced": "dpm_refaced",
+    }
+    columns = {
+        "table1_masd": {
+            "Defaced": ("masd_mm", "defaced"),
+            "Refaced with a population average": ("masd_mm", "population_average"),
+            "Refaced with DPMs": ("masd_mm", "dpm_refaced"),
+        },
+        "table2_psnr": {
+            f"{region}: {kind}": (metric, image_type)
+            for region, metric in (("Whole head", "psnr_head_db"), ("Face (M5)", "psnr_face_db"))
+            for kind, image_type in kinds.items()
+        },
+        "table3_ssim": {
+            f"{region}: {kind}": (metric, image_type)
+            for region, metric in (("Whole head", "ssim_head"), ("Face (M5)", "ssim_face"))
+            for kind, image_type in kinds.items()
+        },
+    }
+    checked = 0
+    for name, wanted in columns.items():
+        decimals = 3 if name == "table3_ssim" else 2
+        for _, row in out[name].iterrows():
+            for column, (metric, image_type) in wanted.items():
+                cell = summary[
+                    (summary["test_set"] == labels[row["Testing set"]])
+                    & (summary["defacer"] == row["Defaced by"])
+                    & (summary["metric"] == metric)
+                    & (summary["image_type"] == image_type)
+                ].iloc[0]
+                expected = format_ci(cell["mean"], cell["ci_low"], cell["ci_high"], decimals)
+                assert row[column] == expected, (name, column, row["Defaced by"])
+                checked += 1
+    assert checked == 4 * (3 + 6 + 6)
 
 
 def test_p_values_equal_wilcoxon_on_the_same_pairs():

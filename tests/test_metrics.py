@@ -40,6 +40,19 @@ def test_the_neck_crop_drops_at_least_10_mm_in_whole_slices(slice_mm, dropped):
     assert FaceCrop.from_head(head, (1.0, 1.0, slice_mm)).z_min == lowest + dropped
 
 
+def test_masd_direction_is_other_to_original_and_symmetric_is_the_mean():
+    from scipy.spatial import cKDTree
+
+    from defaceaudit.metrics.surface import masd_from_vertices
+
+    original = np.random.default_rng(3).normal(size=(400, 3)) * 30
+    other = original[::2]  # a partial face: every vertex of it lies on the original
+    back = float(cKDTree(other).query(original)[0].mean())  # original -> other, > 0
+    result = masd_from_vertices(original, other)
+    assert result["masd_mm"] == 0.0 and back > 1.0
+    assert result["masd_symmetric_mm"] == pytest.approx(back / 2)
+
+
 def test_a_shifted_face_has_a_larger_distance_than_itself():
     head = ball(40)
     shifted = np.roll(head, 2, axis=1)

@@ -123,11 +123,11 @@ def test_known_fractions_on_a_cube():
 def test_qc_record_rejects_bad_input():
     a = np.zeros((4, 4, 4))
     m = np.ones((4, 4, 4), bool)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="one shape"):
         qc_record(a, np.zeros((4, 4, 5)), m, m, m, (1, 1, 1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="brain mask is empty"):
         qc_record(a, a, np.zeros_like(m), m, m, (1, 1, 1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="three positive sizes"):
         qc_record(a, a, m, m, m, (1, 1))
 
 

@@ -398,6 +398,40 @@ def test_train_learns_a_blob_and_restores_the_best_epoch():
     )
 
 
+def test_training_sees_only_train_rows_and_samples_them_by_subject(monkeypatch):
+    from defaceaudit.radiodensity import train as train_module
+
+    crops, index, targets, subjects, splits = _blob_problem()
+    _, history, pred = train_radiodensity(
+        crops, targets, subjects, splits, SETTINGS, crop_index=index, build_model=TinyNet
+    )
+    # new test-split targets (and crops) change nothing: neither is ever trained on
+    test = np.asarray(splits) == "test"
+    shuffled = targets.copy()
+    shuffled[test] = np.random.default_rng(9).permutation(targets[test]) + 100.0
+    noisy = crops.copy()
+    noisy[index[test]] = np.random.default_rng(10).normal(size=noisy[index[test]].shape)
+    _, again, pred_again = train_radiodensity(
+        noisy, shuffled, subjects, splits, SETTINGS, crop_index=index, build_model=TinyNet
+    )
+    pd.testing.assert_frame_equal(again.drop(columns="seconds"), history.drop(columns="seconds"))
+    np.testing.assert_array_equal(pred_again[~test], pred[~test])
+    # the sampler the loop draws from is the subject-balanced one over the train rows only
+    seen = {}
+    real = train_module.balanced_sampler
+
+    def spy(row_subjects, n_samples, seed):
+        seen["subjects"] = list(row_subjects)
+        return real(row_subjects, n_samples, seed)
+
+    monkeypatch.setattr(train_module, "balanced_sampler", spy)
+    train_radiodensity(
+        crops, targets, subjects, splits, SETTINGS, crop_index=index, build_model=TinyNet
+    )
+    train = np.asarray(splits) == "train"
+    assert seen["subjects"] == list(np.asarray(subjects)[train])
+
+
 def test_early_stopping_rule():
     stopper = EarlyStopping(patience=2)
     flags = [stopper.update(e, loss) for e, loss in enumerate([3.0, 2.0, 2.5, float("nan")], 1)]
@@ -419,6 +453,18 @@ def test_resnet10_with_medicalnet_weights_trains_one_epoch(tmp_path):
     )
     assert sum(p.numel() for p in model.parameters()) > 14_000_000
     assert len(history) == 1 and pred.shape == (4,) and np.all(np.isfinite(pred))
+    # the encoder started from the file: with a negligible learning rate it is still there
+    state = _medicalnet_file(weights)
+    model, _, _ = train_radiodensity(
+        crops,
+        np.array([0.0, 1.0, -1.0, 0.5]),
+        ["a", "a", "b", "c"],
+        ["train"] * 3 + ["validation"],
+        {**settings, "learning_rate": 1e-12, "weight_decay": 0.0},
+    )
+    np.testing.assert_allclose(
+        model.conv1.weight.detach().numpy(), state["module.conv1.weight"].numpy(), atol=1e-6
+    )
 
 
 def test_train_raises_when_no_epoch_has_a_finite_validation_loss(tmp_path):
@@ -567,6 +613,29 @@ def test_run_training_names_unreadable_crop_and_target_files(tmp_path):
     fails(r"targets\.tsv: the targets table has no column\(s\) body_part")
 
 
+def test_write_targets_fits_on_the_study_train_split_and_labels_every_subject(tmp_path):
+    phen, people = _phenotype()
+    phen.to_csv(tmp_path / "phen.tsv", sep="\t", index=False)
+    cohort = people.assign(subject=people["participant_id"].str.removeprefix("sub-"))
+    cohort[["subject", "sex"]].to_csv(tmp_path / "subjects.tsv", sep="\t", index=False)
+    split = {**FRACTIONS, "seed": 5}
+    out = write_targets(
+        [tmp_path / "phen.tsv"], tmp_path / "subjects.tsv", ["abdomen"], split, tmp_path / "t.tsv"
+    )
+    subjects = sorted(people["participant_id"])
+    splits = assign_subject_splits(subjects, FRACTIONS, 5, method="quota")
+    assert out.groupby("participant_id")["split"].first().to_dict() == splits
+    assert (out["subject"] == out["participant_id"].str.removeprefix("sub-")).all()
+    train = [s for s in subjects if splits[s] == "train"]
+    expected = lme_residual_targets(phen, people, ["abdomen"], train)
+    np.testing.assert_allclose(out["target"], expected["target"], rtol=1e-10)
+    # a model fitted on every subject would give other targets: the test split stays unseen
+    everyone = lme_residual_targets(phen, people, ["abdomen"], subjects)
+    assert not np.allclose(out["target"], everyone["target"], rtol=1e-6)
+    written = pd.read_csv(tmp_path / "t.tsv", sep="\t", dtype={"subject": str})
+    assert len(written) == len(phen) and set(written["split"]) == {"train", "validation", "test"}
+
+
 def test_study_steps_name_unreadable_tables(tmp_path):
     empty = tmp_path / "empty.tsv"
     empty.write_text("")
@@ -624,6 +693,13 @@ def test_spearman_bootstrap_resamples_subjects_and_pairs_replicates():
     shuffled = orig.sample(frac=1.0, random_state=1)  # row order must not matter
     np.testing.assert_allclose(spearman_bootstrap(shuffled, 500, seed=3)["boot"], res["boot"])
     assert not np.allclose(spearman_bootstrap(orig, 500, seed=4)["boot"], res["boot"])
+    # the first replicate by hand: draw SUBJECTS, each bringing all of its visits
+    subjects = sorted(set(orig["participant_id"]))
+    drawn = np.random.default_rng(3).integers(0, len(subjects), (500, len(subjects)))[0]
+    rows = pd.concat([orig[orig["participant_id"] == subjects[k]] for k in drawn])
+    assert len(rows) == 2 * len(subjects)  # two visits each
+    by_hand = stats.spearmanr(rows["target"], rows["prediction"])[0]
+    assert res["boot"][0] == pytest.approx(by_hand, abs=1e-12)
 
 
 def test_radiodensity_table_tests_against_the_original(tmp_path):
@@ -639,6 +715,14 @@ def test_radiodensity_table_tests_against_the_original(tmp_path):
     assert np.mean(paired["quickshear"] - paired["original"]) == pytest.approx(
         defaced["mean_difference"]
     )
+    # the test and the CI are those of the paired replicates, not of anything else
+    from defaceaudit.stats import wilcoxon_paired
+
+    expected = wilcoxon_paired(paired["quickshear"], paired["original"])
+    assert defaced["p_value"] == expected["p_value"]
+    assert defaced["wilcoxon_statistic"] == expected["statistic"]
+    low, high = np.quantile(paired["quickshear"] - paired["original"], [0.025, 0.975])
+    assert (defaced["diff_ci_low"], defaced["diff_ci_high"]) == pytest.approx((low, high))
     write_radiodensity_tables(table, tmp_path / "t.tsv", tmp_path / "t.md")
     md = (tmp_path / "t.md").read_text()
     assert "| abdomen" in md and "e-" in md

@@ -1,6 +1,7 @@
 """The refacing cascade: intensity scaling, padding, stage batches, sampling with paste-back,
 overfitting one tiny pair, and the refacing jobs on files."""
 
+import json
 import logging
 import tracemalloc
 
@@ -116,6 +117,39 @@ def test_sampling_is_seeded_and_pastes_back_the_untouched_voxels():
     assert not torch.equal(free[keep], defaced[keep])
 
 
+def test_stage_2_is_conditioned_as_in_training_on_the_stage_1_sample(monkeypatch):
+    """Sampling feeds stage 2 [upsampled stage-1 SAMPLE, defaced] in that order, the order of
+    stage2_batches' [coarse target, input] (not the downsampled input, not swapped)."""
+    from defaceaudit.diffusion import cascade
+
+    real, calls = cascade.ddim_sample, []
+
+    def spy(predict, shape, cond, *args, **kwargs):
+        out = real(predict, shape, cond, *args, **kwargs)
+        calls.append({"cond": cond.clone(), "out": out.clone()})
+        return out
+
+    monkeypatch.setattr(cascade, "ddim_sample", spy)
+    schedule = DiffusionSchedule()
+    defaced, _ = volumes(n=1)
+    keep = defaced > -1
+    settings = SamplingSettings(steps=2, seed=3, paste_back=False, slab_batch=2)
+    sample_cascade(
+        tiny_net(2), tiny_net(3, seed=1), schedule, schedule, defaced, keep, 2, settings, multiple=2
+    )
+    first, second = calls
+    assert torch.equal(first["cond"], downsample(defaced, 2))
+    expected_coarse = upsample(first["out"], defaced.shape[2:])
+    assert not torch.equal(expected_coarse, upsample(downsample(defaced, 2), defaced.shape[2:]))
+    assert torch.equal(second["cond"][:, :1], expected_coarse)
+    assert torch.equal(second["cond"][:, 1:], defaced)
+    # training's order: channel 0 the coarse target, channel 1 the defaced input
+    pairs = PairSet.from_volumes(*volumes(), factor=2)
+    batch = next(stage2_batches(pairs, batch_size=1)(np.random.default_rng(0)))
+    assert not torch.equal(batch["cond"][:, 0], batch["cond"][:, 1])
+    assert torch.all((batch["cond"][:, 1] == batch["x0"][:, 0]) | (batch["cond"][:, 1] == -1))
+
+
 def test_overfitting_one_pair_lowers_the_loss_and_moves_the_sample_to_the_target():
     torch.manual_seed(0)
     schedule = DiffusionSchedule()
@@ -207,7 +241,7 @@ def _outputs(folder, name="refaced"):
     }
 
 
-def test_train_then_reface_files(tmp_path, caplog):
+def test_train_then_reface_files(tmp_path, caplog, monkeypatch):
     pairs = [_write_pair(tmp_path, f"s{i}", i) for i in range(2)]
     config = reface_config()
     checkpoints = {}
@@ -248,6 +282,24 @@ def test_train_then_reface_files(tmp_path, caplog):
     _train(2, pairs, {**reface_config(steps=1), "downsample_factor": 1}, other)
     with pytest.raises(CheckpointError, match=f"{other}.*downsample_factor 1.*{checkpoints[1]}"):
         reface_subject(test["defaced"], test["removed"], checkpoints[1], other, free, sampling)
+
+    # the cascade's [-1, 1] output goes back to the defaced image's units: a cascade that
+    # returns 0 everywhere gives half the scale (the 99.5th percentile of its positive voxels)
+    from defaceaudit.diffusion import refacing
+
+    monkeypatch.setattr(
+        refacing, "sample_cascade", lambda *args, **kwargs: torch.zeros_like(args[4])
+    )
+    zeros = _outputs(tmp_path, "zeros")
+    sampling["paste_back"] = True
+    reface_subject(
+        test["defaced"], test["removed"], checkpoints[1], checkpoints[2], zeros, sampling
+    )
+    scale = json.loads(zeros["sidecar"].read_text())["intensity_scale"]
+    assert scale == pytest.approx(np.percentile(defaced[defaced > 0], 99.5), rel=1e-6)
+    refaced = nib.load(zeros["t1w"]).get_fdata()
+    np.testing.assert_allclose(refaced[removed], scale / 2, rtol=1e-6)
+    assert np.allclose(refaced[~removed], defaced[~removed])
 
 
 def test_padding_is_known_and_the_window_stays_off_the_padded_end():

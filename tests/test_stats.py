@@ -205,6 +205,11 @@ def test_wilcoxon_identical_infinities_are_ties():
     x[1] = np.inf  # infinite PSNR beats every finite one
     result = wilcoxon_paired(x, y)
     assert (result["n"], result["n_nonzero"]) == (8, 7)
+    # the same test as SciPy on the differences with the tie as 0 and inf - finite as +inf
+    d = np.concatenate([[0.0], x[1:] - y[1:]])
+    expected = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided", method="auto")
+    assert np.isinf(d[1]) and d[1] > 0
+    assert (result["statistic"], result["p_value"]) == (expected.statistic, expected.pvalue)
     assert np.isfinite(result["p_value"])
 
 
