@@ -10,8 +10,7 @@ rule fetch_face_template:
     localrule: True
     conda:
         "../envs/defaceaudit.yaml"
-    params:
-        cache_dir=config["demo"]["cache_dir"],
+    # the cache folder comes from the config in the script (moving it reruns nothing)
     script:
         "../workflow_scripts/fetch_face_template.py"
 

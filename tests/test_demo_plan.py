@@ -85,3 +85,44 @@ def test_demo_tables_writes_exactly_the_declared_files(tmp_path):
     write_tables(subjects, "internal", tmp_path, seed=1)
     written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
     assert written == set(paths.DEMO_TABLES)
+
+
+def test_a_killed_download_folder_is_removed_and_a_live_one_kept(tmp_path):
+    import os
+    import time
+
+    from defaceaudit.demo.sources import STALE_DOWNLOAD_S, _remove_stale_downloads
+
+    killed, live = tmp_path / ".download-killed", tmp_path / ".download-live"
+    for folder in (killed, live):
+        folder.mkdir()
+        (folder / "part.whl").write_bytes(b"x")
+    old = time.time() - STALE_DOWNLOAD_S - 60
+    os.utime(killed, (old, old))
+    (tmp_path / "cached.nii.gz").write_bytes(b"y")
+    _remove_stale_downloads(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".download-live", "cached.nii.gz"]
+
+
+def test_a_broken_cached_brain_mask_is_extracted_again(tmp_path, monkeypatch):
+    import nibabel as nib
+    import numpy as np
+    from synthetic import synthetic_head
+
+    from defaceaudit.demo import build
+    from defaceaudit.demo.sources import BASE_HEADS
+
+    img, brain = synthetic_head()
+    head_file = tmp_path / "head.nii.gz"
+    nib.save(img, head_file)
+    monkeypatch.setattr(build, "fetch_package_file", lambda spec, cache: head_file)
+    calls = []
+    monkeypatch.setattr(build, "robex_brain_mask", lambda image: calls.append(1) or brain)
+    spec = BASE_HEADS["robex"]
+    cached = tmp_path / f"robex_{spec.sha256[:12]}_desc-robex_mask.nii.gz"
+    cached.write_bytes(b"not a NIfTI file")
+    out = {k: tmp_path / f"{k}.nii.gz" for k in ("t1w", "brain", "head")}
+    build.prepare_base("robex", out["t1w"], out["brain"], out["head"], cache_dir=tmp_path)
+    assert calls == [1] and np.array_equal(nib.load(cached).get_fdata() > 0, brain)
+    build.prepare_base("robex", out["t1w"], out["brain"], out["head"], cache_dir=tmp_path)
+    assert calls == [1]  # the repaired cache serves the rerun

@@ -75,3 +75,20 @@ def test_ventricle_expansion_grows_with_age(base):
         q = backward_map(point, old, anatomy, params, np.random.default_rng(0))
         # sampling closer to the centre = structures there appear larger
         assert point[0, 0] - q[0, 0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_tissue_on_the_grid_faces_is_counted_per_face():
+    from defaceaudit.demo.synth import tissue_on_grid_faces
+
+    volume = np.abs(np.random.default_rng(0).normal(0, 1, (20, 24, 22))).astype(np.float32)
+    volume[5:15, 5:20, 0:18] = 100.0  # a "head" cut by the inferior face only
+    assert tissue_on_grid_faces(volume) == {
+        "left": 0,
+        "right": 0,
+        "posterior": 0,
+        "anterior": 0,
+        "inferior": 10 * 15,
+        "superior": 0,
+    }
+    volume[19, 8:10, 8:11] = 100.0  # an ear through the right face
+    assert tissue_on_grid_faces(volume)["right"] == 6

