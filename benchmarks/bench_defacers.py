@@ -80,7 +80,8 @@ def run_child(defacer: str, t1w: Path, brain: Path, extra: dict) -> dict:
     arg = json.dumps({"defacer": defacer, "t1w": str(t1w), "brain": str(brain), "extra": extra})
     done = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True)
     if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1]}
+        # a child killed for memory may print nothing
+        return {"error": (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

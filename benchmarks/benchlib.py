@@ -17,16 +17,18 @@ from pathlib import Path
 NAN = float("nan")
 
 
-def import_torch(bench: str, module: str, hint: str, gpu: bool):
-    """Import torch and ``module`` (the package part a benchmark needs, e.g. MONAI behind it) and
-    return torch; exit 2 with a message naming ``bench`` when either is missing (``hint`` says
-    what to install), or when ``gpu`` is asked for and no CUDA device is available."""
+def import_torch(bench: str, module: str, hint: str, gpu: bool, also: tuple[str, ...] = ()):
+    """Import torch, ``module`` (the package part a benchmark needs, e.g. MONAI behind it) and
+    the modules ``also`` (what those import only when called, such as MONAI's einops) and
+    return torch; exit 2 with a message naming ``bench`` when one is missing (``hint`` says what
+    to install), or when ``gpu`` is asked for and no CUDA device is available."""
     import importlib
 
     try:
         import torch
 
-        importlib.import_module(module)
+        for name in (module, *also):
+            importlib.import_module(name)
     except ImportError as err:
         print(f"{bench}: {err}; {hint}", file=sys.stderr)
         sys.exit(2)
@@ -57,34 +59,48 @@ def job_allocator() -> str:
 
 
 def memory_fields(cuda: bool) -> dict:
-    """``peak_mb`` (CUDA max allocated on a GPU, else the host's), ``host_peak_mb``, the load
-    average (other work on the machine inflates every time) and the device name."""
+    """``peak_mb`` (CUDA max allocated on a GPU, else the host's), on a GPU also
+    ``gpu_reserved_mb`` (the caching allocator's peak reserve: what the process held from the
+    device, fragmentation included), ``host_peak_mb``, the load average (other work on the
+    machine inflates every time) and the device name."""
     import torch
 
     host = host_peak_mb()
-    return {
+    fields = {
         "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else host,
         "host_peak_mb": host,
         "load_average": round(os.getloadavg()[0], 2),
         "device": torch.cuda.get_device_name() if cuda else "cpu",
     }
+    if cuda:
+        fields["gpu_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+    return fields
 
 
-def run_child(script: str | Path, spec: dict, error_key: str | None = None) -> dict:
+#: seconds one case may run before it is reported as failed (a hung child must not hang the run)
+CHILD_TIMEOUT_S = 3600
+
+
+def run_child(
+    script: str | Path, spec: dict, error_key: str | None = None, timeout: float = CHILD_TIMEOUT_S
+) -> dict:
     """Run ``script --child spec`` with the repository's ``src`` importable; returns the parsed
     last stdout line, or ``{"error": ...}`` (nested under ``error_key`` when given, for children
-    that return several rows)."""
+    that return several rows) when it fails or outlives ``timeout`` seconds."""
     src = Path(__file__).resolve().parents[1] / "src"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, str(script), "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    paths = [str(src), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), "--child", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        error = {"error": f"timed out after {timeout:.0f} s"}
+        return error if error_key is None else {error_key: error}
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
         error = {"error": lines[-1]}
@@ -111,8 +127,44 @@ def load_reference(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def provenance() -> dict:
+    """Where a reference run came from: the commit, the date, the machine and the versions."""
+    import platform
+    import time
+
+    import torch
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    cpu = ""
+    if Path("/proc/cpuinfo").exists():
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        names = [line for line in lines if line.startswith("model name")]
+        cpu = names[0].split(":", 1)[1].strip() if names else ""
+    return {
+        "commit": commit or "unknown",
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+    }
+
+
 def save_merged(path: Path, results: dict) -> None:
-    """Write ``results`` into the JSON at ``path``, keeping its other cases (e.g. GPU rows)."""
+    """Write ``results`` into the JSON at ``path``, keeping its other cases (e.g. GPU rows) and
+    never replacing a good row with a failed one; ``_meta`` records the run's provenance."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    merged = {**load_reference(path), **results}
+    good = {k: v for k, v in results.items() if "error" not in v}
+    failed = sorted(set(results) - set(good))
+    if failed:
+        print(f"not saved (failed): {', '.join(failed)}", file=sys.stderr)
+    merged = {**load_reference(path), **good, "_meta": provenance()}
     path.write_text(json.dumps(merged, indent=2, allow_nan=False) + "\n")

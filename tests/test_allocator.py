@@ -39,6 +39,8 @@ def test_opt_out_and_glibc_variables_leave_the_allocator_alone():
     assert keep_freed_memory({OPT_OUT: "0"}) is False
     for name in GLIBC_VARIABLES:
         assert keep_freed_memory({name: "65536"}) is False
+    tunables = "glibc.malloc.trim_threshold=65536:glibc.pthread.rseq=0"
+    assert keep_freed_memory({"GLIBC_TUNABLES": tunables}) is False
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")

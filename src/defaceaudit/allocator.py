@@ -52,16 +52,19 @@ GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_T
 def keep_freed_memory(environ: dict | None = None) -> bool:
     """Tune glibc's allocator for this process; returns whether it was changed.
 
-    ``environ`` (default ``os.environ``) is read for :data:`OPT_OUT` and
-    :data:`GLIBC_VARIABLES`. Returns False, changing nothing, on another C library.
+    ``environ`` (default ``os.environ``) is read for :data:`OPT_OUT`, :data:`GLIBC_VARIABLES`
+    and malloc settings in ``GLIBC_TUNABLES`` (the user's own settings win: nothing is
+    changed). Returns False, changing nothing, on another C library.
     """
     environ = os.environ if environ is None else environ
     if environ.get(OPT_OUT, "1") == "0":
         return False
     if any(name in environ for name in GLIBC_VARIABLES):
         return False
+    if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+        return False  # the user's own malloc tunables win
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the C library this process runs on, not one found by name
         mallopt = libc.mallopt
         libc.gnu_get_libc_version  # noqa: B018 - present in glibc only
     except (OSError, AttributeError):
@@ -74,7 +77,7 @@ def keep_freed_memory(environ: dict | None = None) -> bool:
         (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
         (_M_TOP_PAD, TOP_PAD),
     )
-    applied = all(mallopt(param, value) == 1 for param, value in settings)
+    applied = all([mallopt(param, value) == 1 for param, value in settings])  # every one tried
     if not applied:
         log.debug("glibc refused a mallopt setting; allocator partly at its defaults")
     return applied

@@ -196,13 +196,17 @@ def diffusion_loss(schedule: DiffusionSchedule):
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """DDIM settings chosen at sampling time (not training time)."""
+    """DDIM settings chosen at sampling time (not training time). ``bf16``: the networks run
+    under bf16 autocast on a CUDA device (the DDIM arithmetic and slab averaging stay fp32;
+    ignored on the CPU); the caller applies it
+    (:func:`~defaceaudit.diffusion.refacing.reface_subject`)."""
 
     steps: int = 10
     eta: float = 0.0
     seed: int = 0
     paste_back: bool = True
     slab_batch: int = 8
+    bf16: bool = True
 
 
 #: voxels of context kept around the region to generate (stage 2 sees them as known voxels)

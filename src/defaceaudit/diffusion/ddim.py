@@ -92,11 +92,13 @@ def ddim_step(
 
 def model_predictor(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Predictor:
     """Wrap a network ``model(x, timesteps)`` that predicts x0 from ``cat([x_t, cond], 1)``
-    into the ``predict_x0(x_t, cond, t)`` callable of :func:`ddim_sample`."""
+    into the ``predict_x0(x_t, cond, t)`` callable of :func:`ddim_sample`. The prediction comes
+    back in the inputs' dtype (under bf16 autocast the network's bf16 output is cast back, so
+    overlapping slabs are averaged and the DDIM step taken in full precision)."""
 
     def predict_x0(x_t: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
         inputs = x_t if cond is None else torch.cat([x_t, cond], dim=1)
-        return model(inputs, t)
+        return model(inputs, t).to(inputs.dtype)
 
     return predict_x0
 

@@ -8,6 +8,7 @@ network from the checkpoint's own config.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -309,18 +310,27 @@ def reface_subject(
     unit = torch.from_numpy(pad_volume(to_unit(data, scale), shape))[None, None]
     keep = torch.from_numpy(known_voxels(generated, shape))[None, None]
     settings = SamplingSettings(**sampling)
-    start = time.perf_counter()
-    out = sample_cascade(
-        model1,
-        model2,
-        schedule1,
-        schedule2,
-        unit.to(torch_device),
-        keep.to(torch_device),
-        factor,
-        settings,
-        multiple=multiple2,
+    use_bf16 = settings.bf16 and torch_device.type == "cuda"
+    precision = "bf16 autocast" if use_bf16 else "fp32"
+    log.info("sampling on %s (%s), %d DDIM steps", torch_device, precision, settings.steps)
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if use_bf16
+        else contextlib.nullcontext()
     )
+    start = time.perf_counter()
+    with autocast:
+        out = sample_cascade(
+            model1,
+            model2,
+            schedule1,
+            schedule2,
+            unit.to(torch_device),
+            keep.to(torch_device),
+            factor,
+            settings,
+            multiple=multiple2,
+        )
     seconds = time.perf_counter() - start
     refaced = from_unit(crop_volume(out[0, 0].float().cpu().numpy(), data.shape), scale)
     if settings.paste_back:
@@ -337,6 +347,7 @@ def reface_subject(
             "stage2": str(stage2),
             "sampling": sampling,
             "device": str(torch_device),
+            "precision": precision,
             "intensity_scale": scale,
             "seconds": round(seconds, 2),
             "defaceaudit_version": __version__,
