@@ -178,9 +178,10 @@ def main() -> None:
             f"{DEMO_TRAIN_ROWS} training rows, {DEMO_VALIDATION_ROWS} validation rows, "
             f"batch {DEMO_BATCH}"
         )
+        threads = benchlib.rule_threads("train_radiodensity")  # as the workflow runs the job
         cases = [
             ("cpu demo_6mm baseline", {"case": "baseline"}),
-            ("cpu demo_6mm train epoch", {"case": "epoch"}),
+            ("cpu demo_6mm train epoch", {"case": "epoch", "threads": threads}),
         ]
     reference = benchlib.load_reference(args.reference)
     results = {name: benchlib.run_child(__file__, spec) for name, spec in cases}

@@ -367,13 +367,18 @@ def cpu_cases(config: dict) -> list[tuple[str, dict]]:
         "warmup": WARMUP_STEPS,
         "repeats": TIMED_STEPS,
     }
+    # each case on its rule's threads, as the workflow runs the job
+    train = {**base, "threads": benchlib.rule_threads("train_stage1")}
+    sample = {**base, "threads": benchlib.rule_threads("sample_refaced")}
     return [
         ("cpu demo_2p5mm baseline", {**base, "case": "baseline"}),
-        ("cpu demo_2p5mm stage1 train step", {**base, "case": "train", "stage": 1}),
-        *stage2_cases("cpu demo_2p5mm", base, config),
+        ("cpu demo_2p5mm stage1 train step", {**train, "case": "train", "stage": 1}),
+        *stage2_cases(
+            "cpu demo_2p5mm", {**base, "threads": benchlib.rule_threads("train_stage2")}, config
+        ),
         (
             "cpu demo_2p5mm sample",
-            {**base, "case": "sample", "sampling_steps": [int(config["sampling"]["steps"])]},
+            {**sample, "case": "sample", "sampling_steps": [int(config["sampling"]["steps"])]},
         ),
     ]
 

@@ -77,6 +77,20 @@ def memory_fields(cuda: bool) -> dict:
     return fields
 
 
+def rule_threads(rule: str) -> int:
+    """The ``threads:`` a workflow rule declares in rules/*.smk (1 where it declares none).
+    A case that stands for a rule's job runs on that many threads, as Snakemake runs the job
+    (it sets ``OMP_NUM_THREADS``, and so torch's thread count, to the rule's threads)."""
+    import re
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "rules").glob("*.smk")):
+        for block in re.split(r"^(?=rule \w+:)", path.read_text(), flags=re.M):
+            if block.startswith(f"rule {rule}:"):
+                found = re.search(r"^    threads: (\d+)$", block, re.M)
+                return int(found[1]) if found else 1
+    raise KeyError(f"no rule {rule} in rules/*.smk")
+
+
 #: seconds one case may run before it is reported as failed (a hung child must not hang the run)
 CHILD_TIMEOUT_S = 3600
 
@@ -84,12 +98,15 @@ CHILD_TIMEOUT_S = 3600
 def run_child(
     script: str | Path, spec: dict, error_key: str | None = None, timeout: float = CHILD_TIMEOUT_S
 ) -> dict:
-    """Run ``script --child spec`` with the repository's ``src`` importable; returns the parsed
-    last stdout line, or ``{"error": ...}`` (nested under ``error_key`` when given, for children
-    that return several rows) when it fails or outlives ``timeout`` seconds."""
+    """Run ``script --child spec`` with the repository's ``src`` importable (and, when ``spec``
+    has ``threads``, ``OMP_NUM_THREADS`` set to them, as Snakemake sets it for a job); returns
+    the parsed last stdout line, or ``{"error": ...}`` (nested under ``error_key`` when given,
+    for children that return several rows) when it fails or outlives ``timeout`` seconds."""
     src = Path(__file__).resolve().parents[1] / "src"
     paths = [str(src), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    if "threads" in spec:
+        env["OMP_NUM_THREADS"] = str(int(spec["threads"]))
     try:
         done = subprocess.run(
             [sys.executable, str(script), "--child", json.dumps(spec)],
