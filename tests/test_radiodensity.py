@@ -575,6 +575,34 @@ def test_run_training_writes_predictions_history_and_model(tmp_path):
     checkpoint = torch.load(tmp_path / "model.pt", weights_only=True)
     assert checkpoint["settings"]["epochs"] == 3 and checkpoint["crop_shape"] == [12, 12, 12]
     TinyNet().load_state_dict(checkpoint["state_dict"])
+    # splits=None: each subject's split from the table's split column (as the workflow runs it)
+    table = pd.read_csv(tmp_path / "targets.tsv", sep="\t", dtype={"participant_id": str})
+    table["split"] = table["participant_id"].map(split_of).fillna("test")
+    table.to_csv(tmp_path / "targets_split.tsv", sep="\t", index=False)
+    from_table = run_training(
+        files,
+        "original",
+        tmp_path / "targets_split.tsv",
+        "abdomen",
+        None,
+        {**SETTINGS, "epochs": 3},
+        tmp_path / "pred2.tsv",
+        tmp_path / "history2.tsv",
+        build_model=TinyNet,
+    )
+    pd.testing.assert_frame_equal(from_table, out)
+    with pytest.raises(DefaceAuditError, match="no column"):
+        run_training(
+            files,
+            "original",
+            tmp_path / "targets.tsv",
+            "abdomen",
+            None,
+            SETTINGS,
+            tmp_path / "p3.tsv",
+            tmp_path / "h3.tsv",
+            build_model=TinyNet,
+        )
     with pytest.raises(DefaceAuditError, match="no 'avgface' crop"):
         run_training(
             files,

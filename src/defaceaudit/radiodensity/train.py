@@ -321,7 +321,7 @@ def run_training(
     image_type: str,
     targets_tsv: str | os.PathLike,
     body_part: str,
-    splits: Mapping[str, str],
+    splits: Mapping[str, str] | None,
     settings: Mapping,
     out_predictions: str | os.PathLike,
     out_history: str | os.PathLike,
@@ -334,25 +334,31 @@ def run_training(
 
     ``crop_files``: subject -> npz of :func:`~.crop.subject_face_crops` (the ``image_type``
     crop is used); ``targets_tsv``: the long table of :func:`~.targets.lme_residual_targets`
-    (its ``body_part`` rows); ``splits``: subject -> "train"/"validation"/"test". Subjects may be
-    given with or without ``sub-``. Every target row of a subject with a crop is used (the one
-    image serves all visits); rows of subjects without a crop, or with a missing target, are
-    left out (logged). Writes, atomically: ``out_predictions`` (TSV, :data:`PREDICTION_COLUMNS`),
-    ``out_history`` (TSV, :data:`HISTORY_COLUMNS`) and, when given, ``out_model`` (torch.save of
-    ``state_dict``, resolved ``settings``, architecture, image type, body part, crop shape, best
-    epoch, package version). ``build_model`` as in :func:`train_radiodensity`. Returns the
-    predictions table. Unreadable inputs raise :class:`DefaceAuditError` naming the file; a
+    (its ``body_part`` rows); ``splits``: subject -> "train"/"validation"/"test", or None to
+    take each subject's from the table's ``split`` column (as
+    :func:`~.study.write_targets` writes it). Subjects may be given with or without ``sub-``.
+    Every target row of a subject with a crop is used (the one image serves all visits); rows of
+    subjects without a crop, or with a missing target, are left out (logged). Writes,
+    atomically: ``out_predictions`` (TSV, :data:`PREDICTION_COLUMNS`), ``out_history`` (TSV,
+    :data:`HISTORY_COLUMNS`) and, when given, ``out_model`` (torch.save of ``state_dict``,
+    resolved ``settings``, architecture, image type, body part, crop shape, best epoch, package
+    version). ``build_model`` as in :func:`train_radiodensity`. Returns the predictions table.
+    Unreadable inputs raise :class:`DefaceAuditError` naming the file; a
     diverged training :class:`TrainingDivergedError` naming the image type and body part
     (nothing is written then).
     """
     log = log or _LOG
     s = training_settings(settings)
-    needed = ["participant_id", "visit", "body_part", "target"]
+    needed = ["participant_id", "visit", "body_part", "target"] + (
+        ["split"] if splits is None else []
+    )
     table = read_tsv(targets_tsv, "targets table", needed, dtype={"participant_id": str})
     rows = table.loc[table["body_part"] == body_part].copy()
     if rows.empty:
         raise DefaceAuditError(f"{targets_tsv}: no rows for body part {body_part!r}")
     files = {_participant(k): v for k, v in crop_files.items()}
+    if splits is None:
+        splits = dict(zip(table["participant_id"].astype(str), table["split"], strict=True))
     split_of = {_participant(k): v for k, v in splits.items()}
     rows["participant_id"] = rows["participant_id"].astype(str)
     no_crop = sorted(set(rows["participant_id"]) - set(files))
