@@ -270,7 +270,7 @@ def test_crop_geometry_sits_on_the_front_of_the_head():
 def test_subject_face_crops_register_mask_and_normalise(tmp_path):
     template, _ = synthetic_head(seed=0)
     head, brain = synthetic_head(seed=1)
-    shift = np.array([8.0, -12.0, 4.0])  # the subject's world is the template's moved by shift
+    shift = np.array([8.7, -12.3, 4.5])  # the subject's world: the template's moved (off grid)
     affine = template.affine.copy()
     affine[:3, 3] += shift
     data = np.asarray(head.dataobj)
@@ -280,24 +280,27 @@ def test_subject_face_crops_register_mask_and_normalise(tmp_path):
     defaced = data.copy()
     defaced[:, 45:, :26] = 0.0  # lower front of the head removed
     d_path = _save(defaced, affine, tmp_path / "defaced.nii.gz")
+    stripped = _save(data * (np.asarray(brain) > 0), affine, tmp_path / "stripped.nii.gz")
     shape = (40, 16, 44)
     crops = subject_face_crops(
         o_path,
         b_path,
-        {"defaced": d_path},
+        {"defaced": d_path, "skullstrip": stripped},
         t_path,
         shape,
         4.0,
         out_crops=tmp_path / "crops.npz",
         out_transform=tmp_path / "transform.json",
     )
-    assert set(crops) == {"original", "defaced"}
+    assert set(crops) == {"original", "defaced", "skullstrip"}
+    # skull-stripping leaves no face: not even the rim where brain and scalp share a voxel
+    assert not crops.pop("skullstrip").any()
     info = json.loads((tmp_path / "transform.json").read_text())
     transform = np.array(info["template_to_subject_ras_mm"])
     np.testing.assert_allclose(transform[:3, 3], shift, atol=2.0)  # the known shift, in mm
     assert abs(transform[:3, :3] - np.eye(3)).max() < 0.03
     with np.load(tmp_path / "crops.npz") as saved:
-        assert sorted(saved.files) == ["defaced", "original"]
+        assert sorted(saved.files) == ["defaced", "original", "skullstrip"]
         np.testing.assert_array_equal(saved["original"], crops["original"])
     geo = CropGeometry.from_template(template, shape, 4.0)
     assert info["crop_affine"] == np.round(geo.affine, 6).tolist()
@@ -322,6 +325,12 @@ def test_subject_face_crops_register_mask_and_normalise(tmp_path):
     removed = nib.affines.apply_affine(np.linalg.inv(affine), world + shift)
     gone = ((removed[:, 1] >= 45.5) & (removed[:, 2] <= 24.5)).reshape(shape)
     assert np.all(crops["defaced"][gone] == 0) and (crops["original"][gone] != 0).sum() > 20
+
+    # even inside the original's head mask, no voxel with any brain in it survives
+    rim = subject_face_crops(
+        o_path, b_path, {"skullstrip": stripped}, t_path, shape, 4.0, head_region="original"
+    )
+    assert not rim["skullstrip"].any()
 
     other = _save(data[:-2], affine, tmp_path / "other_grid.nii.gz")
     with pytest.raises(ImageError, match="other_grid.nii.gz"):
@@ -728,6 +737,22 @@ def test_spearman_bootstrap_resamples_subjects_and_pairs_replicates():
     assert len(rows) == 2 * len(subjects)  # two visits each
     by_hand = stats.spearmanr(rows["target"], rows["prediction"])[0]
     assert res["boot"][0] == pytest.approx(by_hand, abs=1e-12)
+
+
+def test_an_image_type_with_no_face_left_has_no_rho_and_says_so(tmp_path):
+    frame = _predictions(n_subjects=12)
+    stripped = frame[frame["image_type"] == "original"].assign(
+        image_type="skullstrip",
+        prediction=0.25,  # one value for every subject
+    )
+    table, boot = radiodensity_table(pd.concat([frame, stripped]), n_resamples=50, seed=0)
+    row = table[table["image_type"] == "skullstrip"].iloc[0]
+    assert np.isnan(row["rho"]) and np.isnan(row["ci_low"]) and np.isnan(row["p_value"])
+    (finding,) = radiodensity_findings(table)
+    assert "skullstrip: no rho (the model predicts one value for every subject" in finding
+    assert "quickshear" in finding  # the others are still compared
+    plot_radiodensity(table, boot, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_radiodensity_table_tests_against_the_original(tmp_path):

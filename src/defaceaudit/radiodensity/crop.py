@@ -53,6 +53,12 @@ HEAD_REGIONS = ("own", "original")
 ANTERIOR_MARGIN_MM = 12.0
 #: Affine equality tolerance (mm) for "on the original's grid", as in ``nifti.load_mask``.
 _GRID_ATOL_MM = 1e-3
+#: a crop voxel whose pulled brain fraction exceeds this is brain (masked out): any partial
+#: volume of brain counts, so no blend of brain intensity is left among the facial voxels
+BRAIN_FRACTION = 1e-3
+#: an image whose normalisation region holds fewer voxels than this fraction of the original's
+#: has no face left (a skull-stripped image: at most a rim of interpolation): its crop is 0
+MIN_REGION_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -181,12 +187,15 @@ def subject_face_crops(
 
     Steps: the original is registered to the template (:func:`affine_register`, fixed = template
     anti-aliased to ``max(voxel_mm, 2)`` mm, moving = original, ``seed``); the transform (template
-    world -> subject world) pulls the original, each image (linear) and the brain mask (linear,
-    then > 0.5) onto the crop grid; brain voxels are set to 0.
+    world -> subject world) pulls the original, each image (linear) and the brain mask (linear)
+    onto the crop grid; every voxel with any brain in it (pulled fraction above
+    :data:`BRAIN_FRACTION`) is set to 0.
 
     Z-normalisation region (``head_region``): each crop is normalised over its non-zero voxels
     inside a head mask and outside the brain; everything else (air, brain, voxels a defacer
-    removed) is 0. With ``"own"`` (default) the head mask is :func:`masks.head_mask` of that
+    removed) is 0. An image whose region holds fewer than :data:`MIN_REGION_FRACTION` of the
+    original's voxels has no face left (a skull-stripped image) and gets an all-zero crop. With
+    ``"own"`` (default) the head mask is :func:`masks.head_mask` of that
     image itself (on its native grid, carried with the crop). ``"original"`` uses the original's
     head mask for every image; that hands the network the original face's outline through
     images that replace the face (the population-average face), so it is not the default.
@@ -222,9 +231,10 @@ def subject_face_crops(
     def pull(data: np.ndarray) -> np.ndarray:
         return resample((data, orig.affine), grid, transform, order=1)
 
-    brain_crop = pull(brain.astype(np.float32)) > 0.5
+    brain_crop = pull(brain.astype(np.float32)) > BRAIN_FRACTION
     orig_head = pull(_head(original, orig).astype(np.float32)) > 0.5
     crops: dict[str, np.ndarray] = {}
+    minimum = 0
     for name, (path, img) in {"original": (original, orig), **others}.items():
         crop = pull(np.asarray(img.dataobj, dtype=np.float32))
         crop[brain_crop] = 0.0
@@ -233,6 +243,18 @@ def subject_face_crops(
         else:
             head = pull(_head(path, img).astype(np.float32)) > 0.5
         region = head & ~brain_crop & (crop != 0)
+        if name == "original":
+            minimum = int(np.ceil(MIN_REGION_FRACTION * region.sum()))
+        if region.sum() < minimum:
+            log.info(
+                "%s: %s crop has %d facial voxels (under %d, 1 %% of the original's): no face "
+                "left, all zeros",
+                original.name,
+                name,
+                int(region.sum()),
+                minimum,
+            )
+            region = np.zeros_like(region)
         crops[name] = normalise_region(crop, region)
         log.info("%s: %s crop, %d normalised voxels", original.name, name, int(region.sum()))
 

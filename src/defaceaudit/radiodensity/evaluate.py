@@ -280,7 +280,11 @@ def radiodensity_findings(table: pd.DataFrame) -> list[str]:
             f"{_VERDICT[_side_of_zero(ref['ci_low'], ref['ci_high'])]}."
         )
         groups: dict[int, list[str]] = {-1: [], 1: [], 0: []}
+        undefined = []
         for _, row in rows.iloc[1:].iterrows():
+            if not np.isfinite(row["rho"]):
+                undefined.append(row["image_type"])
+                continue
             side = _side_of_zero(row["diff_ci_low"], row["diff_ci_high"])
             difference = format_ci(row["mean_difference"], row["diff_ci_low"], row["diff_ci_high"])
             groups[0 if side is None else side].append(
@@ -289,6 +293,11 @@ def radiodensity_findings(table: pd.DataFrame) -> list[str]:
         for side, names in groups.items():
             if names:
                 text += f" {'; '.join(names)}: {_COMPARISON[side]} the {ref['image_type']}."
+        if undefined:
+            text += (
+                f" {'; '.join(undefined)}: no rho (the model predicts one value for every "
+                "subject: no facial voxel is left in the crop)."
+            )
         lines.append(text)
     return lines
 

@@ -66,6 +66,9 @@ def plot_radiodensity(
             for patch, t in zip(boxes["boxes"], types, strict=True):
                 patch.set_facecolor(colours[t])
         ax.scatter(range(len(types)), rows["rho"], marker="D", color="black", s=18, zorder=5)
+        for i, rho in enumerate(rows["rho"]):
+            if not np.isfinite(rho):  # constant predictions: nothing of the face was left
+                ax.text(i, 0.02, "no rho:\nno face\nleft", ha="center", va="bottom", fontsize=7)
         ax.axhline(0.0, color="0.4", linewidth=0.8, linestyle="--")
         top = np.nanmax(np.append(rows["ci_high"].to_numpy(dtype=float), 0.0))
         for i, p in enumerate(rows["p_value"]):
