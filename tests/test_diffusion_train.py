@@ -331,3 +331,12 @@ def test_training_settings_are_checked():
     with pytest.raises(InputError, match=r"\['ema_decay'\] must be a number in \[0, 1\)"):
         training_settings(make_config(ema_decay=1.0))
     assert training_settings(make_config())["ema_warmup"] is True
+
+
+def test_bf16_autocast_only_on_gpus_with_bf16_tensor_cores(monkeypatch):
+    from defaceaudit.diffusion.train import bf16_supported
+
+    assert not bf16_supported(torch.device("cpu"))
+    for capability, expected in (((7, 0), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert bf16_supported(torch.device("cuda:0")) is expected, capability

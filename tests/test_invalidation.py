@@ -273,9 +273,11 @@ def test_changed_training_subject_retrains_and_resamples_every_test_subject(fini
     [
         (("sampling", "steps"), 3, frozenset()),
         (("stage2", "training", "steps"), 4, frozenset({"train_stage2"})),
+        # other widths, the same levels (size multiple): stage 1 reads only that multiple
+        (("stage2", "network", "channels"), [8, 8, 16], frozenset({"train_stage2"})),
         (("device",), "cpu", None),
     ],
-    ids=["sampling_steps", "stage2_training_steps", "device"],
+    ids=["sampling_steps", "stage2_training_steps", "stage2_widths", "device"],
 )
 def test_changed_refacing_setting_retrains_only_what_reads_it(
     finished_run, setting, value, retrained

@@ -573,3 +573,28 @@ def test_a_pair_whose_images_do_not_overlay_is_named(tmp_path):
     nib.save(nib.Nifti1Image(np.asanyarray(other.dataobj)[:-1], other.affine), defaced[0])
     with pytest.raises(ImageError, match="differs from"):
         load_pairs(originals, defaced, reface_config(), 1)
+
+
+def test_the_generated_region_does_not_trace_the_original_face_on_a_zero_background():
+    from defaceaudit.diffusion.refacing import generation_region
+
+    original = np.zeros((20, 20, 20), np.float32)
+    original[4:16, 2:14, 4:16] = 100.0  # a head on an exactly-zero background
+    original[8:12, 14:17, 4:9] = 80.0  # a nose sticking out in front
+    defaced = original.copy()
+    defaced[:, 10:, :10] = 0.0  # the defacer zeroes a box: anterior, inferior
+    removed = (defaced == 0) & (original != 0)  # tissue only: the face's silhouette
+    region = generation_region(defaced, removed)
+    box = (slice(4, 16), slice(10, 17), slice(4, 10))  # the removed mask's bounding box
+    assert region[box].all()  # air and tissue alike inside it: no outline of the nose
+    outside = np.ones_like(region)
+    outside[box] = False
+    assert not (region & outside & (defaced != 0)).any()
+    assert np.array_equal(region & outside, removed & outside)
+    # on a noisy (non-zero) background the removed mask is already the defacer's whole box
+    noisy = original + 1.0
+    noisy_defaced = noisy.copy()
+    noisy_defaced[:, 10:, :10] = 0.0
+    noisy_removed = (noisy_defaced == 0) & (noisy != 0)
+    assert np.array_equal(generation_region(noisy_defaced, noisy_removed), noisy_removed)
+    assert not generation_region(defaced, np.zeros_like(removed)).any()

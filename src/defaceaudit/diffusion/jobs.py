@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from defaceaudit import paths
 from defaceaudit.cohort import Cohort
+from defaceaudit.diffusion.sizing import stage_multiple
 from defaceaudit.metrics.plan import MetricPlan
 from defaceaudit.targets import prepared_files
 
@@ -56,20 +57,22 @@ def training_pair_index(cohort: Cohort, plan: MetricPlan, model: str) -> list[in
 
 def training_settings(reface: dict, stage: int) -> dict:
     """The part of the resolved ``reface`` config section that training stage ``stage`` (1 or 2)
-    reads: the noise schedule, the downsampling factor, both networks (the padded grid is a
-    multiple of both), this stage's training settings and, for stage 2, the slab crop.
+    reads: the noise schedule, the downsampling factor, this stage's network and training
+    settings, the other stage's size multiple only (the padded grid is a multiple of both
+    networks' multiples: :func:`~defaceaudit.diffusion.sizing.grid_multiples`) and, for stage
+    2, the slab crop.
 
     The training rules pass this, not the whole section, as their params: Snakemake reruns a job
-    whose params changed, and a new sampling setting, device or the other stage's training
-    settings must not retrain a model (100k steps at paper scale)."""
+    whose params changed, and a new sampling setting, device, or the other stage's training
+    settings or widths must not retrain a model (100k steps at paper scale)."""
     key = f"stage{stage}"
+    other = f"stage{3 - stage}"
     settings = {
         "schedule": reface["schedule"],
         "downsample_factor": reface["downsample_factor"],
-        "stage1": {"network": reface["stage1"]["network"]},
-        "stage2": {"network": reface["stage2"]["network"]},
+        key: {"network": reface[key]["network"], "training": reface[key]["training"]},
+        other: {"size_multiple": stage_multiple(reface[other])},
     }
-    settings[key] = {**settings[key], "training": reface[key]["training"]}
     if stage == 2:
         settings["slab_patch"] = reface.get("slab_patch", 0)
     return settings

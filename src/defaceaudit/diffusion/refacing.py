@@ -29,9 +29,14 @@ from defaceaudit.diffusion.cascade import (
 )
 from defaceaudit.diffusion.checkpoint import CheckpointError, model_from_checkpoint
 from defaceaudit.diffusion.schedule import DiffusionSchedule
-from defaceaudit.diffusion.sizing import factor_of, required_multiple, training_grid
+from defaceaudit.diffusion.sizing import (
+    factor_of,
+    required_multiple,
+    stage_multiple,
+    training_grid,
+)
 from defaceaudit.diffusion.slabs import SLAB_SIZE
-from defaceaudit.diffusion.train import device_from_config, train
+from defaceaudit.diffusion.train import bf16_supported, device_from_config, train
 from defaceaudit.diffusion.unet import unet_from_config
 from defaceaudit.diffusion.volumes import (
     crop_volume,
@@ -43,6 +48,7 @@ from defaceaudit.diffusion.volumes import (
     to_unit,
 )
 from defaceaudit.errors import ImageError, InputError
+from defaceaudit.masks import bounding_box
 from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras
 from defaceaudit.tables import write_json
 
@@ -54,11 +60,11 @@ def check_stage2_sizes(config: dict) -> None:
     :data:`~defaceaudit.diffusion.slabs.SLAB_SIZE` axial slices (its
     :func:`~defaceaudit.diffusion.unet.required_multiple` divides the slab size) and
     ``slab_patch`` (voxels; 0 = whole slabs) is a multiple of that multiple."""
-    channels = config["stage2"]["network"]["channels"]
-    multiple = required_multiple(channels)
+    multiple = stage_multiple(config["stage2"])
+    levels = multiple.bit_length()  # required_multiple = 2 ** (levels - 1)
     if SLAB_SIZE % multiple:
         raise InputError(
-            f"config reface.stage2.network.channels: {len(channels)} levels need sizes divisible "
+            f"config reface.stage2.network.channels: {levels} levels need sizes divisible "
             f"by {multiple}, but a stage-2 slab has {SLAB_SIZE} axial slices "
             f"(at most {SLAB_SIZE.bit_length()} levels)"
         )
@@ -66,7 +72,7 @@ def check_stage2_sizes(config: dict) -> None:
     if patch > 0 and patch % multiple:
         raise InputError(
             f"config reface.slab_patch: {patch} is not a multiple of {multiple}, the size "
-            f"multiple of reface.stage2.network.channels ({len(channels)} levels)"
+            f"multiple of reface.stage2.network.channels ({levels} levels)"
         )
 
 
@@ -267,6 +273,24 @@ def load_sampler(checkpoint: str | os.PathLike, device: torch.device):
     return model.to(device), _schedule(config), config
 
 
+def generation_region(defaced: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """The voxels to generate, bool ``[X, Y, Z]``: the defacer's ``removed`` region grown to
+    every zero voxel of ``defaced`` inside the region's bounding box.
+
+    A removed-region mask is "removed where the original was non-zero": on an original whose
+    background is exactly 0 (many preprocessed datasets) it is the face's own silhouette,
+    which an attacker holding only the defaced image does not have. Only the box (where the
+    defacer worked) is taken from the mask; inside it, what is zero in the defaced image is
+    unknown. On images with a noisy background the two coincide."""
+    removed = np.asarray(removed, dtype=bool)
+    if not removed.any():
+        return removed
+    box = bounding_box(removed)
+    region = removed.copy()
+    region[box] |= np.asarray(defaced)[box] == 0
+    return region
+
+
 def reface_subject(
     defaced: str | os.PathLike,
     removed: str | os.PathLike,
@@ -279,8 +303,11 @@ def reface_subject(
     """Reface one defaced image with a trained model pair.
 
     Args:
-        defaced: the defacer's output (prepared grid); removed: its removed-region mask (the
-            voxels not pasted back).
+        defaced: the defacer's output (prepared grid); removed: its removed-region mask.
+            The voxels generated (not pasted back) are :func:`generation_region`: every zero
+            voxel of the defaced image inside the mask's bounding box, so the model is not
+            told which of them were tissue in the original (the face's outline, where the
+            original's air is exactly 0).
         stage1, stage2: checkpoints of one model pair (same ``downsample_factor``, else
             :class:`~defaceaudit.diffusion.checkpoint.CheckpointError`).
         outputs: paths ``t1w`` (refaced image, the defaced image's units), ``removed`` (the
@@ -292,7 +319,9 @@ def reface_subject(
     torch_device = device_from_config(device)
     img = to_ras(load_t1w(defaced))
     data = np.asarray(img.dataobj, dtype=np.float32)
-    generated = load_mask(removed, img, canonical=True, reference_name=defaced)
+    generated = generation_region(
+        data, load_mask(removed, img, canonical=True, reference_name=defaced)
+    )
     scale = scale_of(data, defaced)
     model1, schedule1, config1 = load_sampler(stage1, torch_device)
     model2, schedule2, config2 = load_sampler(stage2, torch_device)
@@ -310,7 +339,7 @@ def reface_subject(
     unit = torch.from_numpy(pad_volume(to_unit(data, scale), shape))[None, None]
     keep = torch.from_numpy(known_voxels(generated, shape))[None, None]
     settings = SamplingSettings(**sampling)
-    use_bf16 = settings.bf16 and torch_device.type == "cuda"
+    use_bf16 = settings.bf16 and bf16_supported(torch_device)
     precision = "bf16 autocast" if use_bf16 else "fp32"
     log.info("sampling on %s (%s), %d DDIM steps", torch_device, precision, settings.steps)
     autocast = (

@@ -55,14 +55,19 @@ def factor_of(reface: dict) -> int:
     return int(reface["downsample_factor"])
 
 
+def stage_multiple(stage: dict) -> int:
+    """The size multiple of one stage's section of a ``reface`` config: from its network's
+    channels, or its ``size_multiple`` where a stage's ``training_settings`` carry only that
+    of the other stage."""
+    if "network" in stage:
+        return required_multiple(stage["network"]["channels"])
+    return int(stage["size_multiple"])
+
+
 def grid_multiples(reface: dict) -> tuple[int, int, int]:
     """(downsampling factor, stage-1 size multiple, stage-2 size multiple) of a ``reface``
     config section (the resolved section or a stage's ``training_settings``)."""
-    return (
-        factor_of(reface),
-        required_multiple(reface["stage1"]["network"]["channels"]),
-        required_multiple(reface["stage2"]["network"]["channels"]),
-    )
+    return factor_of(reface), stage_multiple(reface["stage1"]), stage_multiple(reface["stage2"])
 
 
 def training_grid(images: Sequence[str | os.PathLike], reface: dict) -> tuple[int, int, int]:

@@ -149,6 +149,13 @@ class EMA:
         self.num_updates = int(state["num_updates"])
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is worth running on ``device``: a CUDA GPU of compute capability
+    8.0 or later (Ampere, Hopper), whose tensor cores do bf16. Older GPUs (a V100: 7.0) only
+    emulate it, slower than fp32; the CPU path stays fp32 here."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def device_from_config(name: str) -> torch.device:
     """The torch device for a config value: ``"auto"`` (CUDA when available, else CPU),
     ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Raises :class:`InputError` for anything else and for a
@@ -391,9 +398,9 @@ def train(
         )
     start_step = step
 
-    use_bf16 = settings["bf16"] and device.type == "cuda"
+    use_bf16 = settings["bf16"] and bf16_supported(device)
     if settings["bf16"] and not use_bf16:
-        log.info("bf16 requested but device is %s: training in fp32", device)
+        log.info("bf16 requested but %s has no bf16 tensor cores: training in fp32", device)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "training %d parameters on %s (%s), steps %d..%d, checkpoint every %d steps to %s",

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from defaceaudit import __version__
-from defaceaudit.diffusion.train import device_from_config
+from defaceaudit.diffusion.train import bf16_supported, device_from_config
 from defaceaudit.errors import DefaceAuditError, InputError
 from defaceaudit.radiodensity.model import load_medicalnet, resnet10
 from defaceaudit.radiodensity.sampler import balanced_sampler, subject_balanced_weights
@@ -197,8 +197,9 @@ def train_radiodensity(
 
     device = device_from_config(s["device"])
     cuda = device.type == "cuda"
-    if s["bf16"] and not cuda:
-        log.info("bf16 autocast is used on CUDA only; training in float32 on %s", device)
+    use_bf16 = s["bf16"] and bf16_supported(device)
+    if s["bf16"] and not use_bf16:
+        log.info("bf16 autocast needs bf16 tensor cores; training in float32 on %s", device)
     if cuda:
         torch.backends.cudnn.benchmark = False
     torch.manual_seed(int(s["seed"]))
@@ -216,7 +217,7 @@ def train_radiodensity(
     target_t = torch.tensor(targets, dtype=torch.float32)
 
     def autocast():
-        if s["bf16"] and cuda:
+        if use_bf16:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
