@@ -242,13 +242,24 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
-def test_resume_file_from_another_config_is_refused(tmp_path):
+def test_resume_file_from_another_config_is_set_aside_and_training_starts_afresh(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
     with pytest.raises(Killed):
         run(tmp_path, make_config(steps=12), batches=killed_after(5))
+    resume = tmp_path / "model.pt.resume.pt"
+    saved = resume.read_bytes()
     other = make_config(steps=12)
     other["network"]["channels"] = 8
-    with pytest.raises(CheckpointError, match=r"network\.channels: 4 -> 8.*delete it"):
-        run(tmp_path, other)
+    result = run(tmp_path, other)
+    assert "written for another model (network.channels: 4 -> 8)" in caplog.text
+    assert "resuming from" not in caplog.text and result["start_step"] == 0
+    assert (tmp_path / "model.pt.resume.pt.stale").read_bytes() == saved  # kept, out of the way
+    (tmp_path / "fresh").mkdir()
+    run(tmp_path / "fresh", other)  # the same as training it where nothing was left
+    afresh, fresh = (load_checkpoint(d / "model.pt") for d in (tmp_path, tmp_path / "fresh"))
+    assert afresh["step"] == fresh["step"] == 12
+    for key, value in fresh["model"].items():
+        assert torch.equal(afresh["model"][key], value), key
 
 
 def test_changed_training_settings_apply_on_resume(tmp_path, caplog):

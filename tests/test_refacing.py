@@ -333,9 +333,17 @@ def test_resume_needs_the_same_pairs_but_not_the_same_version(tmp_path, caplog, 
     checkpoint = tmp_path / "stage1.pt"
     _train(1, pairs[:2], reface_config(steps=2), checkpoint)
     # stands in for a run killed at step 2 of 4
-    checkpoint.rename(default_resume_path(checkpoint))
-    with pytest.raises(CheckpointError, match="pairs_sha256.*delete it"):
-        _train(1, [pairs[0], pairs[2]], reface_config(steps=4), checkpoint)  # as many pairs
+    resume = default_resume_path(checkpoint)
+    checkpoint.rename(resume)
+    saved = resume.read_bytes()
+    with caplog.at_level(logging.INFO):  # as many pairs, other data: not this model's state
+        other = _train(1, [pairs[0], pairs[2]], reface_config(steps=4), checkpoint)
+    assert other["start_step"] == 0 and "pairs_sha256" in caplog.text
+    stale = resume.with_name(resume.name + ".stale")
+    assert stale.read_bytes() == saved
+    stale.rename(resume)  # the killed run's file again, for the same pairs
+    checkpoint.unlink()
+    caplog.clear()
     monkeypatch.setattr("defaceaudit.diffusion.refacing.__version__", "99.0")
     with caplog.at_level(logging.INFO):
         summary = _train(1, pairs[:2], reface_config(steps=4), checkpoint)

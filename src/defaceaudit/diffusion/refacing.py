@@ -228,7 +228,7 @@ def train_refacing_stage(
     stored in the checkpoint with the number of pairs and their :func:`pairs_sha256`. A
     periodic resume file beside the checkpoint lets a killed job continue where it stopped
     (:func:`defaceaudit.diffusion.train.train`); one written for other pairs or another config
-    raises :class:`~defaceaudit.diffusion.checkpoint.CheckpointError`.
+    is moved aside (``.stale``) and training starts afresh.
     Raises :class:`InputError` when stage 2's sizes do not fit (:func:`check_stage2_sizes`).
     Each distinct original (by path) is read and stored once; peak host memory:
     :func:`defaceaudit.diffusion.sizing.training_memory_mb`.

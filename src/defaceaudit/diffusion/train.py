@@ -393,9 +393,11 @@ def train(
     step = 0
     last_loss = math.nan
     if resume_path.exists():
-        step, last_loss = _resume(
+        resumed = _resume(
             resume_path, resolved, steps, model, ema, optimizer, data_rng, generator, log
         )
+        if resumed is not None:
+            step, last_loss = resumed
     start_step = step
 
     use_bf16 = settings["bf16"] and bf16_supported(device)
@@ -488,8 +490,11 @@ def _resume(
     data_rng: np.random.Generator,
     generator: torch.Generator,
     log: logging.Logger,
-) -> tuple[int, float]:
-    """Restore the state saved in ``path``; returns (step, last logged loss)."""
+) -> tuple[int, float] | None:
+    """Restore the state saved in ``path``; returns (step, last logged loss). A resume file of
+    another model (another network, schedule or training set: the job reruns because that
+    changed) is useless to this training: it is moved aside to ``<path>.stale``, with a
+    warning, and None returned (train afresh)."""
     checkpoint = load_checkpoint(path)
     old = checkpoint["config"]
     uncompared = ("training", *PROVENANCE_KEYS)
@@ -498,10 +503,15 @@ def _resume(
         {k: v for k, v in resolved.items() if k not in uncompared},
     )
     if science:
-        raise CheckpointError(
-            f"resume file {path} was written with a different config ({'; '.join(science)}); "
-            "delete it to train afresh"
+        stale = path.with_name(path.name + ".stale")
+        os.replace(path, stale)
+        log.warning(
+            "resume file %s was written for another model (%s): moved to %s; training afresh",
+            path,
+            "; ".join(science),
+            stale,
         )
+        return None
     changed = _config_differences(old.get("training", {}), resolved["training"], "training.")
     changed += _config_differences(
         {k: old[k] for k in PROVENANCE_KEYS if k in old},
