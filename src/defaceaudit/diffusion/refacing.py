@@ -266,9 +266,11 @@ def train_refacing_stage(
 
 
 def load_sampler(checkpoint: str | os.PathLike, device: torch.device):
-    """(EMA network in eval mode, schedule, config) rebuilt from a checkpoint's own config."""
+    """(EMA network in eval mode on ``device``, schedule, config) rebuilt from a checkpoint's
+    own config. The checkpoint is read into host memory and only the EMA network moves to the
+    device (the raw weights and optimiser moments it also holds never take GPU memory)."""
     model, config = model_from_checkpoint(
-        checkpoint, lambda cfg: unet_from_config(cfg["network"]), map_location=device
+        checkpoint, lambda cfg: unet_from_config(cfg["network"]), map_location="cpu"
     )
     return model.to(device), _schedule(config), config
 
