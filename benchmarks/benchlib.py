@@ -77,18 +77,29 @@ def memory_fields(cuda: bool) -> dict:
     return fields
 
 
-def rule_threads(rule: str) -> int:
-    """The ``threads:`` a workflow rule declares in rules/*.smk (1 where it declares none).
-    A case that stands for a rule's job runs on that many threads, as Snakemake runs the job
-    (it sets ``OMP_NUM_THREADS``, and so torch's thread count, to the rule's threads)."""
+def declared_threads() -> dict[str, int]:
+    """Rule -> the ``threads:`` it declares in rules/*.smk (1 where it declares none; a
+    dry-run's job listing does not print threads). tests/slurm/test_profile.py checks the
+    profile's CPUs per GPU against these."""
     import re
 
+    threads = {}
     for path in sorted((Path(__file__).resolve().parents[1] / "rules").glob("*.smk")):
         for block in re.split(r"^(?=rule \w+:)", path.read_text(), flags=re.M):
-            if block.startswith(f"rule {rule}:"):
+            if name := re.match(r"rule (\w+):", block):
                 found = re.search(r"^    threads: (\d+)$", block, re.M)
-                return int(found[1]) if found else 1
-    raise KeyError(f"no rule {rule} in rules/*.smk")
+                threads[name[1]] = int(found[1]) if found else 1
+    return threads
+
+
+def rule_threads(rule: str) -> int:
+    """The threads a workflow rule declares (:func:`declared_threads`). A case that stands for
+    a rule's job runs on that many threads, as Snakemake runs the job (it sets
+    ``OMP_NUM_THREADS``, and so torch's thread count, to the rule's threads)."""
+    threads = declared_threads()
+    if rule not in threads:
+        raise KeyError(f"no rule {rule} in rules/*.smk")
+    return threads[rule]
 
 
 #: seconds one case may run before it is reported as failed (a hung child must not hang the run)

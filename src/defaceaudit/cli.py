@@ -37,7 +37,7 @@ def _subjects(n: int) -> str:
 def plan_lines(plan, config: dict) -> list[str]:
     """What a run on ``config`` does, one line per stage, with warnings for what this machine
     cannot check: ``check-inputs`` prints them above the subject counts."""
-    from defaceaudit.metrics.plan import TEST_SPLITS
+    from defaceaudit.metrics.jobs import test_subjects
 
     images = config["deface"]["containers"]
     defacers = []
@@ -50,7 +50,7 @@ def plan_lines(plan, config: dict) -> list[str]:
                 f"warning: deface.containers.{defacer}: {image} not found on this machine (it "
                 "must exist where the jobs run)"
             )
-    n_test = sum(s.split in TEST_SPLITS for s in plan.cohort.subjects.values())
+    n_test = len(test_subjects(plan.cohort))
     rows = len(plan.metrics.removing)
     if n_test and rows:
         metrics = f"{n_test} test subjects x {rows} face-removing defacers"

@@ -16,6 +16,9 @@ import pytest
 import yaml
 from conftest import REPO, copy_workflow
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from benchlib import declared_threads  # noqa: E402 - the rules' threads, one parser
+
 pytestmark = pytest.mark.workflow
 
 PROFILE = REPO / "profiles" / "slurm"
@@ -61,18 +64,6 @@ def dry_run_resources(workdir: Path, *args: str, site=None) -> dict[str, list[di
             jobs.setdefault(rule, []).append(dict(kv.split("=", 1) for kv in match[1].split(", ")))
             rule = None
     return jobs
-
-
-def declared_threads() -> dict[str, int]:
-    """Rule -> its ``threads:`` in rules/*.smk (1 where it declares none; the dry-run listing
-    does not print threads)."""
-    threads = {}
-    for path in sorted((REPO / "rules").glob("*.smk")):
-        for block in re.split(r"^(?=rule \w+:)", path.read_text(), flags=re.M):
-            if name := re.match(r"rule (\w+):", block):
-                found = re.search(r"^    threads: (\d+)$", block, re.M)
-                threads[name[1]] = int(found[1]) if found else 1
-    return threads
 
 
 def profile_entries() -> dict[str, dict]:
