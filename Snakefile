@@ -2,7 +2,6 @@
 # logic in the installed package src/defaceaudit (see README.md).
 from snakemake.utils import min_version
 
-from defaceaudit.config import validate_config
 from defaceaudit.inputs import SUBJECT_PATTERN
 from defaceaudit.demo.sources import BASE_HEADS
 from defaceaudit.paths import DEMO_DATASETS, REFACE_MODELS
@@ -30,11 +29,6 @@ configfile: "config.yaml"
 
 
 report: "rules/captions/workflow.rst"
-
-
-# Snakemake's validate() against the packaged schema, defaults filled; a problem stops the run
-# with one line naming the key (InputError) instead of the schema dump.
-validate_config(config)
 
 
 wildcard_constraints:

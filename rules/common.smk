@@ -2,10 +2,11 @@
 import errno
 import os
 import shutil
+import types
 
 from defaceaudit import paths
 from defaceaudit.cohort import plan_run
-from defaceaudit.config import canonical
+from defaceaudit.config import canonical, validate_config
 from defaceaudit.defacers import containers
 from defaceaudit.defacers.plan import with_backend
 from defaceaudit.demo.synth import synth_config
@@ -17,7 +18,9 @@ from defaceaudit.radiodensity.plan import image_files
 from defaceaudit.targets import prepared_files
 
 try:
-    # the cohort and every stage's plan, as `defaceaudit check-inputs` and `targets` build them
+    # Snakemake's validate() against the packaged schema, defaults filled; then the cohort and
+    # every stage's plan, as `defaceaudit check-inputs` and `targets` build them
+    validate_config(config)
     RUN = plan_run(config)
 except DefaceAuditError as err:
     # One line naming the file or subject, instead of a traceback.
@@ -94,6 +97,24 @@ def native_deface_inputs(wildcards):
     return files
 
 
+#: the logs of the jobs that make a native defacer's extra inputs (native_deface_inputs)
+PRODUCER_LOGS = {
+    paths.FACE_TEMPLATE["facemask"]: log_file("fetch_face_template", "pydeface"),
+    paths.AVERAGE_HEAD: log_file("build_average_head", "train"),
+}
+
+
+def upstream_deface_logs(defacer, subject):
+    """Logs of the jobs a deface job waits for: its subject's preparation and, natively, the
+    jobs making its other inputs (the face template, the average head)."""
+    logs = [log_file("prepare_subject").format(subject=subject)]
+    if DEFACERS[defacer] == "native":
+        wildcards = types.SimpleNamespace(defacer=defacer, subject=subject)
+        inputs = set(native_deface_inputs(wildcards).values())
+        logs += [log for path, log in PRODUCER_LOGS.items() if path in inputs]
+    return logs
+
+
 def native_deface_params(wildcards):
     if wildcards.defacer == "quickshear":
         return {"buffer": config["deface"]["quickshear_buffer"]}
@@ -135,9 +156,8 @@ def expected_qc_records(wildcards=None):
                 "backend": backend,
                 "qc": paths.defaced_files(defacer, subject)["qc"],
                 "logs": logs,
-                # what the job waits for: a failed prepare_subject means it never ran
-                "upstream_logs": [log_file("prepare_subject").format(subject=subject)]
-                + ([log_file("build_average_head", "train")] if defacer == "avgface" else []),
+                # what the job waits for: a failed one means it never ran
+                "upstream_logs": upstream_deface_logs(defacer, subject),
             }
         )
     return rows

@@ -24,7 +24,6 @@ already sets any of glibc's ``MALLOC_*_`` tunables (the user's choice wins).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 

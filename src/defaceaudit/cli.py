@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from defaceaudit import __version__
 from defaceaudit.errors import DefaceAuditError
@@ -38,6 +37,7 @@ def plan_lines(plan, config: dict) -> list[str]:
     """What a run on ``config`` does, one line per stage, with warnings for what this machine
     cannot check: ``check-inputs`` prints them above the subject counts."""
     from defaceaudit.metrics.jobs import test_subjects
+    from defaceaudit.radiodensity.plan import switched_off
 
     images = config["deface"]["containers"]
     defacers = []
@@ -65,7 +65,7 @@ def plan_lines(plan, config: dict) -> list[str]:
             f"{len(study.image_types) * len(study.body_parts)} models "
             f"({', '.join(study.image_types)} x {', '.join(study.body_parts)})"
         )
-    elif config["radiodensity"]["enabled"] in (False, "false"):
+    elif switched_off(config["radiodensity"]):
         radiodensity = "off (radiodensity.enabled: false)"
     else:
         radiodensity = "off (no phenotype table: set radiodensity.phenotype)"
@@ -142,7 +142,7 @@ def _similarity(args: argparse.Namespace) -> int:
     result = similarity_files(args.original, args.other, args.mask)
     if args.json:
         # strict JSON has no Infinity: identical images (MSE 0) give null and a flag
-        identical = bool(np.isinf(result["psnr_db"]))
+        identical = math.isinf(result["psnr_db"])
         strict = {**result, "psnr_db": None if identical else result["psnr_db"]}
         print(json.dumps({**strict, "psnr_identical": identical}, allow_nan=False))
     else:

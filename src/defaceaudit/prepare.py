@@ -83,6 +83,8 @@ def prepare_subject(
             log.info("no brain mask given: ROBEX brain extraction")
             try:
                 brain = robex_brain_mask(nib.Nifti1Image(data, img.affine))
+            except MemoryError:
+                raise  # the machine, not the image
             except Exception as err:
                 message = " ".join(f"{type(err).__name__}: {err}".split())
                 raise ImageError(f"{t1w_name}: ROBEX brain extraction failed ({message})") from err
@@ -99,7 +101,7 @@ def prepare_subject(
             path.unlink(missing_ok=True)
         raise
     summary = {
-        "source_t1w": str(Path(t1w_path).absolute()),
+        "source_t1w": str(t1w_name),
         "source_orientation": "".join(nib.aff2axcodes(original.affine)),
         "brain_mask_source": source,
         "shape": list(data.shape),

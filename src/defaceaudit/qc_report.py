@@ -12,47 +12,56 @@ from defaceaudit.qc import qc_summary, qc_table
 from defaceaudit.tables import atomic_path, write_tsv
 
 
-def _logged_error(logs: list[str]) -> str | None:
-    """The first ERROR line of ``logs`` (the one-line message), else any line with "rror" (a
-    container tool's own stderr), else None."""
+def _logged_error(logs: list[str], *, tool_output: bool = True) -> str | None:
+    """The first ERROR line of ``logs`` (a job's one-line message), else, with
+    ``tool_output``, any line with "rror" (a container tool's own stderr), else None."""
     lines = [
         line
         for log in logs
         if Path(log).exists()
         for line in Path(log).read_text(errors="replace").splitlines()
     ]
-    logged = [line.split(" ERROR ", 1)[1] for line in lines if " ERROR " in line]
-    other = [line for line in lines if "rror" in line]
-    found = logged or other
+    found = [line.split(" ERROR ", 1)[1] for line in lines if " ERROR " in line]
+    if not found and tool_output:
+        found = [line for line in lines if "rror" in line]
     return found[0].strip()[:300] if found else None
 
 
-def failure_reason(logs: list[str], upstream: list[str] = ()) -> str:
+def failure_reason(
+    logs: list[str], upstream: list[str] = (), upstream_errors: dict | None = None
+) -> str:
     """Why a job has no output: the first error in its own ``logs``; when none of them exists
-    (the job never ran), the first error of the ``upstream`` jobs' logs it waited for (such as
-    its subject's prepare_subject); else a pointer to the logs."""
+    (the job never ran), the first error logged by the ``upstream`` jobs it waited for (such as
+    its subject's prepare_subject; only their ERROR lines: they are this package's jobs); else
+    a pointer to the logs. ``upstream_errors`` caches those per log across jobs."""
     error = _logged_error(logs)
     if error is not None:
         return error
     if any(Path(log).exists() for log in logs):
         return f"no output; see {', '.join(logs)}"
-    failed = [log for log in upstream if _logged_error([log]) is not None]
-    if failed:
-        return f"not run: {_logged_error(failed[:1])} (see {failed[0]})"
+    cache = {} if upstream_errors is None else upstream_errors
+    for log in upstream:
+        if log not in cache:
+            cache[log] = _logged_error([log], tool_output=False)
+        if cache[log] is not None:
+            return f"not run: {cache[log]} (see {log})"
     return f"not run; see {', '.join([*logs, *upstream])}"
 
 
 def collect_qc(expected: list[dict]) -> pd.DataFrame:
     """One row per expected (defacer, subject): its QC record, or status job_failed + error
-    (:func:`failure_reason` over the job's ``logs`` and ``upstream_logs``)."""
+    (:func:`failure_reason` over the job's ``logs`` and ``upstream_logs``; each upstream log is
+    read once)."""
     records = []
+    upstream_errors: dict[str, str | None] = {}
     for job in expected:
         base = {"defacer": job["defacer"], "subject": job["subject"], "backend": job["backend"]}
         qc = Path(job["qc"])
         if qc.exists():
             records.append({**base, **json.loads(qc.read_text())})
         else:
-            reason = failure_reason(job["logs"], job.get("upstream_logs", []))
+            upstream = job.get("upstream_logs", [])
+            reason = failure_reason(job["logs"], upstream, upstream_errors)
             records.append({**base, "status": "job_failed", "error": reason})
     return qc_table(records)
 

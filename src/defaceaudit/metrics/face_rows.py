@@ -111,7 +111,7 @@ def measure_face_metrics(
     crop = FaceCrop.from_head(original_head, spacing)
     original_faces = face_vertices(original_head, crop, spacing)
 
-    loaded, data, heads, faces = {}, {}, {}, {}
+    loaded, data, heads = {}, {}, {}
     for kind, entry in images.items():
         loaded[kind], data[kind] = _load_on_grid(entry["t1w"], original_img, prepared["t1w"])
         try:
@@ -131,8 +131,8 @@ def measure_face_metrics(
     rows = []
     for kind in (k for k in IMAGE_TYPES if k in images):
         try:
-            faces[kind] = face_vertices(heads[kind], crop, spacing)
-            distance = masd_from_vertices(original_faces, faces[kind])
+            face = face_vertices(heads[kind], crop, spacing)
+            distance = masd_from_vertices(original_faces, face)
         except ValueError as err:  # no face surface left inside the crop
             log.warning("%s / %s / %s: %s; MASD is n/a", subject, defacer, kind, err)
             distance = {"masd_mm": np.nan, "masd_symmetric_mm": np.nan}

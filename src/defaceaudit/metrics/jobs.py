@@ -61,7 +61,7 @@ def face_metric_inputs(plan: MetricPlan, defacer: str, subject: str) -> dict[str
 def reidentification_inputs(cohort: Cohort, plan: MetricPlan) -> dict[str, list[str]]:
     """Gallery faces (every test subject's original) and probe faces (every metric job)."""
     return {
-        "gallery": [paths.template_alignment_files(s)["faces"] for s in test_subjects(cohort)],
+        "gallery": [f for g in reidentification_gallery(cohort).values() for f in g.values()],
         "probes": [paths.face_metric_files(d, s)["faces"] for d, s in metric_jobs(cohort, plan)],
     }
 

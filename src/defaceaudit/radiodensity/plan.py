@@ -35,6 +35,11 @@ class RadiodensityPlan:
         return [(i, p) for i in self.image_types for p in self.body_parts]
 
 
+def switched_off(settings: dict) -> bool:
+    """Whether the config's ``radiodensity`` section turns the study off (``enabled: false``)."""
+    return settings["enabled"] in (False, "false")
+
+
 def radiodensity_plan(
     cohort: Cohort, defacers: dict[str, str], settings: dict
 ) -> RadiodensityPlan | None:
@@ -44,7 +49,7 @@ def radiodensity_plan(
     ``phenotype``); ``true`` requires one (InputError otherwise); ``false`` never runs it.
     """
     enabled = settings["enabled"]
-    if enabled is False or enabled == "false":
+    if switched_off(settings):
         return None
     if settings.get("phenotype"):
         phenotype = (str(settings["phenotype"]),)
