@@ -188,11 +188,14 @@ def provenance() -> dict:
 
 def save_merged(path: Path, results: dict) -> None:
     """Write ``results`` into the JSON at ``path``, keeping its other cases (e.g. GPU rows) and
-    never replacing a good row with a failed one; ``_meta`` records the run's provenance."""
+    never replacing a good row with a failed one; each saved row's ``_meta`` records the run
+    it came from (rows of other runs keep theirs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    good = {k: v for k, v in results.items() if "error" not in v}
+    meta = provenance()
+    good = {k: {**v, "_meta": meta} for k, v in results.items() if "error" not in v}
     failed = sorted(set(results) - set(good))
     if failed:
         print(f"not saved (failed): {', '.join(failed)}", file=sys.stderr)
-    merged = {**load_reference(path), **good, "_meta": provenance()}
+    merged = {k: v for k, v in load_reference(path).items() if k != "_meta"}  # the old layout
+    merged.update(good)
     path.write_text(json.dumps(merged, indent=2, allow_nan=False) + "\n")

@@ -26,8 +26,9 @@ from defaceaudit.radiodensity.evaluate import (
 from defaceaudit.radiodensity.figure import plot_radiodensity
 from defaceaudit.radiodensity.model import load_medicalnet, resnet10
 from defaceaudit.radiodensity.sampler import balanced_sampler, subject_balanced_weights
+from defaceaudit.radiodensity.splits import assign_subject_splits
 from defaceaudit.radiodensity.study import evaluate_models, write_targets
-from defaceaudit.radiodensity.targets import assign_subject_splits, lme_residual_targets
+from defaceaudit.radiodensity.targets import lme_residual_targets
 from defaceaudit.radiodensity.train import (
     EarlyStopping,
     TrainingDivergedError,

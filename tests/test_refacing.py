@@ -20,6 +20,7 @@ from defaceaudit.diffusion.cascade import (
 )
 from defaceaudit.diffusion.checkpoint import CheckpointError
 from defaceaudit.diffusion.refacing import (
+    generation_region,
     known_voxels,
     load_pairs,
     reface_subject,
@@ -300,6 +301,22 @@ def test_train_then_reface_files(tmp_path, caplog, monkeypatch):
     refaced = nib.load(zeros["t1w"]).get_fdata()
     np.testing.assert_allclose(refaced[removed], scale / 2, rtol=1e-6)
     assert np.allclose(refaced[~removed], defaced[~removed])
+
+    # a defaced image on an exactly-zero background: its removed mask (the tissue removed) is
+    # not the region generated, which is every zero voxel in the mask's box
+    img = nib.load(test["defaced"])
+    original = nib.load(test["original"]).get_fdata()
+    air = original < np.percentile(original, 30)  # the original's background, set to 0
+    flat = np.where(air, 0.0, defaced).astype(np.float32)
+    nib.save(nib.Nifti1Image(flat, img.affine), tmp_path / "flat.nii.gz")
+    tissue = removed & ~air
+    nib.save(nib.Nifti1Image(tissue.astype(np.uint8), img.affine), tmp_path / "tissue.nii.gz")
+    flat_out = _outputs(tmp_path, "flat")
+    flat_args = (tmp_path / "flat.nii.gz", tmp_path / "tissue.nii.gz", *checkpoints.values())
+    reface_subject(*flat_args, flat_out, sampling)
+    generated = nib.load(flat_out["removed"]).get_fdata() > 0
+    assert np.array_equal(generated, generation_region(flat, tissue))
+    assert (generated & ~tissue).any()  # air in the box generated too
 
 
 def test_padding_is_known_and_the_window_stays_off_the_padded_end():
@@ -606,3 +623,8 @@ def test_the_generated_region_does_not_trace_the_original_face_on_a_zero_backgro
     noisy_removed = (noisy_defaced == 0) & (noisy != 0)
     assert np.array_equal(generation_region(noisy_defaced, noisy_removed), noisy_removed)
     assert not generation_region(defaced, np.zeros_like(removed)).any()
+    # two separate pieces (a face and an ear) get a box each, not one box spanning both
+    ear = np.zeros_like(removed)
+    ear[0:2, 2:4, 12:14] = True
+    pieces = generation_region(defaced, removed | ear)
+    assert pieces[0:2, 2:4, 12:14].all() and not pieces[0:2, 5:9, 12:14].any()

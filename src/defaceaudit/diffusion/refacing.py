@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from defaceaudit import __version__
 from defaceaudit.diffusion.cascade import (
@@ -31,7 +32,6 @@ from defaceaudit.diffusion.checkpoint import CheckpointError, model_from_checkpo
 from defaceaudit.diffusion.schedule import DiffusionSchedule
 from defaceaudit.diffusion.sizing import (
     factor_of,
-    required_multiple,
     stage_multiple,
     training_grid,
 )
@@ -48,7 +48,6 @@ from defaceaudit.diffusion.volumes import (
     to_unit,
 )
 from defaceaudit.errors import ImageError, InputError
-from defaceaudit.masks import bounding_box
 from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras
 from defaceaudit.tables import write_json
 
@@ -277,19 +276,20 @@ def load_sampler(checkpoint: str | os.PathLike, device: torch.device):
 
 def generation_region(defaced: np.ndarray, removed: np.ndarray) -> np.ndarray:
     """The voxels to generate, bool ``[X, Y, Z]``: the defacer's ``removed`` region grown to
-    every zero voxel of ``defaced`` inside the region's bounding box.
+    every zero voxel of ``defaced`` inside the bounding box of each of its connected pieces.
 
     A removed-region mask is "removed where the original was non-zero": on an original whose
     background is exactly 0 (many preprocessed datasets) it is the face's own silhouette,
-    which an attacker holding only the defaced image does not have. Only the box (where the
-    defacer worked) is taken from the mask; inside it, what is zero in the defaced image is
-    unknown. On images with a noisy background the two coincide."""
+    which an attacker holding only the defaced image does not have. Only the boxes (where the
+    defacer worked; one per piece, so that a face and two ears do not span the whole head) are
+    taken from the mask; inside them, what is zero in the defaced image is unknown. On images
+    with a noisy background the two coincide."""
     removed = np.asarray(removed, dtype=bool)
-    if not removed.any():
-        return removed
-    box = bounding_box(removed)
+    zero = np.asarray(defaced) == 0
     region = removed.copy()
-    region[box] |= np.asarray(defaced)[box] == 0
+    pieces, _ = ndimage.label(removed)
+    for box in ndimage.find_objects(pieces):
+        region[box] |= zero[box]
     return region
 
 
@@ -327,17 +327,15 @@ def reface_subject(
     scale = scale_of(data, defaced)
     model1, schedule1, config1 = load_sampler(stage1, torch_device)
     model2, schedule2, config2 = load_sampler(stage2, torch_device)
-    factor = int(config1["downsample_factor"])
-    if int(config2["downsample_factor"]) != factor:
+    factor = factor_of(config1)
+    if factor_of(config2) != factor:
         raise CheckpointError(
             f"stage-2 checkpoint {stage2} was trained with downsample_factor "
             f"{config2['downsample_factor']}, stage-1 checkpoint {stage1} with {factor}: "
             "not one model pair"
         )
-    multiple2 = required_multiple(config2["network"]["channels"])
-    shape = padded_shape(
-        data.shape, factor, required_multiple(config1["network"]["channels"]), multiple2
-    )
+    multiple2 = stage_multiple(config2)
+    shape = padded_shape(data.shape, factor, stage_multiple(config1), multiple2)
     unit = torch.from_numpy(pad_volume(to_unit(data, scale), shape))[None, None]
     keep = torch.from_numpy(known_voxels(generated, shape))[None, None]
     settings = SamplingSettings(**sampling)

@@ -73,7 +73,8 @@ def grid_multiples(reface: dict) -> tuple[int, int, int]:
 def training_grid(images: Sequence[str | os.PathLike], reface: dict) -> tuple[int, int, int]:
     """The padded grid [X, Y, Z] (voxels) that training puts ``images`` on: the largest
     :func:`padded_shape` of their RAS shapes, read from the headers (no voxel is read)."""
-    shapes = [padded_shape(ras_shape(path), *grid_multiples(reface)) for path in images]
+    multiples = grid_multiples(reface)
+    shapes = [padded_shape(ras_shape(path), *multiples) for path in images]
     return tuple(int(n) for n in np.max(shapes, axis=0))
 
 

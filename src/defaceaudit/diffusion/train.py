@@ -341,23 +341,23 @@ def train(
         Final checkpoint (the rule's output), written when training ends.
     resume_path
         Periodic checkpoints; default :func:`default_resume_path`. When it exists the run
-        resumes from it (weights, EMA, optimiser, step, RNG states) and logs
-        ``"resuming from <path> at step N"``; it is deleted once the final checkpoint is written
-        (unless it is ``checkpoint_path`` itself). A resume file written with a different config
-        outside ``training`` and :data:`PROVENANCE_KEYS` raises :class:`CheckpointError`
-        (delete it to start afresh); changed ``training`` settings and provenance are logged as
-        a warning and the new ones apply (``lr`` and ``weight_decay`` are set on the restored
-        optimiser, ``ema_decay`` and ``ema_warmup`` on the EMA), except ``seed``: the resumed
-        run continues the saved RNG states.
+        resumes from it (weights, EMA, optimiser, step, RNG states) and logs ``"resuming from
+        <path> at step N"``; it is deleted once the final checkpoint is written (unless it is
+        ``checkpoint_path`` itself). A resume file written with a different config outside
+        ``training`` and :data:`PROVENANCE_KEYS` (another model) is moved aside to
+        ``<resume_path>.stale`` with a warning and training starts afresh; changed ``training``
+        settings and provenance are logged as a warning and the new ones apply (``lr`` and
+        ``weight_decay`` are set on the restored optimiser, ``ema_decay`` and ``ema_warmup`` on
+        the EMA), except ``seed``: the resumed run continues the saved RNG states.
     device
         ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a ``torch.device``.
     log
         Progress goes here: every ``log_every`` steps the step, mean loss since the previous
         line, steps per second and estimated time left.
 
-    Precision: with ``bf16`` true and a CUDA device, the forward pass and loss run under
-    ``torch.autocast(dtype=torch.bfloat16)`` (weights, gradients, optimiser and EMA stay fp32);
-    on CPU, ``bf16`` is ignored and training is fp32.
+    Precision: with ``bf16`` true on a GPU with bf16 tensor cores (:func:`bf16_supported`),
+    the forward pass and loss run under ``torch.autocast(dtype=torch.bfloat16)`` (weights,
+    gradients, optimiser and EMA stay fp32); elsewhere ``bf16`` is ignored and training is fp32.
 
     Seeding: ``seed`` seeds the global torch RNG (weight init, dropout), the numpy ``Generator``
     passed to ``batches`` and, through a derived seed, the loss's ``generator``.

@@ -243,20 +243,22 @@ def subject_face_crops(
         else:
             head = pull(_head(path, img).astype(np.float32)) > 0.5
         region = head & ~brain_crop & (crop != 0)
+        voxels = int(region.sum())
         if name == "original":
-            minimum = int(np.ceil(MIN_REGION_FRACTION * region.sum()))
-        if region.sum() < minimum:
+            minimum = int(np.ceil(MIN_REGION_FRACTION * voxels))
+        if voxels < minimum:
             log.info(
-                "%s: %s crop has %d facial voxels (under %d, 1 %% of the original's): no face "
+                "%s: %s crop has %d facial voxels (under %d, %g of the original's): no face "
                 "left, all zeros",
                 original.name,
                 name,
-                int(region.sum()),
+                voxels,
                 minimum,
+                MIN_REGION_FRACTION,
             )
-            region = np.zeros_like(region)
+            region, voxels = np.zeros_like(region), 0
         crops[name] = normalise_region(crop, region)
-        log.info("%s: %s crop, %d normalised voxels", original.name, name, int(region.sum()))
+        log.info("%s: %s crop, %d normalised voxels", original.name, name, voxels)
 
     if out_crops is not None:
         with atomic_path(out_crops) as tmp, open(tmp, "wb") as handle:

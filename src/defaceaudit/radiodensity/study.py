@@ -19,7 +19,8 @@ from defaceaudit.errors import InputError
 from defaceaudit.radiodensity.evaluate import radiodensity_table, write_radiodensity_tables
 from defaceaudit.radiodensity.figure import plot_radiodensity
 from defaceaudit.radiodensity.plan import ORIGINAL
-from defaceaudit.radiodensity.targets import assign_subject_splits, lme_residual_targets
+from defaceaudit.radiodensity.splits import assign_subject_splits
+from defaceaudit.radiodensity.targets import lme_residual_targets
 from defaceaudit.tables import read_tsv, write_tsv
 
 log = logging.getLogger(__name__)

@@ -17,21 +17,9 @@ import pandas as pd
 import statsmodels.formula.api as smf
 
 from defaceaudit.errors import DefaceAuditError
-from defaceaudit.radiodensity.splits import (
-    MIN_TRAIN_SUBJECTS,
-    SPLITS,
-    assign_subject_splits,
-    subject_uniform,
-)
+from defaceaudit.radiodensity.splits import MIN_TRAIN_SUBJECTS
 
-__all__ = [
-    "MIN_TRAIN_SUBJECTS",
-    "SPLITS",
-    "TARGET_COLUMNS",
-    "assign_subject_splits",
-    "lme_residual_targets",
-    "subject_uniform",
-]
+__all__ = ["TARGET_COLUMNS", "lme_residual_targets"]
 
 log = logging.getLogger(__name__)
 
