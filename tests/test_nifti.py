@@ -6,7 +6,15 @@ import pytest
 from synthetic import synthetic_head
 
 from defaceaudit.errors import ImageError
-from defaceaudit.nifti import load_mask, load_t1w, save_nifti, scrub_header, to_ras
+from defaceaudit.nifti import (
+    GRID_ATOL_MM,
+    load_mask,
+    load_t1w,
+    require_grid,
+    save_nifti,
+    scrub_header,
+    to_ras,
+)
 
 
 def save(tmp_path, data, affine=None, name="t1w.nii.gz", codes=1):
@@ -134,5 +142,28 @@ def test_load_mask_checks_the_grid(tmp_path):
     shifted = img.affine.copy()
     shifted[0, 3] += 4
     wrong = save(tmp_path, brain.astype(np.uint8), shifted, name="w.nii.gz")
-    with pytest.raises(ImageError, match="affine differs"):
+    with pytest.raises(ImageError, match="mask is not on the voxel grid .*: affine differs"):
         load_mask(wrong, img)
+
+
+def test_require_grid_names_both_files_and_what_differs():
+    reference = nib.Nifti1Image(np.zeros((8, 9, 10), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    affine = reference.affine.copy()
+    require_grid("a.nii.gz", (8, 9, 10), affine, reference, "ref.nii.gz")  # same grid
+    affine[1, 3] += GRID_ATOL_MM / 2  # below the tolerance: still one grid
+    require_grid("a.nii.gz", (8, 9, 10, 1), affine, reference, "ref.nii.gz")
+    with pytest.raises(
+        ImageError,
+        match=r"^a.nii.gz: image is not on the voxel grid .*: shape \(8, 9, 11\), not \(8, 9, 10\)",
+    ) as err:
+        require_grid("a.nii.gz", (8, 9, 11), reference.affine, reference, "ref.nii.gz")
+    assert "of ref.nii.gz" in str(err.value)
+    affine[1, 3] += GRID_ATOL_MM  # 1.5 x the tolerance
+    with pytest.raises(
+        ImageError,
+        match=r"mask is not on the voxel grid of ref.nii.gz: affine differs by up to 0.0015 mm; "
+        r"fix it$",
+    ):
+        require_grid(
+            "a.nii.gz", (8, 9, 10), affine, reference, "ref.nii.gz", what="mask", hint="fix it"
+        )

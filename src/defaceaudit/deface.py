@@ -21,7 +21,7 @@ import pandas as pd
 from defaceaudit import __version__
 from defaceaudit.defacers.base import DefaceResult
 from defaceaudit.errors import DefaceAuditError
-from defaceaudit.nifti import load_mask, load_t1w, save_nifti
+from defaceaudit.nifti import load_mask, load_t1w, require_grid, save_nifti
 from defaceaudit.tables import write_json
 
 log = logging.getLogger(__name__)
@@ -191,12 +191,16 @@ def finalize_container_output(
     original, data = subject.img, subject.data
     try:
         defaced_img = load_t1w(raw)
+        require_grid(
+            raw,
+            defaced_img.shape,
+            defaced_img.affine,
+            original,
+            subject.path,
+            hint="the output is not on the input's grid",
+        )
     except DefaceAuditError as err:
         raise DefaceError(f"{defacer} output {err}") from err
-    if defaced_img.shape != original.shape or not np.allclose(
-        defaced_img.affine, original.affine, atol=1e-3
-    ):
-        raise DefaceError(f"{raw}: {defacer} output is not on the input's grid")
     defaced = np.asarray(defaced_img.dataobj, dtype=np.float32)
     zeroed = (defaced == 0) & (data != 0)
     if raw_removed is not None and Path(raw_removed).exists():

@@ -24,10 +24,12 @@ from nibabel.spatialimages import HeaderDataError
 from defaceaudit.errors import ImageError
 
 __all__ = [
+    "GRID_ATOL_MM",
     "MIN_AXIS_VOXELS",
     "VOXEL_SIZE_RANGE_MM",
     "load_mask",
     "load_t1w",
+    "require_grid",
     "save_nifti",
     "scrub_header",
     "to_ras",
@@ -38,6 +40,9 @@ __all__ = [
 MIN_AXIS_VOXELS = 8
 #: Accepted voxel edge lengths in mm (inclusive), read from the affine's columns.
 VOXEL_SIZE_RANGE_MM = (0.1, 10.0)
+#: Two images lie on one voxel grid when their affines differ by at most this, element-wise
+#: (mm for the linear part and the translation alike).
+GRID_ATOL_MM = 1e-3
 #: Free-text header fields that may carry identifying text (cleared by :func:`scrub_header`).
 FREE_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
 
@@ -177,6 +182,38 @@ def load_t1w(path: str | os.PathLike) -> nib.Nifti1Image:
     return img.__class__(data, img.affine, img.header)
 
 
+def require_grid(
+    path: str | os.PathLike,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    reference: nib.Nifti1Image,
+    reference_name: str | os.PathLike,
+    *,
+    what: str = "image",
+    hint: str = "",
+) -> None:
+    """Refuse an image that does not lie on ``reference``'s voxel grid.
+
+    ``shape`` (``[X, Y, Z]``, trailing axes ignored) must equal ``reference``'s and ``affine``
+    (4 x 4, mm) must match ``reference.affine`` within :data:`GRID_ATOL_MM`, else
+    :class:`ImageError`: one line that names ``path``, the ``what`` that differs, the reference
+    (``reference_name``) and, when given, ``hint`` (what to do about it).
+    """
+    tail = f"; {hint}" if hint else ""
+    shape, ref_shape = tuple(shape[:3]), tuple(reference.shape[:3])
+    if shape != ref_shape:
+        raise ImageError(
+            f"{path}: {what} is not on the voxel grid of {reference_name}: shape {shape}, not "
+            f"{ref_shape}{tail}"
+        )
+    diff = float(np.abs(np.asarray(affine, float) - np.asarray(reference.affine, float)).max())
+    if diff > GRID_ATOL_MM:
+        raise ImageError(
+            f"{path}: {what} is not on the voxel grid of {reference_name}: affine differs by "
+            f"up to {diff:.3g} mm{tail}"
+        )
+
+
 def load_mask(
     path: str | os.PathLike,
     reference: nib.Nifti1Image,
@@ -188,9 +225,9 @@ def load_mask(
 
     ``canonical=True`` first reorients the mask image with :func:`to_ras` (use it when
     ``reference`` has been reoriented the same way). Trailing singleton axes are dropped. The mask
-    must be 3-D, finite, of the same shape as ``reference`` and with the same affine
-    (``np.allclose`` with ``atol=1e-3`` mm), else :class:`ImageError` names both files
-    (``reference_name``, else the reference's file name, else "the reference image").
+    must be 3-D, finite, and on ``reference``'s grid (:func:`require_grid`), else
+    :class:`ImageError` names both files (``reference_name``, else the reference's file name,
+    else "the reference image").
 
     Returns a bool array of ``reference``'s shape ``[X, Y, Z]``: True where the value is > 0.5
     (0/1, 0/255, label and probability masks all work).
@@ -211,14 +248,7 @@ def load_mask(
         img3 = img.__class__(data, affine, img.header)
         img3 = to_ras(img3)
         data, affine = np.asanyarray(img3.dataobj), np.asarray(img3.affine, dtype=float)
-    ref_shape = tuple(reference.shape[:3])
-    if data.shape != ref_shape:
-        raise ImageError(f"{path}: mask shape {data.shape} differs from {ref_shape} of {ref_name}")
-    if not np.allclose(affine, reference.affine, atol=1e-3):
-        raise ImageError(
-            f"{path}: mask affine differs from that of {ref_name} "
-            f"(largest difference {float(np.abs(affine - reference.affine).max()):.3g})"
-        )
+    require_grid(path, data.shape, affine, reference, ref_name, what="mask")
     return np.asarray(data > 0.5)
 
 

@@ -48,7 +48,7 @@ from defaceaudit.diffusion.volumes import (
     to_unit,
 )
 from defaceaudit.errors import ImageError, InputError
-from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras
+from defaceaudit.nifti import load_mask, load_t1w, require_grid, save_nifti, to_ras
 from defaceaudit.tables import write_json
 
 log = logging.getLogger(__name__)
@@ -160,13 +160,14 @@ def load_pairs(
         scales = {}
         for i in group:
             other = to_ras(load_t1w(defaced[i]))
-            if other.shape != original.shape:
-                raise ImageError(f"{defaced[i]}: grid {other.shape} differs from {original_path}")
-            if not np.allclose(other.affine, original.affine, atol=1e-3):
-                raise ImageError(
-                    f"{defaced[i]}: its voxels are not where {original_path}'s are (affines "
-                    "differ): a defacer that moves or resamples the image cannot make a pair"
-                )
+            require_grid(
+                defaced[i],
+                other.shape,
+                other.affine,
+                original,
+                original_path,
+                hint="a defacer that moves or resamples the image cannot make a pair",
+            )
             d = np.asarray(other.dataobj, dtype=np.float32)
             scales[i] = scale_of(d, defaced[i])
             unit = pad_volume(to_unit(d, scales[i]), shape)

@@ -36,7 +36,7 @@ from defaceaudit.metrics.template_space import (
     save_faces,
     to_world,
 )
-from defaceaudit.nifti import load_mask, load_t1w, to_ras, voxel_sizes_mm
+from defaceaudit.nifti import load_mask, load_t1w, require_grid, to_ras, voxel_sizes_mm
 from defaceaudit.tables import write_tsv
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,7 @@ def _load_on_grid(path: str | os.PathLike, reference, reference_path):
     """The image (RAS) at ``path`` and its voxels ``[X, Y, Z]`` float32, refused unless on
     ``reference``'s grid."""
     img = to_ras(load_t1w(path))
-    if img.shape != reference.shape or not np.allclose(img.affine, reference.affine, atol=1e-3):
-        raise ImageError(
-            f"{path}: grid {img.shape} differs from {reference.shape} of the original "
-            f"{reference_path}"
-        )
+    require_grid(path, img.shape, img.affine, reference, f"the original {reference_path}")
     return img, np.asarray(img.dataobj, dtype=np.float32)
 
 

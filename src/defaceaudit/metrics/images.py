@@ -7,21 +7,16 @@ import os
 import nibabel as nib
 import numpy as np
 
-from defaceaudit.errors import ImageError
 from defaceaudit.masks import head_mask
 from defaceaudit.metrics.similarity import similarity
 from defaceaudit.metrics.surface import masd
-from defaceaudit.nifti import load_mask, load_t1w, to_ras, voxel_sizes_mm
+from defaceaudit.nifti import load_mask, load_t1w, require_grid, to_ras, voxel_sizes_mm
 
 
 def load_pair(original: str | os.PathLike, other: str | os.PathLike):
     """Both images in RAS; ImageError naming both files when their grids differ."""
     a, b = to_ras(load_t1w(original)), to_ras(load_t1w(other))
-    if a.shape != b.shape or not np.allclose(a.affine, b.affine, atol=1e-3):
-        raise ImageError(
-            f"{other}: grid {b.shape} differs from {a.shape} of {original} "
-            "(resample one onto the other first)"
-        )
+    require_grid(other, b.shape, b.affine, a, original, hint="resample one onto the other first")
     return a, b
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from defaceaudit.errors import ImageError
 from defaceaudit.masks import head_mask
-from defaceaudit.nifti import load_mask, load_t1w, voxel_sizes_mm
+from defaceaudit.nifti import load_mask, load_t1w, require_grid, voxel_sizes_mm
 from defaceaudit.register import affine_register, downsample, resample
 from defaceaudit.tables import atomic_path, write_json
 
@@ -51,8 +51,6 @@ HEAD_REGIONS = ("own", "original")
 #: touched the crop's front face (the demo stretches faces by up to 7.5 mm, the very signal the
 #: study looks for); with 12 mm none did.
 ANTERIOR_MARGIN_MM = 12.0
-#: Affine equality tolerance (mm) for "on the original's grid", as in ``nifti.load_mask``.
-_GRID_ATOL_MM = 1e-3
 #: a crop voxel whose pulled brain fraction exceeds this is brain (masked out): any partial
 #: volume of brain counts, so no blend of brain intensity is left among the facial voxels
 BRAIN_FRACTION = 1e-3
@@ -142,20 +140,6 @@ def normalise_region(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
     return out
 
 
-def _on_grid(path: Path, img: nib.Nifti1Image, reference: nib.Nifti1Image, ref_path: Path):
-    if tuple(img.shape[:3]) != tuple(reference.shape[:3]):
-        raise ImageError(
-            f"{path}: shape {tuple(img.shape[:3])} differs from {tuple(reference.shape[:3])} "
-            f"of the original {ref_path}; every image must lie on the original's voxel grid"
-        )
-    diff = float(np.abs(np.asarray(img.affine) - np.asarray(reference.affine)).max())
-    if diff > _GRID_ATOL_MM:
-        raise ImageError(
-            f"{path}: affine differs from that of the original {ref_path} (largest difference "
-            f"{diff:.3g}); every image must lie on the original's voxel grid"
-        )
-
-
 def _head(path: Path, img: nib.Nifti1Image) -> np.ndarray:
     try:
         return head_mask(np.asarray(img.dataobj, dtype=np.float32), voxel_sizes_mm(img.affine))
@@ -217,7 +201,14 @@ def subject_face_crops(
     for name, path in images.items():
         path = Path(path).absolute()
         img = load_t1w(path)
-        _on_grid(path, img, orig, original)
+        require_grid(
+            path,
+            img.shape,
+            img.affine,
+            orig,
+            f"the original {original}",
+            hint="every image must lie on the original's voxel grid",
+        )
         others[name] = (path, img)
 
     template = Path(template).absolute()
