@@ -32,7 +32,6 @@ JSON of an earlier run); ``--save FILE`` merges this run's rows into FILE. Each 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -59,6 +58,7 @@ def child(spec: dict) -> dict:
     import numpy as np
     import torch
 
+    from defaceaudit.devices import bf16_autocast
     from defaceaudit.radiodensity.model import resnet10
     from defaceaudit.radiodensity.train import train_radiodensity
 
@@ -103,12 +103,7 @@ def child(spec: dict) -> dict:
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        context = (
-            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-            if bf16
-            else contextlib.nullcontext()
-        )
-        with context:
+        with bf16_autocast(bf16):
             pred = model(x).float().squeeze(1)
         torch.nn.functional.mse_loss(pred, y).backward()
         optimizer.step()

@@ -59,7 +59,6 @@ on the machine slows the CPU figures.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import sys
@@ -156,6 +155,7 @@ def child(spec: dict) -> dict:
     start = time.perf_counter()
     import torch
 
+    from defaceaudit.devices import bf16_autocast
     from defaceaudit.diffusion.cascade import (
         SamplingSettings,
         diffusion_loss,
@@ -187,11 +187,6 @@ def child(spec: dict) -> dict:
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize(device)
-
-    def autocast():
-        if bf16:
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def unit(shape) -> torch.Tensor:
         x = torch.rand(shape, device=device) * 2.0 - 1.0
@@ -232,7 +227,7 @@ def child(spec: dict) -> dict:
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            with autocast():
+            with bf16_autocast(bf16):
                 loss = loss_fn(net, data, generator)
             loss.backward()
             if settings["grad_clip"]:
@@ -305,7 +300,7 @@ def child(spec: dict) -> dict:
 
     def sample(steps: int) -> None:
         settings = SamplingSettings(**{**config["sampling"], "steps": steps})
-        with autocast():
+        with bf16_autocast(bf16):
             sample_cascade(
                 stage1,
                 stage2,

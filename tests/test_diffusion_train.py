@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from defaceaudit.devices import device_from_config
 from defaceaudit.diffusion import checkpoint as ckpt_mod
 from defaceaudit.diffusion.checkpoint import (
     REQUIRED_KEYS,
@@ -18,7 +19,6 @@ from defaceaudit.diffusion.checkpoint import (
 from defaceaudit.diffusion.train import (
     EMA,
     default_resume_path,
-    device_from_config,
     train,
     training_settings,
 )
@@ -345,9 +345,23 @@ def test_training_settings_are_checked():
 
 
 def test_bf16_autocast_only_on_gpus_with_bf16_tensor_cores(monkeypatch):
-    from defaceaudit.diffusion.train import bf16_supported
+    from defaceaudit.devices import bf16_supported
 
     assert not bf16_supported(torch.device("cpu"))
     for capability, expected in (((7, 0), False), ((8, 0), True), ((9, 0), True)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
         assert bf16_supported(torch.device("cuda:0")) is expected, capability
+
+
+def test_a_bf16_request_the_device_cannot_honour_runs_fp32_and_says_so(monkeypatch, caplog):
+    from defaceaudit.devices import bf16_autocast, precision_name, use_bf16
+
+    caplog.set_level(logging.INFO, logger="defaceaudit.devices")
+    assert use_bf16(True, torch.device("cpu")) is False
+    assert "bf16 requested but cpu has no bf16 tensor cores" in caplog.text
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert use_bf16(True, torch.device("cuda:0")) is True
+    assert use_bf16(False, torch.device("cuda:0")) is False
+    assert (precision_name(True), precision_name(False)) == ("bf16 autocast", "fp32")
+    with bf16_autocast(False):  # off: matmuls stay fp32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

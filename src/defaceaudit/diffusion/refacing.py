@@ -8,7 +8,6 @@ network from the checkpoint's own config.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -20,6 +19,7 @@ import torch
 from scipy import ndimage
 
 from defaceaudit import __version__
+from defaceaudit.devices import bf16_autocast, device_from_config, precision_name, use_bf16
 from defaceaudit.diffusion.cascade import (
     PairSet,
     SamplingSettings,
@@ -36,7 +36,7 @@ from defaceaudit.diffusion.sizing import (
     training_grid,
 )
 from defaceaudit.diffusion.slabs import SLAB_SIZE
-from defaceaudit.diffusion.train import bf16_supported, device_from_config, train
+from defaceaudit.diffusion.train import train
 from defaceaudit.diffusion.unet import unet_from_config
 from defaceaudit.diffusion.volumes import (
     crop_volume,
@@ -340,16 +340,12 @@ def reface_subject(
     unit = torch.from_numpy(pad_volume(to_unit(data, scale), shape))[None, None]
     keep = torch.from_numpy(known_voxels(generated, shape))[None, None]
     settings = SamplingSettings(**sampling)
-    use_bf16 = settings.bf16 and bf16_supported(torch_device)
-    precision = "bf16 autocast" if use_bf16 else "fp32"
-    log.info("sampling on %s (%s), %d DDIM steps", torch_device, precision, settings.steps)
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if use_bf16
-        else contextlib.nullcontext()
+    bf16 = use_bf16(settings.bf16, torch_device)
+    log.info(
+        "sampling on %s (%s), %d DDIM steps", torch_device, precision_name(bf16), settings.steps
     )
     start = time.perf_counter()
-    with autocast:
+    with bf16_autocast(bf16):
         out = sample_cascade(
             model1,
             model2,
@@ -377,7 +373,7 @@ def reface_subject(
             "stage2": str(stage2),
             "sampling": sampling,
             "device": str(torch_device),
-            "precision": precision,
+            "precision": precision_name(bf16),
             "intensity_scale": scale,
             "seconds": round(seconds, 2),
             "defaceaudit_version": __version__,

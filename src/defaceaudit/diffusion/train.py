@@ -25,12 +25,10 @@ or the global torch RNG: the checkpoint holds the numpy ``Generator`` state, the
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -40,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from defaceaudit.devices import bf16_autocast, device_from_config, precision_name, use_bf16
 from defaceaudit.diffusion.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -54,7 +53,6 @@ __all__ = [
     "TRAINING_DEFAULTS",
     "TRAINING_KEYS",
     "default_resume_path",
-    "device_from_config",
     "train",
     "training_settings",
 ]
@@ -77,8 +75,6 @@ TRAINING_KEYS = (
 TRAINING_DEFAULTS = {"ema_warmup": True}
 #: config keys recorded in checkpoints but not compared on resume (provenance, not settings)
 PROVENANCE_KEYS = ("defaceaudit_version",)
-
-_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class EMA:
@@ -147,34 +143,6 @@ class EMA:
         constructed, i.e. from the current config)."""
         self.shadow.load_state_dict(state["shadow"])
         self.num_updates = int(state["num_updates"])
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is worth running on ``device``: a CUDA GPU of compute capability
-    8.0 or later (Ampere, Hopper), whose tensor cores do bf16. Older GPUs (a V100: 7.0) only
-    emulate it, slower than fp32; the CPU path stays fp32 here."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
-
-
-def device_from_config(name: str) -> torch.device:
-    """The torch device for a config value: ``"auto"`` (CUDA when available, else CPU),
-    ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Raises :class:`InputError` for anything else and for a
-    CUDA device this machine does not have."""
-    if not isinstance(name, str) or not _DEVICE_RE.fullmatch(name):
-        raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available on this machine")
-    device = torch.device(name)
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(
-            f"device {name!r} requested but this machine has {torch.cuda.device_count()} "
-            "CUDA device(s)"
-        )
-    return device
 
 
 def default_resume_path(checkpoint_path: str | os.PathLike) -> Path:
@@ -355,9 +323,10 @@ def train(
         Progress goes here: every ``log_every`` steps the step, mean loss since the previous
         line, steps per second and estimated time left.
 
-    Precision: with ``bf16`` true on a GPU with bf16 tensor cores (:func:`bf16_supported`),
-    the forward pass and loss run under ``torch.autocast(dtype=torch.bfloat16)`` (weights,
-    gradients, optimiser and EMA stay fp32); elsewhere ``bf16`` is ignored and training is fp32.
+    Precision: with ``bf16`` true on a GPU with bf16 tensor cores
+    (:func:`defaceaudit.devices.bf16_supported`), the forward pass and loss run under
+    ``torch.autocast(dtype=torch.bfloat16)`` (weights, gradients, optimiser and EMA stay fp32);
+    elsewhere ``bf16`` is ignored and training is fp32.
 
     Seeding: ``seed`` seeds the global torch RNG (weight init, dropout), the numpy ``Generator``
     passed to ``batches`` and, through a derived seed, the loss's ``generator``.
@@ -400,25 +369,18 @@ def train(
             step, last_loss = resumed
     start_step = step
 
-    use_bf16 = settings["bf16"] and bf16_supported(device)
-    if settings["bf16"] and not use_bf16:
-        log.info("bf16 requested but %s has no bf16 tensor cores: training in fp32", device)
+    bf16 = use_bf16(settings["bf16"], device)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "training %d parameters on %s (%s), steps %d..%d, checkpoint every %d steps to %s",
         n_params,
         device,
-        "bf16 autocast" if use_bf16 else "fp32",
+        precision_name(bf16),
         step,
         steps,
         settings["checkpoint_every"],
         resume_path,
     )
-
-    def autocast():
-        if use_bf16:
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def extra() -> dict:
         return {
@@ -447,7 +409,7 @@ def train(
         batch, iterator = _next_batch(iterator, batches, data_rng)
         batch = _to_device(batch, device)
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
+        with bf16_autocast(bf16):
             loss = loss_fn(model, batch, generator)
         if loss.ndim != 0:
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")

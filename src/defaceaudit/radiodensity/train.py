@@ -13,7 +13,6 @@ region), targets and predictions ``[B]`` in SD units of the training residuals.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from defaceaudit import __version__
-from defaceaudit.diffusion.train import bf16_supported, device_from_config
+from defaceaudit.devices import bf16_autocast, device_from_config, use_bf16
 from defaceaudit.errors import DefaceAuditError, InputError
 from defaceaudit.radiodensity.model import load_medicalnet, resnet10
 from defaceaudit.radiodensity.sampler import balanced_sampler, subject_balanced_weights
@@ -197,9 +196,7 @@ def train_radiodensity(
 
     device = device_from_config(s["device"])
     cuda = device.type == "cuda"
-    use_bf16 = s["bf16"] and bf16_supported(device)
-    if s["bf16"] and not use_bf16:
-        log.info("bf16 autocast needs bf16 tensor cores; training in float32 on %s", device)
+    bf16 = use_bf16(s["bf16"], device)
     if cuda:
         torch.backends.cudnn.benchmark = False
     torch.manual_seed(int(s["seed"]))
@@ -216,11 +213,6 @@ def train_radiodensity(
     )
     target_t = torch.tensor(targets, dtype=torch.float32)
 
-    def autocast():
-        if use_bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def inputs(rows: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(crops[index[rows]], dtype=np.float32))
         return x.unsqueeze(1).to(device, non_blocking=True)
@@ -230,7 +222,7 @@ def train_radiodensity(
         model.eval()
         out = [np.empty(0)]
         for batch in _batches(rows, int(s["batch_size"])):
-            with autocast():
+            with bf16_autocast(bf16):
                 out.append(model(inputs(batch)).float().squeeze(1).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 
@@ -255,7 +247,7 @@ def train_radiodensity(
         total = 0.0
         for batch in _batches(order, int(s["batch_size"])):
             optimizer.zero_grad(set_to_none=True)
-            with autocast():
+            with bf16_autocast(bf16):
                 pred = model(inputs(batch)).float().squeeze(1)
             loss = nn.functional.mse_loss(pred, target_t[batch].to(device))
             loss.backward()
