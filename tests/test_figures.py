@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 from synthetic import synthetic_head
 
+from defaceaudit.errors import DefaceAuditError
 from defaceaudit.face_panels import frontal_rendering, render_face_panel
 from defaceaudit.figures import (
     plot_masd,
     plot_qc,
     plot_reidentification,
     plot_similarity,
-    read_tsv,
 )
-from defaceaudit.tables import write_tsv
+from defaceaudit.tables import read_tsv, write_tsv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DEFACERS = ("quickshear", "facemask", "skullstrip")
@@ -135,10 +135,14 @@ def test_plots_read_tsv_with_na(tmp_path):
     summary.loc[summary.index[:5], "ci_low"] = np.nan
     write_tsv(summary, tmp_path / "summary.tsv")
     assert "n/a" in (tmp_path / "summary.tsv").read_text()
-    assert read_tsv(tmp_path / "summary.tsv")["ci_low"].isna().sum() == 5
+    assert read_tsv(tmp_path / "summary.tsv", "summary")["ci_low"].isna().sum() == 5
     plot_masd(tmp_path / "summary.tsv", tmp_path / "masd.png")
     _assert_png(tmp_path / "masd.png")
     (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(
+        DefaceAuditError, match=r"empty.tsv: cannot read the summary \(the file is empty\)"
+    ):
+        read_tsv(tmp_path / "empty.tsv", "summary")  # a table that must have rows
     plot_similarity(tmp_path / "empty.tsv", tmp_path / "sim.png")
     _assert_png(tmp_path / "sim.png")
 

@@ -35,7 +35,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from defaceaudit.tables import atomic_path
+from defaceaudit.tables import atomic_path, read_tsv
 
 __all__ = [
     "IMAGE_TYPE_LABELS",
@@ -93,20 +93,12 @@ _NO_DEFACER = "(no defacer)"
 
 
 # --------------------------------------------------------------------------------- helpers
-def read_tsv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a tab-separated table with BIDS ``n/a`` as missing; an empty file gives no rows."""
-    try:
-        return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-
-
 def _as_frame(data: pd.DataFrame | str | os.PathLike | None) -> pd.DataFrame:
     if data is None:
         return pd.DataFrame()
     if isinstance(data, pd.DataFrame):
         return data.copy()
-    return read_tsv(data)
+    return read_tsv(data, "table", empty_ok=True)
 
 
 def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from defaceaudit import figures
 from defaceaudit.face_panels import render_face_panel
+from defaceaudit.tables import read_tsv
 
 #: column labels of the face renderings, in the paper's order (Figure 3)
 PANEL_LABELS = {
@@ -16,10 +17,6 @@ PANEL_LABELS = {
     "population_average": "population average",
     "dpm_refaced": "DPM-refaced",
 }
-
-
-def _read(path: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
 
 
 def write_figures(
@@ -30,11 +27,12 @@ def write_figures(
     out: dict[str, str | os.PathLike],
 ) -> None:
     """The four stage figures (``out`` keys masd, similarity, qc, reidentification)."""
-    summary_frame = _read(summary)
-    figures.plot_masd(summary_frame, out["masd"], rows=_read(rows))
+    summary_frame = read_tsv(summary, "face metrics summary")
+    figures.plot_masd(summary_frame, out["masd"], rows=read_tsv(rows, "face metrics table"))
     figures.plot_similarity(summary_frame, out["similarity"])
-    figures.plot_qc(_read(qc), out["qc"])
-    figures.plot_reidentification(_read(reidentification), out["reidentification"])
+    figures.plot_qc(read_tsv(qc, "QC table"), out["qc"])
+    reidentified = read_tsv(reidentification, "re-identification table", empty_ok=True)
+    figures.plot_reidentification(reidentified, out["reidentification"])
 
 
 def write_face_panel(
@@ -46,7 +44,7 @@ def write_face_panel(
 ) -> None:
     """Renderings of one subject: a row per defacer (original, defaced, population average,
     DPM-refaced), each labelled with its MASD to the original (other -> original)."""
-    rows = pd.concat([_read(p) for p in row_files], ignore_index=True)
+    rows = pd.concat([read_tsv(p, "face metrics rows") for p in row_files], ignore_index=True)
     masd = {(r.defacer, r.image_type): r.masd_mm for r in rows.itertuples()}
     panel = []
     for defacer, images in columns.items():

@@ -50,15 +50,21 @@ def read_tsv(
     *,
     dtype: Mapping[str, type] | None = None,
     error: type[DefaceAuditError] = DefaceAuditError,
+    empty_ok: bool = False,
 ) -> pd.DataFrame:
     """The table at ``path`` (tab-separated, header line; ``n/a`` and pandas' other NA strings
     read as missing; ``dtype`` per column as in :func:`pandas.read_csv`), checked to have
     ``columns``. A missing, unreadable, empty or malformed file, or a missing column, raises
     ``error`` (default :class:`DefaceAuditError`) naming ``path`` and ``what`` (e.g.
-    ``"phenotype table"``)."""
+    ``"phenotype table"``); with ``empty_ok`` an empty file (a stage with nothing to report)
+    reads as a table without rows or columns instead."""
     try:
         frame = pd.read_csv(path, sep="\t", na_values=["n/a"], dtype=dtype)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+    except pd.errors.EmptyDataError as err:
+        if empty_ok and not columns:
+            return pd.DataFrame()
+        raise error(f"{path}: cannot read the {what} (the file is empty)") from err
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise error(f"{path}: cannot read the {what} ({reason})") from err
     missing = [c for c in columns if c not in frame.columns]
