@@ -12,7 +12,7 @@ from defaceaudit.demo.plan import DemoSubject, plan_demo_cohort
 from defaceaudit.errors import DefaceAuditError, InputError
 from defaceaudit.inputs import Subject, check_cohort, read_bids_dataset, read_manifest
 from defaceaudit.metrics.plan import POPULATION_AVERAGE_REFACERS
-from defaceaudit.radiodensity.splits import MIN_TRAIN_SUBJECTS, assign_subject_splits
+from defaceaudit.radiodensity.splits import MIN_TRAIN_SUBJECTS, study_splits
 
 if TYPE_CHECKING:
     from defaceaudit.metrics.plan import MetricPlan
@@ -145,23 +145,22 @@ def check_radiodensity_split(cohort: Cohort, plan: RadiodensityPlan | None, spli
     """InputError when the radiodensity study (``plan``; None: it does not run) would get too
     few training subjects even if every cohort subject had phenotype rows.
 
-    The study splits its subjects by ``split`` (fractions ``train``, ``validation``, ``test``,
-    and ``seed``) with exact sizes, as ``radiodensity.study.write_targets`` does, and fits each
-    body part's mixed model on at least ``MIN_TRAIN_SUBJECTS`` of them.
+    The study splits its subjects by ``split`` (the config's ``radiodensity.split``) with
+    :func:`~defaceaudit.radiodensity.splits.study_splits`, as ``radiodensity.study`` does, and
+    fits each body part's mixed model on at least ``MIN_TRAIN_SUBJECTS`` of them.
     """
     if plan is None:
         return
-    fractions = {k: split[k] for k in ("train", "validation", "test")}
     subjects = [f"sub-{s}" for s in cohort.subjects]  # the study's participant ids
     try:
-        splits = assign_subject_splits(subjects, fractions, int(split["seed"]), method="quota")
+        splits = study_splits(subjects, split)
     except DefaceAuditError as err:
         raise InputError(f"config radiodensity.split: {err}") from None
     n_train = list(splits.values()).count("train")
     if n_train < MIN_TRAIN_SUBJECTS:
         raise InputError(
             f"config radiodensity: its train split would hold {n_train} of the cohort's "
-            f"{len(subjects)} subjects (radiodensity.split.train = {fractions['train']:g}); "
+            f"{len(subjects)} subjects (radiodensity.split.train = {split['train']:g}); "
             f"each body part's mixed model needs at least {MIN_TRAIN_SUBJECTS} (add subjects, "
             "raise radiodensity.split.train, or set radiodensity.enabled: false)"
         )

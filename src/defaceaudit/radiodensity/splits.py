@@ -92,6 +92,16 @@ def assign_subject_splits(
     return splits
 
 
+def study_splits(subjects: Sequence[str], split: Mapping) -> dict[str, str]:
+    """The radiodensity study's split of ``subjects`` (participant ids) by the config's
+    ``radiodensity.split`` section (fractions ``train``, ``validation``, ``test`` and ``seed``),
+    with exact sizes (``method="quota"``: hash thresholds would leave a 24-subject cohort one
+    validation subject). The one place the workflow's plan check and the study itself split.
+    Returns ``{subject: split}`` in the order of ``subjects``."""
+    fractions = {k: split[k] for k in SPLITS}
+    return assign_subject_splits(subjects, fractions, int(split["seed"]), method="quota")
+
+
 def _quota_splits(
     subjects: list[str], values: np.ndarray, u: Mapping[str, float]
 ) -> dict[str, str]:

@@ -19,7 +19,7 @@ from defaceaudit.errors import InputError
 from defaceaudit.radiodensity.evaluate import radiodensity_table, write_radiodensity_tables
 from defaceaudit.radiodensity.figure import plot_radiodensity
 from defaceaudit.radiodensity.plan import ORIGINAL
-from defaceaudit.radiodensity.splits import assign_subject_splits
+from defaceaudit.radiodensity.splits import study_splits
 from defaceaudit.radiodensity.targets import lme_residual_targets
 from defaceaudit.tables import read_tsv, write_tsv
 
@@ -41,7 +41,7 @@ def write_targets(
     ``phenotype``: TSVs with participant_id (``sub-<subject>``), visit, age and ``<part>_hu``;
     rows of subjects outside the cohort are dropped (logged). ``cohort_table``: the cohort's
     subjects.tsv (subject, sex, ...). ``split``: fractions ``train``, ``validation``, ``test``
-    and ``seed`` (:func:`~defaceaudit.radiodensity.splits.assign_subject_splits`, exact
+    and ``seed`` (:func:`~defaceaudit.radiodensity.splits.study_splits`, exact
     sizes: subjects ranked by a hash of their id fill the splits in order). The mixed
     model is fitted on the train split only. Writes and returns the long table of
     :func:`~defaceaudit.radiodensity.targets.lme_residual_targets` plus ``subject`` and
@@ -63,9 +63,7 @@ def write_targets(
         log.warning("%d phenotype subjects are not in the cohort: %s", len(outside), outside)
         table = table[~table["participant_id"].isin(outside)]
     subjects = sorted(table["participant_id"].unique())
-    fractions = {k: split[k] for k in ("train", "validation", "test")}
-    # exact sizes (quota): hash thresholds leave a 24-subject cohort 1 validation subject
-    splits = assign_subject_splits(subjects, fractions, int(split["seed"]), method="quota")
+    splits = study_splits(subjects, split)
     train = [s for s in subjects if splits[s] == "train"]
     targets = lme_residual_targets(table, participants, body_parts, train)
     targets.insert(0, "subject", targets["participant_id"].str.removeprefix("sub-"))
