@@ -3,10 +3,11 @@
     python benchmarks/bench_defacers.py [--reference benchmarks/reference/defacers.json]
                                         [--save FILE] [--defacers quickshear facemask ...]
 
-Each (defacer, grid) runs in a fresh subprocess so that its peak resident memory (VmHWM) is
-its own; the baseline (Python with the imports, no defacing) is measured the same way and
-printed beside it. Inputs are built from the demo's real heads (fetched into the user cache):
-one synthetic subject at 2 mm (the demo grid, 96x136x112) and one at 1 mm on a 256^3 grid. The
+Each (defacer, grid) runs in a fresh subprocess (this script with ``--child``, through
+``benchlib.run_child``) so that its peak resident memory (VmHWM) is its own; the baseline
+(Python with the imports, no defacing) is measured the same way and printed beside it. Inputs
+are built from the demo's real heads (fetched into the user cache): one synthetic subject at
+2 mm (96x136x112; the demo itself now runs at 2.5 mm) and one at 1 mm on a 256^3 grid. The
 figures are printed side by side with a reference run (the JSON of an earlier run, committed).
 """
 
@@ -14,33 +15,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import benchlib
 import nibabel as nib
 import numpy as np
 
 DEFACERS = ("quickshear", "facemask", "avgface", "skullstrip")
 GRIDS = {"demo_2mm": (2.0, (192.0, 272.0, 224.0)), "head_1mm_256": (1.0, (256.0, 256.0, 256.0))}
 
-CHILD = r"""
-import json, sys, time
-import nibabel as nib, numpy as np
-from defaceaudit.deface import run_native
-from defaceaudit.nifti import load_t1w, load_mask
-args = json.loads(sys.argv[1])
-t1w = load_t1w(args["t1w"]); brain = load_mask(args["brain"], t1w)
-start = time.perf_counter()
-if args["defacer"] != "baseline":
-    run_native(args["defacer"], t1w, brain, **args["extra"])
-seconds = time.perf_counter() - start
-# VmHWM (peak resident set of this process image): unlike ru_maxrss it is not inherited
-# from the parent across exec.
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(json.dumps({"seconds": seconds, "peak_mb": int(hwm) / 1024}))
-"""
+
+def child(spec: dict) -> dict:
+    """One (defacer, grid) case in this process: the defacer's seconds on the loaded image and
+    the process's peak memory (``baseline``: the imports and the loaded image only)."""
+    from defaceaudit.deface import run_native
+    from defaceaudit.nifti import load_mask, load_t1w
+
+    t1w = load_t1w(spec["t1w"])
+    brain = load_mask(spec["brain"], t1w)
+    start = time.perf_counter()
+    if spec["defacer"] != "baseline":
+        run_native(spec["defacer"], t1w, brain, **spec["extra"])
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_mb": benchlib.host_peak_mb()}
 
 
 def make_inputs(folder: Path) -> dict:
@@ -76,15 +76,6 @@ def make_inputs(folder: Path) -> dict:
     return files
 
 
-def run_child(defacer: str, t1w: Path, brain: Path, extra: dict) -> dict:
-    arg = json.dumps({"defacer": defacer, "t1w": str(t1w), "brain": str(brain), "extra": extra})
-    done = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True)
-    if done.returncode != 0:
-        # a child killed for memory may print nothing
-        return {"error": (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -110,7 +101,13 @@ def main() -> None:
             shape = nib.load(t1w).shape
             for defacer in ["baseline", *args.defacers]:
                 key = f"{grid} {defacer}"
-                results[key] = {**run_child(defacer, t1w, brain, extras[defacer]), "shape": shape}
+                spec = {
+                    "defacer": defacer,
+                    "t1w": str(t1w),
+                    "brain": str(brain),
+                    "extra": extras[defacer],
+                }
+                results[key] = {**benchlib.run_child(__file__, spec), "shape": shape}
     print(f"{'grid / defacer':<32} {'seconds':>9} {'peak MB':>9} | {'ref s':>8} {'ref MB':>8}")
     for key, row in results.items():
         ref = reference.get(key, {})
@@ -127,4 +124,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        print(json.dumps(child(json.loads(sys.argv[2]))))
+    else:
+        main()

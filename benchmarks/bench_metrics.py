@@ -20,7 +20,8 @@ defacer changed, inside the original's head mask), with the scale of the whole h
 - monai: defaceaudit's head masks, then ``monai.metrics.compute_average_surface_distance``
   (symmetric; no smoothing, caps kept) on the same cropped masks.
 
-Each row runs in a fresh subprocess; peak memory is its VmHWM. "w/o orig" is the per-pair time
+Each row runs in a fresh subprocess (this script with ``--child``, through
+``benchlib.run_child``); peak memory is its VmHWM. "w/o orig" is the per-pair time
 when the original's head mask is precomputed (the pipeline's prepare stage makes it): total minus
 the original's mask; "CPU" is the process's CPU time over masks and metrics (all threads), which
 a busy machine inflates less than the wall-clock seconds. The figures are printed beside a
@@ -32,41 +33,35 @@ other work on the machine slows every row.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import benchlib
 
 ROWS = ("baseline", "defaceaudit", "reference", "monai")
 VALUES = ("masd_mm", "masd_symmetric_mm", "ssim_head", "psnr_head_db", "ssim_face", "psnr_face_db")
 REFERENCE = Path(__file__).parent / "reference" / "metrics.json"
 
-CHILD = r"""
-import json, sys, time
-import numpy as np, nibabel as nib
-args = json.loads(sys.argv[1])
-kind = args["kind"]
-zooms = (1.0, 1.0, 1.0)
-from defaceaudit.masks import available_threads, head_mask
-from defaceaudit.metrics.similarity import similarity
-from defaceaudit.metrics.surface import FaceCrop, face_vertices, masd
-if kind == "reference":
-    from scipy import ndimage
-    from scipy.spatial import cKDTree
-    from skimage.filters import threshold_otsu
-    from skimage.measure import marching_cubes
-    from skimage.metrics import structural_similarity
-elif kind == "monai":
-    import torch
-    from monai.metrics import compute_average_surface_distance
-a = nib.load(args["a"]).get_fdata(dtype=np.float32)
-b = nib.load(args["b"]).get_fdata(dtype=np.float32)
+ZOOMS = (1.0, 1.0, 1.0)  # the pair's voxel size, mm
+#: what each row imports (every row, the baseline included, imports defaceaudit's metrics)
+ROW_LIBRARIES = {
+    "defaceaudit": ("defaceaudit.metrics.similarity", "defaceaudit.metrics.surface"),
+    "reference": ("scipy.spatial", "skimage.filters", "skimage.measure", "skimage.metrics"),
+    "monai": ("torch", "monai.metrics"),
+}
 
 
 def reference_head_mask(data):
-    # The former defaceaudit.masks.head_mask: whole volume, distance-transform closing.
+    """The former ``defaceaudit.masks.head_mask``: whole volume, distance-transform closing."""
+    import numpy as np
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
     data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
     smooth = ndimage.gaussian_filter(data, sigma=1.0, mode="nearest")
     clipped = np.clip(smooth, 0.0, np.percentile(smooth, 99.9))
@@ -80,7 +75,7 @@ def reference_head_mask(data):
     mask = closed[5:-5, 5:-5, 5:-5]
 
     def largest(m):
-        labels, n = ndimage.label(m)
+        labels, _ = ndimage.label(m)
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         return labels == int(np.argmax(sizes))
@@ -96,62 +91,123 @@ def reference_head_mask(data):
 
 
 def reference_vertices(head, crop):
+    """Face vertices (mm) by whole-crop smoothing and scikit-image marching cubes, caps cut."""
+    import numpy as np
+    from scipy import ndimage
+    from skimage.measure import marching_cubes
+
     cropped = np.pad(crop.apply(head), 3)
     smooth = ndimage.gaussian_filter(cropped.astype(np.float32), 1.0)
-    verts = marching_cubes(smooth, level=0.5, spacing=zooms)[0] - 3.0
+    verts = marching_cubes(smooth, level=0.5, spacing=ZOOMS)[0] - 3.0
     keep = (verts[:, 1] > crop.y_min + 0.5) & (verts[:, 2] > crop.z_min + 0.5)
     return verts[keep]
 
 
-def reference_similarity(ssim_map, x, y, region):
+def reference_similarity(ssim_map, x, y, region) -> tuple[float, float]:
+    """Mean SSIM and PSNR (dB, data range 1) inside ``region``."""
+    import numpy as np
+
     mse = float(np.mean((x[region] - y[region]) ** 2))
     return float(ssim_map[region].mean()), float(10 * np.log10(1.0 / mse))
 
 
-out, seconds = {}, {}
-if kind != "baseline":
-    mask = reference_head_mask if kind == "reference" else head_mask
+def measure(kind: str, a, b) -> tuple[dict, dict, object]:
+    """One row's metrics of the pair ``a``, ``b`` ([X, Y, Z] float32): (values, seconds, the
+    original's head mask)."""
+    import numpy as np
+
+    from defaceaudit.masks import head_mask
+    from defaceaudit.metrics.similarity import similarity
+    from defaceaudit.metrics.surface import FaceCrop, face_vertices, masd
+
+    out, seconds = {}, {}
     start, cpu = time.perf_counter(), time.process_time()
-    ha = mask(a) if kind == "reference" else mask(a, zooms)
-    seconds["mask_original"] = time.perf_counter() - start
-    hb = mask(b) if kind == "reference" else mask(b, zooms)
+    if kind == "reference":
+        ha = reference_head_mask(a)
+        seconds["mask_original"] = time.perf_counter() - start
+        hb = reference_head_mask(b)
+    else:
+        ha = head_mask(a, ZOOMS)
+        seconds["mask_original"] = time.perf_counter() - start
+        hb = head_mask(b, ZOOMS)
     seconds["masks"] = time.perf_counter() - start
     seconds["cpu"] = time.process_time() - cpu  # all threads
     face = (a != b) & ha  # the voxels the defacer changed, inside the head
     start, cpu = time.perf_counter(), time.process_time()
-    crop = FaceCrop.from_head(ha, zooms)
+    crop = FaceCrop.from_head(ha, ZOOMS)
     if kind == "defaceaudit":
         # as the pipeline: the original's face once, reused for every image measured against it
-        original_faces = face_vertices(ha, crop, zooms)
-        out.update(masd(ha, hb, zooms, original_vertices=original_faces, crop=crop))
+        original_faces = face_vertices(ha, crop, ZOOMS)
+        out.update(masd(ha, hb, ZOOMS, original_vertices=original_faces, crop=crop))
         head = similarity(a, b, ha)
         region = similarity(a, b, face, scale_mask=ha)
-        out.update(ssim_head=head["ssim"], psnr_head_db=head["psnr_db"],
-                   ssim_face=region["ssim"], psnr_face_db=region["psnr_db"])
+        out.update(
+            ssim_head=head["ssim"],
+            psnr_head_db=head["psnr_db"],
+            ssim_face=region["ssim"],
+            psnr_face_db=region["psnr_db"],
+        )
     elif kind == "reference":
+        from scipy.spatial import cKDTree
+        from skimage.metrics import structural_similarity
+
         va, vb = reference_vertices(ha, crop), reference_vertices(hb, crop)
         b_to_a = cKDTree(va).query(vb, workers=1)[0].mean()
         a_to_b = cKDTree(vb).query(va, workers=1)[0].mean()
         out.update(masd_mm=float(b_to_a), masd_symmetric_mm=float((a_to_b + b_to_a) / 2))
         scale = np.percentile(a[ha].astype(np.float64), 99.5)
         x, y = a.astype(np.float64) / scale, b.astype(np.float64) / scale
-        ssim_map = structural_similarity(x, y, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                         use_sample_covariance=False, full=True)[1]
+        ssim_map = structural_similarity(
+            x,
+            y,
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            full=True,
+        )[1]
         out["ssim_head"], out["psnr_head_db"] = reference_similarity(ssim_map, x, y, ha)
         out["ssim_face"], out["psnr_face_db"] = reference_similarity(ssim_map, x, y, face)
     else:
+        import torch
+        from monai.metrics import compute_average_surface_distance
+
         pa = torch.from_numpy(crop.apply(ha))[None, None]
         pb = torch.from_numpy(crop.apply(hb))[None, None]
-        d = compute_average_surface_distance(pb, pa, include_background=True, symmetric=True,
-                                             spacing=zooms)
+        d = compute_average_surface_distance(
+            pb, pa, include_background=True, symmetric=True, spacing=ZOOMS
+        )
         out["masd_symmetric_mm"] = float(d)
     seconds["metrics"] = time.perf_counter() - start
     seconds["cpu"] += time.process_time() - cpu
-    np.save(args["mask"], ha)
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(json.dumps({"seconds": seconds, "peak_mb": int(hwm) / 1024, "values": out,
-                  "threads": available_threads()}))
-"""
+    return out, seconds, ha
+
+
+def child(spec: dict) -> dict:
+    """One row in this process: both volumes loaded, then (unless ``baseline``) the row's
+    metrics; the original's head mask is saved to ``spec["mask"]`` (.npy) for comparison."""
+    import nibabel as nib
+    import numpy as np
+
+    from defaceaudit.masks import available_threads
+
+    # every library a row uses is imported before the clock starts (and before the baseline's
+    # memory is read): the rows time the metrics, not the imports
+    kind = spec["kind"]
+    for module in ROW_LIBRARIES["defaceaudit"] + ROW_LIBRARIES.get(kind, ()):
+        importlib.import_module(module)
+    a = nib.load(spec["a"]).get_fdata(dtype=np.float32)
+    b = nib.load(spec["b"]).get_fdata(dtype=np.float32)
+    out, seconds = {}, {}
+    if kind != "baseline":
+        out, seconds, ha = measure(kind, a, b)
+        np.save(spec["mask"], ha)
+    return {
+        "seconds": seconds,
+        "peak_mb": benchlib.host_peak_mb(),
+        "values": out,
+        "threads": available_threads(),
+    }
 
 
 def make_pair(folder: Path) -> tuple[Path, Path]:
@@ -186,15 +242,6 @@ def make_pair(folder: Path) -> tuple[Path, Path]:
     save_nifti(result.defaced, defaced, affine=affine)
     save_nifti(t1w, original, affine=affine)  # last: its presence means the pair is complete
     return original, defaced
-
-
-def run_child(kind: str, a: Path, b: Path, mask: Path) -> dict:
-    arg = json.dumps({"a": str(a), "b": str(b), "kind": kind, "mask": str(mask)})
-    done = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or ["no output"]
-        return {"error": lines[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def summarise(row: dict) -> dict:
@@ -277,7 +324,8 @@ def main() -> None:
         for kind in ("baseline", *args.rows):
             masks[kind] = Path(tmp) / f"{kind}_head.npy"
             load = os.getloadavg()[0]
-            results[kind] = {**run_child(kind, a, b, masks[kind]), "load_1min_before": load}
+            spec = {"a": str(a), "b": str(b), "kind": kind, "mask": str(masks[kind])}
+            results[kind] = {**benchlib.run_child(__file__, spec), "load_1min_before": load}
         if "defaceaudit" in masks and "reference" in masks:
             import numpy as np
 
@@ -297,4 +345,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        print(json.dumps(child(json.loads(sys.argv[2]))))
+    else:
+        main()
