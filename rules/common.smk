@@ -2,18 +2,19 @@
 import errno
 import os
 import shutil
-import types
 
 from defaceaudit import paths
 from defaceaudit.cohort import plan_run
 from defaceaudit.config import canonical, validate_config
 from defaceaudit.defacers import containers
+from defaceaudit.defacers import jobs as deface_jobs
 from defaceaudit.defacers.plan import with_backend
 from defaceaudit.demo.synth import synth_config
 from defaceaudit.diffusion import jobs as reface_jobs
 from defaceaudit.errors import DefaceAuditError
 from defaceaudit.inputs import cohort_frame
 from defaceaudit.metrics import jobs as metric_jobs
+from defaceaudit.paths import benchmark_file, log_file
 from defaceaudit.radiodensity.plan import image_files
 from defaceaudit.targets import prepared_files
 
@@ -30,14 +31,6 @@ DEFACERS = RUN.defacers
 RADIODENSITY_PLAN = RUN.radiodensity
 # Face metrics: which defacers give table rows and which fills the population-average column.
 METRIC_PLAN = RUN.metrics
-
-
-def log_file(rule_name, key="{subject}"):
-    return f"{paths.RESULTS}/logs/{rule_name}/{key}.log"
-
-
-def benchmark_file(rule_name, key="{subject}"):
-    return f"{paths.RESULTS}/benchmarks/{rule_name}/{key}.tsv"
 
 
 def prepare_inputs(wildcards):
@@ -81,44 +74,12 @@ def defacer_pattern(backend):
     return "|".join(names) if names else "(?!x)x"
 
 
-def prepared_inputs(subject):
-    files = prepared_files(subject)
-    return {k: files[k] for k in ("t1w", "head_mask", "brain_mask")}
-
-
 def native_deface_inputs(wildcards):
-    """Prepared images, plus the face template (facemask) or the average head (avgface)."""
-    files = prepared_inputs(wildcards.subject)
-    if wildcards.defacer == "facemask":
-        files.update(paths.FACE_TEMPLATE)
-    elif wildcards.defacer == "avgface":
-        files["average"] = paths.AVERAGE_HEAD
-        files["facemask"] = paths.FACE_TEMPLATE["facemask"]
-    return files
-
-
-#: the logs of the jobs that make a native defacer's extra inputs (native_deface_inputs)
-PRODUCER_LOGS = {
-    paths.FACE_TEMPLATE["facemask"]: log_file("fetch_face_template", "pydeface"),
-    paths.AVERAGE_HEAD: log_file("build_average_head", "train"),
-}
-
-
-def upstream_deface_logs(defacer, subject):
-    """Logs of the jobs a deface job waits for: its subject's preparation and, natively, the
-    jobs making its other inputs (the face template, the average head)."""
-    logs = [log_file("prepare_subject").format(subject=subject)]
-    if DEFACERS[defacer] == "native":
-        wildcards = types.SimpleNamespace(defacer=defacer, subject=subject)
-        inputs = set(native_deface_inputs(wildcards).values())
-        logs += [log for path, log in PRODUCER_LOGS.items() if path in inputs]
-    return logs
+    return deface_jobs.native_inputs(wildcards.defacer, wildcards.subject)
 
 
 def native_deface_params(wildcards):
-    if wildcards.defacer == "quickshear":
-        return {"buffer": config["deface"]["quickshear_buffer"]}
-    return {}
+    return deface_jobs.native_params(wildcards.defacer, config["deface"])
 
 
 def average_head_inputs(wildcards):
@@ -129,38 +90,12 @@ def average_head_inputs(wildcards):
     }
 
 
-def deface_jobs():
-    return [(d, s) for s in COHORT.subjects for d in DEFACERS]
-
-
 def qc_records(wildcards):
-    return [paths.defaced_files(d, s)["qc"] for d, s in deface_jobs()]
+    return deface_jobs.qc_records(COHORT, DEFACERS)
 
 
 def expected_qc_records(wildcards=None):
-    """Every QC record a complete run has, with the log that explains a missing one."""
-    rows = []
-    for defacer, subject in deface_jobs():
-        backend = DEFACERS[defacer]
-        rule_name = "deface_native" if backend == "native" else "finalize_container_deface"
-        key = f"{defacer}_{subject}_{paths.desc_label(defacer)}"
-        logs = [log_file(rule_name, key)]
-        if backend == "container":
-            logs.insert(
-                0, log_file(f"deface_container_{defacer}", "{subject}").format(subject=subject)
-            )
-        rows.append(
-            {
-                "defacer": defacer,
-                "subject": subject,
-                "backend": backend,
-                "qc": paths.defaced_files(defacer, subject)["qc"],
-                "logs": logs,
-                # what the job waits for: a failed one means it never ran
-                "upstream_logs": upstream_deface_logs(defacer, subject),
-            }
-        )
-    return rows
+    return deface_jobs.expected_qc_records(COHORT, DEFACERS)
 
 
 #: work folder of a container defacer, inside the job's shadow folder (deleted after the job)
@@ -193,16 +128,7 @@ def mri_reface_shell(wildcards, input, output):
 
 
 def container_finalize_inputs(wildcards):
-    """Prepared images, the tool's raw output (and mask), and its benchmark (seconds)."""
-    files = prepared_inputs(wildcards.subject)
-    raw = paths.container_raw(wildcards.defacer, wildcards.subject)
-    files["raw"] = raw["t1w"]
-    if wildcards.defacer in ("fsl_deface", "pydeface"):
-        files["raw_removed"] = raw["removed"]
-    files["benchmark"] = benchmark_file(f"deface_container_{wildcards.defacer}").format(
-        subject=wildcards.subject
-    )
-    return files
+    return deface_jobs.container_finalize_inputs(wildcards.defacer, wildcards.subject)
 
 
 def container_image(wildcards):
@@ -210,14 +136,7 @@ def container_image(wildcards):
 
 
 def container_params(wildcards):
-    params = {
-        "quickshear": {"buffer_voxels": config["deface"]["quickshear_buffer"]},
-        "pydeface": {"cost": config["deface"]["pydeface_cost"], "nocleanup": True},
-        "mri_deface": {"atlas_dir": config["deface"]["mri_deface_atlas_dir"]},
-        "mri_reface": {"imType": "T1"},
-        "fsl_deface": {},
-    }
-    return params[wildcards.defacer]
+    return deface_jobs.container_params(wildcards.defacer, config["deface"])
 
 
 def metric_defacer_pattern():

@@ -34,6 +34,17 @@ def partial_file(path: str) -> str:
     return f"{PARTIAL}/{path[len(prefix) :]}"
 
 
+def log_file(rule_name: str, key: str = "{subject}") -> str:
+    """The log of one job of ``rule_name``: ``results/logs/<rule>/<key>.log`` (``key``: the
+    job's wildcards, a Snakemake pattern by default)."""
+    return f"{RESULTS}/logs/{rule_name}/{key}.log"
+
+
+def benchmark_file(rule_name: str, key: str = "{subject}") -> str:
+    """Snakemake's benchmark record of one job: ``results/benchmarks/<rule>/<key>.tsv``."""
+    return f"{RESULTS}/benchmarks/{rule_name}/{key}.tsv"
+
+
 def stage_file(stage: str, subject: str, desc: str, suffix: str, ext: str = ".nii.gz") -> str:
     """Path of one per-subject output of a pipeline stage (relative to the working directory)."""
     return f"{RESULTS}/{stage}/sub-{subject}/anat/sub-{subject}_desc-{desc}_{suffix}{ext}"
