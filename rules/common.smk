@@ -198,15 +198,20 @@ def on_failure():
         qc_files = (paths.QC_TABLE, paths.QC_SUMMARY, paths.QC_SUMMARY_MD)
         write_qc_tables(expected_qc_records(), *map(partial, qc_files))
         print(f"QC table with the failed jobs: {partial(paths.QC_TABLE)}")
-    missing = aggregate_available_rows(
-        face_metric_rows(None),
+    row_inputs = metric_jobs.face_metric_row_inputs(COHORT, METRIC_PLAN)
+    left_out = aggregate_available_rows(
+        list(row_inputs),
         partial(paths.FACE_METRICS),
         {key: partial(path) for key, path in paths.FACE_TABLES.items()},
+        inputs=row_inputs,
         n_resamples=config["metrics"]["n_bootstrap"],
         seed=config["metrics"]["seed"],
     )
-    if missing:
-        print(f"PARTIAL face tables ({len(missing)} jobs missing): {partial(paths.FACE_METRICS)}")
+    if left_out:
+        print(
+            f"PARTIAL face tables ({len(left_out)} jobs without current rows): "
+            f"{partial(paths.FACE_METRICS)}"
+        )
 
 
 def clear_partial():

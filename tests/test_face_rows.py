@@ -1,6 +1,7 @@
 """Face metrics of one subject and defacer (M5 face area, rows) and re-identification."""
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -294,6 +295,23 @@ def test_partial_tables_after_failed_jobs_say_what_they_lack(tmp_path):
     assert "Internal (N=3)" in table1 and "PARTIAL: 1 of 4" in table1 and "s3.tsv" in table1
     assert aggregate_available_rows(files[:3], tmp_path / "again.tsv", out) == []
     assert not (tmp_path / "again.tsv").exists()  # complete: the rule itself writes the tables
+    # rows of an earlier run whose input changed since (its job did not run again) are left out
+    image = tmp_path / "s1_defaced.nii.gz"
+    image.write_bytes(b"new")
+    os.utime(files[1], (1e9, 1e9))  # the rows predate the image
+    inputs = {str(f): [image] for f in files[:3]}
+    os.utime(files[0], None)  # made after the image: current
+    os.utime(files[2], None)
+    left_out = aggregate_available_rows(
+        files[:3], tmp_path / "stale.tsv", out, inputs=inputs, n_resamples=100
+    )
+    assert left_out == [str(files[1])]
+    assert set(pd.read_csv(tmp_path / "stale.tsv", sep="\t")["subject"]) == {"s0", "s2"}
+    assert "PARTIAL: 1 of 3" in out["table1_masd_md"].read_text()
+    image.unlink()  # an input gone: no row of it is current
+    assert aggregate_available_rows(files[:3], tmp_path / "x.tsv", out, inputs=inputs) == [
+        str(f) for f in files[:3]
+    ]
 
 
 def test_the_shared_population_average_is_registered_in_one_row_only(tmp_path):

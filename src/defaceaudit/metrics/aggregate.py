@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -41,28 +42,51 @@ def aggregate_face_metrics(
     return rows
 
 
+def out_of_date(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> bool:
+    """Whether the existing file ``path`` is older than one of ``inputs`` or one of them is
+    gone: Snakemake's own test of an outdated output (modification times)."""
+    made = Path(path).stat().st_mtime
+    for source in inputs:
+        source = Path(source)
+        if not source.exists() or source.stat().st_mtime > made:
+            return True
+    return False
+
+
 def aggregate_available_rows(
     row_files: list[str | os.PathLike],
     out_rows: str | os.PathLike,
     out_tables: dict[str, str | os.PathLike],
     *,
+    inputs: Mapping[str, Iterable[str | os.PathLike]] | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> list[str]:
-    """After a run with failed jobs (``--keep-going``): the tables of the rows that exist, each
-    Markdown table marked PARTIAL with the row files it lacks. Returns the missing files (nothing
-    is written when no row file exists). The workflow writes them under results/partial/
-    (:func:`defaceaudit.paths.partial_file`), never over the aggregate rule's own outputs.
+    """After a run with failed jobs (``--keep-going``): the tables of the rows that are current,
+    each Markdown table marked PARTIAL with the row files it leaves out. A row file is left out
+    when it does not exist (its job failed or never ran) or, given ``inputs`` (row file ->
+    the files its job read), when it is older than one of them (:func:`out_of_date`: rows of
+    an earlier run whose job did not run again this time, e.g. after its deface job failed).
+    Returns the row files left out (nothing is written when no row file is current). The
+    workflow writes them under results/partial/ (:func:`defaceaudit.paths.partial_file`), never
+    over the aggregate rule's own outputs.
     """
-    present = [f for f in row_files if Path(f).exists()]
-    missing = [str(f) for f in row_files if not Path(f).exists()]
-    if not present or not missing:
-        return missing
-    aggregate_face_metrics(present, out_rows, out_tables, n_resamples=n_resamples, seed=seed)
+    inputs = inputs or {}
+    current, left_out = [], []
+    for row_file in row_files:
+        path = Path(row_file)
+        if path.exists() and not out_of_date(path, inputs.get(str(row_file), ())):
+            current.append(row_file)
+        else:
+            left_out.append(str(row_file))
+    if not current or not left_out:
+        return left_out
+    aggregate_face_metrics(current, out_rows, out_tables, n_resamples=n_resamples, seed=seed)
     note = (
-        f"\nPARTIAL: {len(missing)} of {len(row_files)} subject x defacer jobs have no rows "
-        f"(failed or not run; see results/logs/compute_face_metrics/ and the QC table): "
-        + ", ".join(Path(m).name for m in missing)
+        f"\nPARTIAL: {len(left_out)} of {len(row_files)} subject x defacer jobs have no current "
+        "rows (failed, not run, or older than their inputs; see "
+        "results/logs/compute_face_metrics/ and the QC table): "
+        + ", ".join(Path(m).name for m in left_out)
         + "\n"
     )
     for key, path in out_tables.items():
@@ -70,7 +94,7 @@ def aggregate_available_rows(
             text = Path(path).read_text(encoding="utf-8")
             with atomic_path(path) as tmp:
                 tmp.write_text(text + note, encoding="utf-8")
-    return missing
+    return left_out
 
 
 def write_tables_page(

@@ -58,6 +58,15 @@ def face_metric_inputs(plan: MetricPlan, defacer: str, subject: str) -> dict[str
     return files
 
 
+def face_metric_row_inputs(cohort: Cohort, plan: MetricPlan) -> dict[str, list[str]]:
+    """The rows file of every compute_face_metrics job -> the files that job reads (what tells
+    an earlier run's rows from current ones after a failed run)."""
+    return {
+        paths.face_metric_files(d, s)["rows"]: list(face_metric_inputs(plan, d, s).values())
+        for d, s in metric_jobs(cohort, plan)
+    }
+
+
 def reidentification_inputs(cohort: Cohort, plan: MetricPlan) -> dict[str, list[str]]:
     """Gallery faces (every test subject's original) and probe faces (every metric job)."""
     return {
