@@ -336,3 +336,30 @@ def test_the_shared_population_average_is_registered_in_one_row_only(tmp_path):
         probes=probe_types(plan, "facemask"),
     )
     assert set(load_faces(faces)) == {"defaced__cutter"}
+
+
+def test_each_rows_file_knows_the_files_its_job_read():
+    from pathlib import Path
+
+    from defaceaudit import paths
+    from defaceaudit.cohort import Cohort
+    from defaceaudit.inputs import Subject
+    from defaceaudit.metrics.jobs import face_metric_row_inputs
+
+    def subject(name, split):
+        return Subject(name, Path(f"/d/{name}.nii.gz"), split, 40.0, "M", "d")
+
+    cohort = Cohort(
+        {s: subject(s, split) for s, split in (("t1", "train"), ("e1", "external_test"))}
+    )
+    plan = metric_plan(
+        {"quickshear": "native", "avgface": "native"}, {"population_average": "auto"}, True
+    )
+    inputs = face_metric_row_inputs(cohort, plan)
+    rows = paths.face_metric_files("quickshear", "e1")["rows"]
+    assert list(inputs) == [rows]  # test subjects only, defacers that remove a face only
+    read = set(inputs[rows])
+    assert paths.defaced_files("quickshear", "e1")["t1w"] in read
+    assert paths.defaced_files("avgface", "e1")["t1w"] in read  # the population average
+    assert paths.refaced_files("quickshear", "e1")["t1w"] in read  # the DPM-refaced image
+    assert not any("sub-t1" in p for p in read)  # nothing of the train subject
