@@ -188,7 +188,8 @@ def face_panel_columns(wildcards):
 
 def on_failure():
     """The QC table with each failed deface job and its error, and the face tables of the rows
-    that exist, marked PARTIAL, under results/partial/ (see README, 'Defacers')."""
+    that are current (none of their inputs newer or gone), marked PARTIAL, under
+    results/partial/ (see README, 'Defacers')."""
     # imported here: scipy.stats (face tables) adds about half a second to every Snakemake start
     from defaceaudit.metrics.aggregate import aggregate_available_rows
     from defaceaudit.qc_report import write_qc_tables

@@ -64,7 +64,9 @@ def test_pydeface_output_is_finalised_with_its_inverted_mask(prepared, tmp_path)
 def test_output_on_another_grid_or_identical_is_a_failure(prepared, tmp_path):
     img = nib.load(prepared["t1w"])
     nib.save(nib.Nifti1Image(img.get_fdata()[:-1], img.affine), tmp_path / "small.nii.gz")
-    with pytest.raises(DefaceError, match="not on the input's grid"):
+    with pytest.raises(
+        DefaceError, match=r"^mri_deface output .*small.nii.gz: output is not on the voxel grid"
+    ):
         finalize_container_output(
             "mri_deface", prepared, tmp_path / "small.nii.gz", outputs(tmp_path), "x.sif", {}
         )

@@ -52,6 +52,10 @@ def test_expected_qc_records_name_the_logs_that_explain_a_missing_record():
         (d, s) for s in ("01", "02") for d in ("quickshear", "avgface", "pydeface")
     ]
     records = {(r["defacer"], r["subject"]): r for r in expected_qc_records(run, DEFACERS)}
+    assert len(qc_records(run, DEFACERS)) == 6
+    assert qc_records(run, DEFACERS)[-1] == (
+        "results/deface/pydeface/sub-02/anat/sub-02_desc-pydeface_qc.json"
+    )
     assert [r["qc"] for r in records.values()] == qc_records(run, DEFACERS)
     prepare = "results/logs/prepare_subject/02.log"
     quickshear = records["quickshear", "02"]

@@ -167,3 +167,14 @@ def test_require_grid_names_both_files_and_what_differs():
         require_grid(
             "a.nii.gz", (8, 9, 10), affine, reference, "ref.nii.gz", what="mask", hint="fix it"
         )
+
+
+def test_require_grid_tolerates_header_rounding_but_not_a_broken_affine():
+    reference = nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4))
+    reference.affine[:3, 3] = -128.0
+    affine = reference.affine.copy()
+    affine[0, 3] += GRID_ATOL_MM * 1.5  # within atol + 1e-5 x 128 mm, as np.allclose
+    require_grid("a.nii.gz", (8, 8, 8), affine, reference, "ref.nii.gz")
+    affine[0, 3] = np.nan
+    with pytest.raises(ImageError, match="affine differs"):
+        require_grid("a.nii.gz", (8, 8, 8), affine, reference, "ref.nii.gz")

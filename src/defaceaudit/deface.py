@@ -197,7 +197,8 @@ def finalize_container_output(
             defaced_img.affine,
             original,
             subject.path,
-            hint="the output is not on the input's grid",
+            what="output",
+            hint="a tool that resamples or crops its output cannot be scored voxel by voxel",
         )
     except DefaceAuditError as err:
         raise DefaceError(f"{defacer} output {err}") from err

@@ -56,12 +56,16 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
-def use_bf16(requested: bool, device: torch.device) -> bool:
+def use_bf16(requested: bool, device: torch.device, logger: logging.Logger | None = None) -> bool:
     """Whether a job that asked for bf16 (``requested``, the config's ``bf16``) runs under bf16
-    autocast on ``device``: only where :func:`bf16_supported`; a request it cannot honour is
-    logged (INFO) and the job runs in fp32."""
+    autocast on ``device``: only where :func:`bf16_supported`. On a GPU without bf16 tensor
+    cores the refusal is logged (INFO, to ``logger``, else this module's); on the CPU, where the
+    config documents ``bf16`` as ignored, it is not."""
     if requested and not bf16_supported(device):
-        log.info("bf16 requested but %s has no bf16 tensor cores: running in fp32", device)
+        if device.type == "cuda":
+            (logger or log).info(
+                "bf16 requested but %s has no bf16 tensor cores: running in fp32", device
+            )
         return False
     return bool(requested)
 

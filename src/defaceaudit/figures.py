@@ -46,7 +46,6 @@ __all__ = [
     "plot_qc",
     "plot_reidentification",
     "plot_similarity",
-    "read_tsv",
 ]
 
 #: Image types in plotting order, with their legend labels.

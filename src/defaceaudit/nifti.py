@@ -25,6 +25,7 @@ from defaceaudit.errors import ImageError
 
 __all__ = [
     "GRID_ATOL_MM",
+    "GRID_RTOL",
     "MIN_AXIS_VOXELS",
     "VOXEL_SIZE_RANGE_MM",
     "load_mask",
@@ -40,9 +41,12 @@ __all__ = [
 MIN_AXIS_VOXELS = 8
 #: Accepted voxel edge lengths in mm (inclusive), read from the affine's columns.
 VOXEL_SIZE_RANGE_MM = (0.1, 10.0)
-#: Two images lie on one voxel grid when their affines differ by at most this, element-wise
-#: (mm for the linear part and the translation alike).
+#: Two images lie on one voxel grid when their affines agree element-wise within this (mm, the
+#: linear part and the translation alike) plus :data:`GRID_RTOL` of the reference's value, as
+#: ``np.allclose(affine, reference, rtol=GRID_RTOL, atol=GRID_ATOL_MM)``: headers written in
+#: float32 round a 128 mm translation by up to about 1e-5 mm, tools that rewrite them a little more.
 GRID_ATOL_MM = 1e-3
+GRID_RTOL = 1e-5
 #: Free-text header fields that may carry identifying text (cleared by :func:`scrub_header`).
 FREE_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
 
@@ -195,7 +199,8 @@ def require_grid(
     """Refuse an image that does not lie on ``reference``'s voxel grid.
 
     ``shape`` (``[X, Y, Z]``, trailing axes ignored) must equal ``reference``'s and ``affine``
-    (4 x 4, mm) must match ``reference.affine`` within :data:`GRID_ATOL_MM`, else
+    (4 x 4, mm) must match ``reference.affine`` within :data:`GRID_ATOL_MM` and
+    :data:`GRID_RTOL` (a non-finite affine never matches), else
     :class:`ImageError`: one line that names ``path``, the ``what`` that differs, the reference
     (``reference_name``) and, when given, ``hint`` (what to do about it).
     """
@@ -206,8 +211,9 @@ def require_grid(
             f"{path}: {what} is not on the voxel grid of {reference_name}: shape {shape}, not "
             f"{ref_shape}{tail}"
         )
-    diff = float(np.abs(np.asarray(affine, float) - np.asarray(reference.affine, float)).max())
-    if diff > GRID_ATOL_MM:
+    affine, ref_affine = np.asarray(affine, float), np.asarray(reference.affine, float)
+    if not np.allclose(affine, ref_affine, rtol=GRID_RTOL, atol=GRID_ATOL_MM):
+        diff = float(np.abs(affine - ref_affine).max())
         raise ImageError(
             f"{path}: {what} is not on the voxel grid of {reference_name}: affine differs by "
             f"up to {diff:.3g} mm{tail}"

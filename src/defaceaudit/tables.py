@@ -56,8 +56,8 @@ def read_tsv(
     read as missing; ``dtype`` per column as in :func:`pandas.read_csv`), checked to have
     ``columns``. A missing, unreadable, empty or malformed file, or a missing column, raises
     ``error`` (default :class:`DefaceAuditError`) naming ``path`` and ``what`` (e.g.
-    ``"phenotype table"``); with ``empty_ok`` an empty file (a stage with nothing to report)
-    reads as a table without rows or columns instead."""
+    ``"phenotype table"``); with ``empty_ok`` and no ``columns`` required, an empty file (a
+    stage with nothing to report) reads as a table without rows or columns instead."""
     try:
         frame = pd.read_csv(path, sep="\t", na_values=["n/a"], dtype=dtype)
     except pd.errors.EmptyDataError as err:

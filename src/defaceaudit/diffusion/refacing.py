@@ -340,7 +340,7 @@ def reface_subject(
     unit = torch.from_numpy(pad_volume(to_unit(data, scale), shape))[None, None]
     keep = torch.from_numpy(known_voxels(generated, shape))[None, None]
     settings = SamplingSettings(**sampling)
-    bf16 = use_bf16(settings.bf16, torch_device)
+    bf16 = use_bf16(settings.bf16, torch_device, log)
     log.info(
         "sampling on %s (%s), %d DDIM steps", torch_device, precision_name(bf16), settings.steps
     )

@@ -369,7 +369,7 @@ def train(
             step, last_loss = resumed
     start_step = step
 
-    bf16 = use_bf16(settings["bf16"], device)
+    bf16 = use_bf16(settings["bf16"], device, log)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "training %d parameters on %s (%s), steps %d..%d, checkpoint every %d steps to %s",

@@ -44,7 +44,8 @@ def aggregate_face_metrics(
 
 def out_of_date(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> bool:
     """Whether the existing file ``path`` is older than one of ``inputs`` or one of them is
-    gone: Snakemake's own test of an outdated output (modification times)."""
+    gone: Snakemake's test of an outdated output by modification time (Snakemake also reruns
+    for changed params or code, which no file shows)."""
     made = Path(path).stat().st_mtime
     for source in inputs:
         source = Path(source)

@@ -207,7 +207,6 @@ def subject_face_crops(
             img.affine,
             orig,
             f"the original {original}",
-            hint="every image must lie on the original's voxel grid",
         )
         others[name] = (path, img)
 

@@ -196,7 +196,7 @@ def train_radiodensity(
 
     device = device_from_config(s["device"])
     cuda = device.type == "cuda"
-    bf16 = use_bf16(s["bf16"], device)
+    bf16 = use_bf16(s["bf16"], device, log)
     if cuda:
         torch.backends.cudnn.benchmark = False
     torch.manual_seed(int(s["seed"]))
