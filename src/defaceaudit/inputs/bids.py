@@ -1,160 +1,40 @@
-"""Read and check the cohort: BIDS datasets and TSV manifests, validated at DAG time.
-
-Nothing here opens an image: only the existence of files is checked, so that building the
-Snakemake DAG stays fast. Every error is an :class:`~defaceaudit.errors.InputError` whose message
-is one line naming the file (full path) or subject and the problem.
-
-Ages are in years; sex is ``"M"`` or ``"F"``; subject ids are BIDS labels without ``sub-``.
-"""
+"""Subjects of a BIDS dataset: its T1w images (session, acq/rec/run choices), participants.tsv
+and optional brain masks. Only the existence of files is checked (no image is opened)."""
 
 from __future__ import annotations
 
 import glob
 import logging
 import os
-import re
-import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from defaceaudit.errors import InputError
+from defaceaudit.inputs.subject import (
+    LABEL_RULE,
+    NIFTI_SUFFIXES,
+    PARTICIPANTS_COLUMNS,
+    RUN_RULES,
+    SPLIT_RULE,
+    SPLITS,
+    Subject,
+    absolute_path,
+    input_error,
+    is_label,
+    parse_age,
+    parse_sex,
+    read_tsv_cells,
+)
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "SPLITS",
-    "SUBJECT_PATTERN",
-    "Subject",
-    "check_cohort",
-    "cohort_frame",
-    "read_bids_dataset",
-    "read_manifest",
-]
-
-SPLITS = ("train", "internal_test", "external_test")
-SUBJECT_PATTERN = r"[A-Za-z0-9]+"  # a BIDS label, without the "sub-" prefix
-
-MIN_AGE_YEARS = 0.0  # exclusive
-MAX_AGE_YEARS = 120.0  # exclusive
-MANIFEST_COLUMNS = ("subject", "t1w", "split", "age", "sex")
-PARTICIPANTS_COLUMNS = ("participant_id", "age", "sex")
-FRAME_COLUMNS = ("subject", "t1w", "split", "age", "sex", "dataset", "brain_mask")
-
-_SEX = {"m": "M", "male": "M", "f": "F", "female": "F"}
-_MISSING = ("", "n/a")
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_AGE_RULE = f"need a number of years between {MIN_AGE_YEARS:g} and {MAX_AGE_YEARS:g}"
-_SPLIT_RULE = f"need one of {', '.join(SPLITS)}"
-_LABEL_RULE = "need letters and digits only"
-_RUN_RULES = ("lowest", "highest")
-
-
-@dataclass(frozen=True)
-class Subject:
-    """One subject of the cohort: its T1-weighted image, split and demographics."""
-
-    subject: str  # label without "sub-", matches SUBJECT_PATTERN
-    t1w: Path  # absolute path
-    split: str  # one of SPLITS
-    age: float  # years
-    sex: str  # "M" or "F"
-    dataset: str  # dataset name (for tables)
-    brain_mask: Path | None = None  # absolute path of a provided brain mask, or None
-
-
-# --------------------------------------------------------------------------------------------
-# shared helpers
-
-
-def _error(message: str) -> InputError:
-    """An InputError whose message is guaranteed to be one line."""
-    return InputError(message.replace("\r", "\\r").replace("\n", "\\n"))
-
-
-def _abspath(path: str | os.PathLike[str], base: Path | None = None) -> Path:
-    """Absolute, normalised path (``~`` expanded; symlinks are kept, not resolved)."""
-    p = Path(path).expanduser()
-    if base is not None and not p.is_absolute():
-        p = base / p
-    return Path(os.path.abspath(p))
-
-
-def _is_label(label: str) -> bool:
-    return re.fullmatch(SUBJECT_PATTERN, label) is not None
-
-
-def _parse_age(value: str, where: str, who: str) -> float:
-    """Age in years from a table cell; 0 < age < 120, else InputError."""
-    text = value.strip()
-    if text.lower() in _MISSING:
-        raise _error(f"{where}: {who} has missing age {value!r} ({_AGE_RULE})")
-    try:
-        age = float(text)
-    except ValueError:
-        raise _error(f"{where}: {who} has invalid age {value!r} ({_AGE_RULE})") from None
-    if not MIN_AGE_YEARS < age < MAX_AGE_YEARS:  # also rejects nan and inf
-        raise _error(f"{where}: {who} has invalid age {value!r} ({_AGE_RULE})")
-    return age
-
-
-def _parse_sex(value: str, where: str, who: str) -> str:
-    """``"M"`` or ``"F"`` from M/F/male/female in any case, else InputError."""
-    sex = _SEX.get(value.strip().lower())
-    if sex is None:
-        raise _error(f"{where}: {who} has invalid sex {value!r} (need M, F, male or female)")
-    return sex
-
-
-def _read_tsv(path: Path, where: str, required: Sequence[str]) -> pd.DataFrame:
-    """All cells as stripped strings (no NA conversion); column ``_line`` is the 1-based line.
-
-    Blank lines are dropped; header is line 1.
-    """
-    if not path.is_file():
-        raise _error(f"{where}: file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(
-                path,
-                sep="\t",
-                dtype=str,
-                keep_default_na=False,
-                skip_blank_lines=False,
-                index_col=False,
-                encoding="utf-8-sig",
-            )
-    except pd.errors.EmptyDataError:
-        raise _error(f"{where}: file is empty") from None
-    except (pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _error(f"{where}: not a readable tab-separated table ({reason})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise _error(
-            f"{where}: missing column(s) {', '.join(missing)} "
-            f"(found: {', '.join(frame.columns) or 'none'}; need tab-separated columns "
-            f"{', '.join(required)})"
-        )
-    frame = frame.fillna("").apply(lambda col: col.str.strip())
-    frame["_line"] = range(2, len(frame) + 2)
-    blank = (frame.drop(columns="_line") == "").all(axis=1)
-    return frame.loc[~blank].reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------------------------
-# BIDS
 
 
 def _nifti_glob(folder: Path, stem_pattern: str) -> list[Path]:
     """Files in ``folder`` matching ``stem_pattern`` + ``.nii`` or ``.nii.gz`` (sorted)."""
     if not folder.is_dir():
         return []
-    found = {p for ext in _NIFTI_SUFFIXES for p in folder.glob(stem_pattern + ext) if p.is_file()}
+    found = {p for ext in NIFTI_SUFFIXES for p in folder.glob(stem_pattern + ext) if p.is_file()}
     return sorted(found)
 
 
@@ -245,7 +125,7 @@ def _find_mask(
             native = same_entities
         if len(native) > 1:
             files = ", ".join(str(p) for p in native)
-            raise _error(f"{where}: subject sub-{label} has several brain masks ({files})")
+            raise input_error(f"{where}: subject sub-{label} has several brain masks ({files})")
         if native:
             return native[0]
     return None
@@ -254,7 +134,7 @@ def _find_mask(
 def _participants(root: Path) -> tuple[Path, dict[str, list[pd.Series]]]:
     """participants.tsv rows keyed by label without ``sub-`` (a list: duplicates are kept)."""
     path = root / "participants.tsv"
-    frame = _read_tsv(path, f"participants.tsv {path}", PARTICIPANTS_COLUMNS)
+    frame = read_tsv_cells(path, f"participants.tsv {path}", PARTICIPANTS_COLUMNS)
     rows: dict[str, list[pd.Series]] = {}
     for _, row in frame.iterrows():
         rows.setdefault(row["participant_id"].removeprefix("sub-"), []).append(row)
@@ -265,27 +145,27 @@ def _participant_row(rows: dict[str, list[pd.Series]], label: str, where: str) -
     """The one participants.tsv row of a subject that has a T1w image."""
     found = rows.get(label, [])
     if not found:
-        raise _error(f"{where}: subject sub-{label} has a T1w image but no row")
+        raise input_error(f"{where}: subject sub-{label} has a T1w image but no row")
     if len(found) > 1:
         lines = ", ".join(str(r["_line"]) for r in found)
-        raise _error(f"{where}: subject sub-{label} has {len(found)} rows (lines {lines})")
+        raise input_error(f"{where}: subject sub-{label} has {len(found)} rows (lines {lines})")
     return found[0]
 
 
 def _check_role(role: str, where: str) -> None:
     if role not in SPLITS:
-        raise _error(f"{where}: unknown role {role!r} ({_SPLIT_RULE})")
+        raise input_error(f"{where}: unknown role {role!r} ({SPLIT_RULE})")
 
 
 def _check_prefix(prefix: str, where: str) -> None:
-    if prefix and not _is_label(prefix):
-        raise _error(f"{where}: invalid subject_prefix {prefix!r} ({_LABEL_RULE})")
+    if prefix and not is_label(prefix):
+        raise input_error(f"{where}: invalid subject_prefix {prefix!r} ({LABEL_RULE})")
 
 
 def _subject_dirs(root: Path, where: str) -> list[Path]:
     dirs = sorted(p for p in root.glob("sub-*") if p.is_dir())
     if not dirs:
-        raise _error(f"{where}: no subjects (no sub-<label> folders)")
+        raise input_error(f"{where}: no subjects (no sub-<label> folders)")
     return dirs
 
 
@@ -294,19 +174,19 @@ def _mask_root(
 ) -> Path | None:
     if brain_mask_dir is None:
         return None
-    mask_root = _abspath(brain_mask_dir, root)
+    mask_root = absolute_path(brain_mask_dir, root)
     if not mask_root.is_dir():
-        raise _error(f"{where}: brain_mask_dir {mask_root} not found")
+        raise input_error(f"{where}: brain_mask_dir {mask_root} not found")
     return mask_root
 
 
 def _run_choice(run: str | int | None, where: str) -> str | int | None:
     """``run`` as an index (``"run-02"``, ``"2"`` or ``2`` -> 2), ``lowest``, ``highest``, None."""
-    if run is None or run in _RUN_RULES:
+    if run is None or run in RUN_RULES:
         return run
     text = str(run).removeprefix("run-")
     if not text.isdigit():
-        raise _error(f"{where}: invalid run {run!r} (need a run number, lowest or highest)")
+        raise input_error(f"{where}: invalid run {run!r} (need a run number, lowest or highest)")
     return int(text)
 
 
@@ -335,7 +215,7 @@ def _narrow_t1w(
     if run is None or not chosen:
         return chosen
     numbers = [_run_number(p) for p in chosen]
-    if run in _RUN_RULES:
+    if run in RUN_RULES:
         if None in numbers:
             return chosen
         run = min(numbers) if run == "lowest" else max(numbers)
@@ -360,7 +240,7 @@ def _bids_t1w(
         else:
             scope = ""
             need = f"anat/sub-{label}*_T1w.nii[.gz] or ses-*/anat/sub-{label}_ses-*_T1w.nii[.gz]"
-        raise _error(
+        raise input_error(
             f"{where}: subject folder {subject_dir} has no T1w image{scope} (need {need}; "
             "or leave the subject out with `exclude_subjects`)"
         )
@@ -381,7 +261,7 @@ def _bids_t1w(
     settings = [f"{k}={v!r}" for k, v in chosen_by if v is not None]
     verb = "leaves" if len(settings) == 1 else "leave"
     left = f"; {', '.join(settings)} {verb} {len(chosen)}" if settings else ""
-    raise _error(
+    raise input_error(
         f"{where}: subject sub-{label} has {len(candidates)} T1w images ({files}){left}; "
         f"set this dataset's {', '.join(keys[:-1])} or {keys[-1]} to pick one, or leave the "
         "subject out with `exclude_subjects`"
@@ -452,10 +332,10 @@ def read_bids_dataset(
     ``exclude_subjects``: participant ids (``"sub-03"`` or ``"03"``, before the prefix) left
     out, logged. Only file existence is checked; no image is opened.
     """
-    root = _abspath(path)
+    root = absolute_path(path)
     where = f"BIDS dataset {root}"
     if not root.is_dir():
-        raise _error(f"{where}: folder not found")
+        raise input_error(f"{where}: folder not found")
     _check_role(role, where)
     _check_prefix(subject_prefix, where)
     session = session.removeprefix("ses-") if session is not None else None
@@ -474,10 +354,10 @@ def read_bids_dataset(
         if label in excluded:
             continue
         subject_id = subject_prefix + label
-        if not _is_label(subject_id):
-            raise _error(
+        if not is_label(subject_id):
+            raise input_error(
                 f"{where}: subject folder {subject_dir} gives invalid subject id "
-                f"{subject_id!r} ({_LABEL_RULE})"
+                f"{subject_id!r} ({LABEL_RULE})"
             )
         t1w = _bids_t1w(subject_dir, label, session, acq, rec, run, where)
         row = _participant_row(rows, label, tsv_where)
@@ -487,148 +367,10 @@ def read_bids_dataset(
                 subject=subject_id,
                 t1w=t1w,
                 split=role,
-                age=_parse_age(row["age"], tsv_where, who),
-                sex=_parse_sex(row["sex"], tsv_where, who),
+                age=parse_age(row["age"], tsv_where, who),
+                sex=parse_sex(row["sex"], tsv_where, who),
                 dataset=name,
                 brain_mask=_provided_mask(mask_root, t1w, subject_dir, label, where),
             )
         )
     return sorted(subjects, key=lambda s: s.subject)
-
-
-# --------------------------------------------------------------------------------------------
-# manifest
-
-
-def _manifest_file(value: str, base: Path, column: str, where: str, who: str) -> Path:
-    if not value:
-        raise _error(f"{where}: {who} has an empty {column}")
-    file = _abspath(value, base)
-    if not file.is_file():
-        raise _error(f"{where}: {who} {column} file not found: {file}")
-    return file
-
-
-def _manifest_row(row: pd.Series, manifest: Path, default_dataset: str) -> Subject:
-    """One manifest row as a Subject (paths relative to the manifest's folder)."""
-    line = row["_line"]
-    raw = row["subject"]
-    label = raw.removeprefix("sub-")
-    where = f"manifest {manifest} line {line}"
-    who = f"subject {label}"
-    if not _is_label(label):
-        raise _error(f"{where}: invalid subject id {raw!r} ({_LABEL_RULE}, optional sub- prefix)")
-    split = row["split"]
-    if split not in SPLITS:
-        raise _error(f"{where}: {who} has unknown split {split!r} ({_SPLIT_RULE})")
-    base = manifest.parent
-    mask_value = row.get("brain_mask", "")
-    return Subject(
-        subject=label,
-        t1w=_manifest_file(row["t1w"], base, "t1w", where, who),
-        split=split,
-        age=_parse_age(row["age"], where, who),
-        sex=_parse_sex(row["sex"], where, who),
-        dataset=row.get("dataset", "") or default_dataset,
-        brain_mask=_manifest_file(mask_value, base, "brain_mask", where, who)
-        if mask_value
-        else None,
-    )
-
-
-def read_manifest(path: str | os.PathLike[str]) -> list[Subject]:
-    """Subjects listed in a TSV manifest, in file order.
-
-    Columns ``subject, t1w, split, age, sex`` are required (age in years); ``dataset``
-    (default: the manifest file stem) and ``brain_mask`` are optional. Relative paths are
-    relative to the manifest's folder; a ``sub-`` prefix on the subject is stripped.
-    """
-    manifest = _abspath(path)
-    where = f"manifest {manifest}"
-    frame = _read_tsv(manifest, where, MANIFEST_COLUMNS)
-    if frame.empty:
-        raise _error(f"{where}: no subjects (the manifest has a header but no rows)")
-    subjects: list[Subject] = []
-    seen: dict[str, tuple[Subject, int]] = {}
-    for _, row in frame.iterrows():
-        subject = _manifest_row(row, manifest, manifest.stem)
-        line = int(row["_line"])
-        if subject.subject in seen:
-            first, first_line = seen[subject.subject]
-            problem = _clash(first, subject)
-            raise _error(f"{where} line {line}: {problem} (first on line {first_line})")
-        seen[subject.subject] = (subject, line)
-        subjects.append(subject)
-    return subjects
-
-
-# --------------------------------------------------------------------------------------------
-# cohort
-
-
-def _clash(first: Subject, second: Subject) -> str:
-    """Why two entries with the same subject id cannot both be in the cohort."""
-    if first.split != second.split:
-        return f"subject {first.subject} is in two splits ({first.split}, {second.split})"
-    return f"duplicate subject id {first.subject}"
-
-
-def _split_index(split: str) -> int:
-    return SPLITS.index(split) if split in SPLITS else len(SPLITS)
-
-
-def _sort_key(subject: Subject) -> tuple[int, str]:
-    return (_split_index(subject.split), subject.subject)
-
-
-def check_cohort(subjects: Sequence[Subject]) -> list[Subject]:
-    """The merged cohort sorted by (split order in SPLITS, subject); InputError if it is wrong.
-
-    Rejects an empty cohort, unknown splits and a subject id that appears twice (in two
-    splits, or twice in the same split), naming both T1w files.
-    """
-    if not subjects:
-        raise _error("cohort: no subjects (configure at least one BIDS dataset or manifest)")
-    seen: dict[str, Subject] = {}
-    for subject in subjects:
-        if subject.split not in SPLITS:
-            raise _error(
-                f"cohort: subject {subject.subject} ({subject.t1w}) has unknown split "
-                f"{subject.split!r} ({_SPLIT_RULE})"
-            )
-        first = seen.get(subject.subject)
-        if first is not None:
-            raise _error(
-                f"cohort: {_clash(first, subject)}: {first.t1w} and {subject.t1w} "
-                "(use subject_prefix to tell datasets apart)"
-            )
-        seen[subject.subject] = subject
-    return sorted(subjects, key=_sort_key)
-
-
-def cohort_frame(subjects: Iterable[Subject]) -> pd.DataFrame:
-    """One row per subject, columns :data:`FRAME_COLUMNS`; paths as strings (``""`` for none).
-
-    Sorted by split order in SPLITS, then subject. ``age`` is a float in years.
-    """
-    rows = [
-        {
-            "subject": s.subject,
-            "t1w": str(s.t1w),
-            "split": s.split,
-            "age": float(s.age),
-            "sex": s.sex,
-            "dataset": s.dataset,
-            "brain_mask": str(s.brain_mask) if s.brain_mask is not None else "",
-        }
-        for s in sorted(subjects, key=_sort_key)
-    ]
-    frame = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
-    return frame.astype({"age": float}).reset_index(drop=True)
-
-
-def write_cohort_table(records: Sequence[dict], path: str | os.PathLike[str]) -> None:
-    """Write cohort rows (``cohort_frame(...).to_dict("records")``) as a TSV, atomically."""
-    from defaceaudit.tables import write_tsv
-
-    write_tsv(pd.DataFrame(records, columns=list(FRAME_COLUMNS)), path)
