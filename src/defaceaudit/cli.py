@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tsv", action="store_true", help="print the subject table as TSV")
     check.set_defaults(func=_check_inputs)
 
-    targets = commands.add_parser("targets", help="list the targets of rule all (the final outputs a run is for)")
+    targets = commands.add_parser(
+        "targets", help="list the targets of rule all (the final outputs a run is for)"
+    )
     targets.add_argument("--config", type=Path, default=WORKFLOW_CONFIG, help=on_top)
     targets.set_defaults(func=_targets)
 
