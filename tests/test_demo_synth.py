@@ -92,3 +92,17 @@ def test_tissue_on_the_grid_faces_is_counted_per_face():
     }
     volume[19, 8:10, 8:11] = 100.0  # an ear through the right face
     assert tissue_on_grid_faces(volume)["right"] == 6
+
+
+def test_the_field_of_view_warning_says_whether_the_face_is_cut():
+    from defaceaudit.demo.build import field_of_view_warning
+
+    edges = {"left": 0, "right": 0, "posterior": 0, "anterior": 0, "inferior": 900, "superior": 0}
+    assert field_of_view_warning("tr01", edges) is None  # the neck is always cut
+    ears = field_of_view_warning("tr01", {**edges, "right": 37, "superior": 2})
+    assert ears == (
+        "sub-tr01: the field of view cuts off head tissue (37 voxels right, 2 voxels superior); "
+        "the face is inside the grid; widen demo.fov_mm to keep the whole head"
+    )
+    face = field_of_view_warning("tr01", {**edges, "anterior": 5})
+    assert face.endswith("(5 voxels anterior); the face itself is cut: widen demo.fov_mm")

@@ -70,6 +70,23 @@ def _voxel_ml(img: nib.Nifti1Image) -> float:
     return float(np.prod(img.header.get_zooms()[:3])) / 1000.0
 
 
+def field_of_view_warning(subject: str, on_edges: dict[str, int]) -> str | None:
+    """What to tell the user when the demo grid cuts off head tissue of ``subject``:
+    ``on_edges`` is :func:`~defaceaudit.demo.synth.tissue_on_grid_faces` (voxels per grid face;
+    the neck's inferior face is expected). None when nothing but the neck is cut. The message
+    says whether the face itself is cut (the front of the grid), so that a demo run's expected
+    warnings (ears at the side, README "The demo cohort") do not read as failures."""
+    cut = {k: n for k, n in on_edges.items() if n and k != "inferior"}
+    if not cut:
+        return None
+    faces = ", ".join(f"{n} voxels {k}" for k, n in cut.items())
+    if "anterior" in cut:
+        advice = "the face itself is cut: widen demo.fov_mm"
+    else:
+        advice = "the face is inside the grid; widen demo.fov_mm to keep the whole head"
+    return f"sub-{subject}: the field of view cuts off head tissue ({faces}); {advice}"
+
+
 def build_subject(
     base_t1w: Path,
     base_brain: Path,
@@ -93,14 +110,9 @@ def build_subject(
     log.info(
         "sub-%s from %s: grid %s at %.1f mm", who.subject, who.base, t1w.shape, params.voxel_size_mm
     )
-    cut = {k: n for k, n in tissue_on_grid_faces(t1w).items() if n and k != "inferior"}
-    if cut:
-        faces = ", ".join(f"{n} voxels {k}" for k, n in cut.items())
-        log.warning(
-            "sub-%s: the field of view cuts off head tissue (%s); widen demo.fov_mm",
-            who.subject,
-            faces,
-        )
+    warning = field_of_view_warning(who.subject, tissue_on_grid_faces(t1w))
+    if warning:
+        log.warning(warning)
     try:
         save_nifti(t1w, out_t1w, affine=affine)
         save_nifti(subject_brain, out_brain, affine=affine)
