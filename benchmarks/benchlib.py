@@ -8,6 +8,7 @@ prints one JSON object as its last stdout line; a failed child becomes ``{"error
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -77,17 +78,21 @@ def memory_fields(cuda: bool) -> dict:
     return fields
 
 
+@functools.cache
 def declared_threads() -> dict[str, int]:
     """Rule -> the ``threads:`` it declares in rules/*.smk (1 where it declares none; a
-    dry-run's job listing does not print threads). tests/slurm/test_profile.py checks the
-    profile's CPUs per GPU against these."""
+    dry-run's job listing does not print threads), read once. A ``threads:`` that is not a
+    plain number raises ValueError rather than counting as 1. tests/slurm/test_profile.py
+    checks the profile's CPUs per GPU against these."""
     import re
 
     threads = {}
     for path in sorted((Path(__file__).resolve().parents[1] / "rules").glob("*.smk")):
         for block in re.split(r"^(?=rule \w+:)", path.read_text(), flags=re.M):
             if name := re.match(r"rule (\w+):", block):
-                found = re.search(r"^    threads: (\d+)$", block, re.M)
+                found = re.search(r"^    threads:\s*(.*)$", block, re.M)
+                if found and not found[1].strip().isdigit():
+                    raise ValueError(f"{path}: rule {name[1]} threads {found[1]!r} is no number")
                 threads[name[1]] = int(found[1]) if found else 1
     return threads
 
@@ -196,6 +201,6 @@ def save_merged(path: Path, results: dict) -> None:
     failed = sorted(set(results) - set(good))
     if failed:
         print(f"not saved (failed): {', '.join(failed)}", file=sys.stderr)
-    merged = {k: v for k, v in load_reference(path).items() if k != "_meta"}  # the old layout
+    merged = load_reference(path)
     merged.update(good)
     path.write_text(json.dumps(merged, indent=2, allow_nan=False) + "\n")

@@ -603,8 +603,6 @@ def test_a_pair_whose_images_do_not_overlay_is_named(tmp_path):
 
 
 def test_the_generated_region_does_not_trace_the_original_face_on_a_zero_background():
-    from defaceaudit.diffusion.refacing import generation_region
-
     original = np.zeros((20, 20, 20), np.float32)
     original[4:16, 2:14, 4:16] = 100.0  # a head on an exactly-zero background
     original[8:12, 14:17, 4:9] = 80.0  # a nose sticking out in front

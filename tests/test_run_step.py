@@ -9,6 +9,18 @@ from defaceaudit.errors import ImageError
 from defaceaudit.workflow import run_step
 
 
+@pytest.fixture(autouse=True)
+def _root_handlers():
+    """run_step adds handlers to the root logger (the job's log file): close and remove them
+    after each test, also when it fails."""
+    before = list(logging.getLogger().handlers)
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def _broken():
     raise KeyError("voxel_size_mm")
 
@@ -27,7 +39,6 @@ def test_an_unexpected_error_exits_1_with_one_line_and_the_traceback_in_the_log(
     assert "Traceback" not in err  # the console keeps the summary
     text = log.read_text()
     assert "unexpected failure in _broken" in text and "Traceback" in text and "_broken" in text
-    logging.getLogger().handlers.clear()
 
 
 def test_bad_input_exits_1_with_its_message_on_one_line(tmp_path, capsys):
@@ -38,4 +49,3 @@ def test_bad_input_exits_1_with_its_message_on_one_line(tmp_path, capsys):
     line = "/d/x.nii.gz: image is empty (all voxels 0)"
     assert line in capsys.readouterr().err and line in log.read_text()
     assert "Traceback" not in log.read_text()
-    logging.getLogger().handlers.clear()

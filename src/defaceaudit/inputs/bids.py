@@ -93,9 +93,11 @@ def _entities_conflict(mask: Path, t1w: Path) -> bool:
     ``run-1`` and ``run-01`` agree)."""
     for key in _MASK_ENTITIES:
         a, b = _entity(mask, key), _entity(t1w, key)
-        if key == "run" and a is not None and b is not None and a.isdigit() and b.isdigit():
+        if a is None or b is None:
+            continue
+        if key == "run" and a.isdigit() and b.isdigit():
             a, b = int(a), int(b)
-        if a is not None and b is not None and a != b:
+        if a != b:
             return True
     return False
 
