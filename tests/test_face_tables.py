@@ -10,6 +10,7 @@ import pytest
 from defaceaudit import face_tables, tables
 from defaceaudit.face_tables import (
     FACE_METRIC_COLUMNS,
+    FEW_MARK,
     TABLE_NAMES,
     format_ci,
     format_p,
@@ -19,7 +20,7 @@ from defaceaudit.face_tables import (
     summarise,
     write_face_tables,
 )
-from defaceaudit.stats import bootstrap_mean_ci, wilcoxon_paired
+from defaceaudit.stats import bootstrap_mean_ci, median_difference, wilcoxon_paired
 
 N_RESAMPLES = 200  # fast; the statistics are tested in test_stats.py
 #: typical values per image type: MASD (mm), PSNR head / face (dB), SSIM head / face
@@ -78,14 +79,21 @@ def test_table_shapes_headers_and_order():
         "Defaced",
         "Refaced with a population average",
         "Refaced with DPMs",
+        "Median difference: population average - DPMs",
         "p: population average vs DPMs",
+        "Median difference: defaced - population average",
         "p: defaced vs population average",
+        "Median difference: defaced - DPMs",
         "p: defaced vs DPMs",
     ]
     assert list(out["table2_psnr"].columns[2:]) == [
         f"{region}: {kind}"
         for region in ("Whole head", "Face (M5)")
         for kind in ("defaced", "population average", "DPMs-refaced")
+    ] + [
+        f"{region}: {kind}"
+        for region in ("Whole head", "Face (M5)")
+        for kind in ("population average - DPMs", "p")
     ]
     for table in out.values():
         assert table.shape[0] == 4
@@ -99,11 +107,15 @@ def test_missing_dpm_rows_give_na_cells():
     t1 = out["table1_masd"]
     assert (t1["Refaced with DPMs"] == "n/a").all()
     assert (t1["p: population average vs DPMs"] == "n/a").all()
+    assert (t1["Median difference: population average - DPMs"] == "n/a").all()
     assert (t1["p: defaced vs DPMs"] == "n/a").all()
     assert (t1["p: defaced vs population average"] != "n/a").all()
     assert (out["table3_ssim"]["Face (M5): DPMs-refaced"] == "n/a").all()
-    assert t1["Defaced"].str.fullmatch(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]").all()
-    assert out["table3_ssim"]["Whole head: defaced"].str.fullmatch(r"0\.\d{3} \[.*\]").all()
+    assert (out["table3_ssim"]["Face (M5): p"] == "n/a").all()
+    # 4 and 6 subjects: every CI is flagged as resting on fewer than 10 subjects
+    ci = r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]"
+    assert t1["Defaced"].str.fullmatch(ci + FEW_MARK).all()
+    assert out["table3_ssim"]["Whole head: defaced"].str.fullmatch(r"0\.\d{3} \[.*\]\u2020").all()
 
 
 def test_population_average_only_and_defaced_only():
@@ -172,14 +184,16 @@ def test_every_table_cell_is_its_summary_row():
                     & (summary["metric"] == metric)
                     & (summary["image_type"] == image_type)
                 ].iloc[0]
-                expected = format_ci(cell["mean"], cell["ci_low"], cell["ci_high"], decimals)
+                expected = format_ci(
+                    cell["mean"], cell["ci_low"], cell["ci_high"], decimals, few=cell["n"] < 10
+                )
                 assert row[column] == expected, (name, column, row["Defaced by"])
                 checked += 1
     assert checked == 4 * (3 + 6 + 6)
 
 
 def test_p_values_equal_wilcoxon_on_the_same_pairs():
-    rows = face_rows(image_types=tuple(LEVELS))
+    rows = face_rows(image_types=tuple(LEVELS), n_internal=7, n_external=8)
     # drop one subject's DPM image: the pair test must use only subjects with both images
     rows = rows.drop(
         rows.index[(rows["subject"] == "ext03") & (rows["image_type"] == "dpm_refaced")]
@@ -195,15 +209,86 @@ def test_p_values_equal_wilcoxon_on_the_same_pairs():
         assert row["n"] == expected["n"] == len(wide)
         assert row["p_value"] == expected["p_value"]
         assert row["statistic"] == expected["statistic"]
+        assert pd.isna(row["p_note"]) and row["p_min"] == 2.0 ** (1 - row["n"])
+        diff = median_difference(
+            wide["population_average"], wide["dpm_refaced"], n_resamples=N_RESAMPLES
+        )
+        assert row["median_diff"] == pytest.approx(
+            np.median(wide["population_average"] - wide["dpm_refaced"])
+        )
+        assert (row["median_diff_ci_low"], row["median_diff_ci_high"]) == (
+            diff["ci_low"],
+            diff["ci_high"],
+        )
         label = out["table1_masd"]
-        cell = label.loc[
+        line = label.loc[
             label["Testing set"].str.startswith("Internal" if test_set == "internal_test" else "E")
-            & (label["Defaced by"] == defacer),
-            "p: population average vs DPMs",
-        ].item()
-        assert cell == format_p(expected["p_value"])
+            & (label["Defaced by"] == defacer)
+        ]
+        assert line["p: population average vs DPMs"].item() == format_p(expected["p_value"])
+        assert line["Median difference: population average - DPMs"].item() == format_ci(
+            diff["median"], diff["ci_low"], diff["ci_high"], few=True
+        )
     assert set(tests["method"]) == {"exact"}
-    assert tests.query("test_set == 'external_test'")["n"].min() == 5
+    assert tests.query("test_set == 'external_test'")["n"].min() == 7
+
+
+def test_four_pairs_say_too_few_instead_of_a_bare_p():
+    """4 pairs: the exact two-sided Wilcoxon p is at least 2 * 2**-4 = 0.125, whatever the data;
+    the cell says so. 6 pairs (floor 0.031) print the p."""
+    summary, tests, out = _all_tables(face_rows(image_types=tuple(LEVELS)))  # 4 int., 6 ext.
+    internal = tests[tests["test_set"] == "internal_test"]
+    assert (internal["p_min"] == 0.125).all()
+    # the defaced face is 3 mm further from the original for every subject: p is at its floor
+    assert (
+        internal.query("metric == 'masd_mm' and image_a == 'defaced'")["p_value"] == 0.125
+    ).all()
+    assert (internal["p_note"] == "too few pairs (N=4, p >= 0.125)").all()
+    external = tests[tests["test_set"] == "external_test"]
+    assert external["p_note"].isna().all() and (external["p_min"] == 2.0**-5).all()
+    for name in ("table1_masd", "table2_psnr", "table3_ssim"):
+        table = out[name]
+        p_columns = [c for c in table.columns if c.startswith("p:") or c.endswith(": p")]
+        cells = table.loc[table["Testing set"].str.startswith("Internal"), p_columns]
+        assert (cells == "too few pairs (N=4, p >= 0.125)").all().all(), name
+        assert (
+            not table.loc[table["Testing set"].str.startswith("External"), p_columns]
+            .map(lambda c: c.startswith("too few"))
+            .any()
+            .any()
+        )
+    md = face_tables.table_markdown("table1_masd", out["table1_masd"], summary, tests)
+    assert "0.125 for 4 pairs" in md and "fewer than 10 subjects" in md
+
+
+def test_median_difference_shows_direction_of_a_constant_shift():
+    """DPM faces exactly 0.25 mm closer than the population average for every subject: the
+    median difference population average - DPMs is +0.25 with the CI [0.25, 0.25]."""
+    rows = face_rows(image_types=tuple(LEVELS), n_internal=12, n_external=3)
+    dpm = rows["image_type"] == "dpm_refaced"
+    average = rows.loc[rows["image_type"] == "population_average"].set_index(
+        ["subject", "defacer"]
+    )["masd_mm"]
+    keys = pd.MultiIndex.from_frame(rows.loc[dpm, ["subject", "defacer"]])
+    rows.loc[dpm, "masd_mm"] = average.reindex(keys).to_numpy() - 0.25
+    summary, tests, out = _all_tables(rows)
+    shifted = tests.query("metric == 'masd_mm' and image_a == 'population_average'")
+    np.testing.assert_allclose(shifted["median_diff"], 0.25)
+    np.testing.assert_allclose(shifted["median_diff_ci_low"], 0.25)
+    np.testing.assert_allclose(shifted["median_diff_ci_high"], 0.25)
+    internal = shifted[shifted["test_set"] == "internal_test"]
+    assert internal["ci_note"].isna().all()  # 12 subjects: no flag
+    assert (shifted[shifted["test_set"] == "external_test"]["ci_note"].str.contains("fewer")).all()
+    t1 = out["table1_masd"].set_index(["Testing set", "Defaced by"])
+    assert t1.loc[
+        ("Internal (N=12)", "pydeface"), "Median difference: population average - DPMs"
+    ] == ("0.25 [0.25, 0.25]")
+    assert t1.loc[
+        ("External (N=3)", "pydeface"), "Median difference: population average - DPMs"
+    ] == (f"0.25 [0.25, 0.25]{FEW_MARK}")
+    assert not t1.loc["Internal (N=12)", "Defaced"].str.endswith(FEW_MARK).any()
+    assert summary.loc[summary["n"] == 12, "ci_note"].isna().all()
+    assert summary.loc[summary["n"] == 3, "ci_note"].notna().all()
 
 
 def test_format_p():
@@ -234,6 +319,7 @@ def test_infinite_psnr_is_excluded_and_counted():
         "and image_a == 'population_average' and image_b == 'dpm_refaced'"
     ).iloc[0]
     assert (test["n"], test["n_nonzero"]) == (4, 3)  # inf vs inf is a tie
+    assert test["p_note"] == "too few pairs (3 non-zero of N=4, p >= 0.25)"
     markdown = face_tables.table_markdown("table2_psnr", out["table2_psnr"], summary, tests)
     assert "(2 in this table" in markdown
 
@@ -278,6 +364,9 @@ def test_write_face_tables_writes_atomically(tmp_path, monkeypatch):
     assert "| Testing set" in body and "Internal (N=4)" in body
     assert f"n={N_RESAMPLES} resamples" in body and "Wilcoxon signed-rank" in body
     assert "avgface" in body
+    # the test sets are named for what they are, and the paper's finding is not implied
+    assert "Internal = subjects left out of training" in body
+    assert "the same two people the models learnt" in body and "cannot reproduce it" in body
     # formatted cells are written verbatim (tabulate would print 0.125 p-values as numbers)
     p_cells = written["table1_masd"]["p: defaced vs population average"]
     assert all(f"| {p} " in body for p in p_cells)
@@ -286,6 +375,14 @@ def test_write_face_tables_writes_atomically(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(tsv, written["table1_masd"])
     summary = pd.read_csv(out["summary"], sep="\t")
     assert list(summary.columns[:4]) == ["test_set", "defacer", "metric", "image_type"]
+    assert "ci_note" in summary.columns
+    tests = pd.read_csv(out["tests"], sep="\t", na_values=["n/a"], keep_default_na=False)
+    assert list(tests.columns) == list(face_tables.TEST_COLUMNS)
+    assert tests["median_diff"].dtype == float and tests["p_min"].dtype == float
+    assert (
+        tests.loc[tests["test_set"] == "internal_test", "p_note"].str.startswith("too few")
+    ).all()
+    assert tests.loc[tests["test_set"] == "external_test", "p_note"].isna().all()
 
 
 def test_write_face_tables_checks_output_keys(tmp_path):

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from defaceaudit.stats import bootstrap, bootstrap_ci, bootstrap_mean_ci, wilcoxon_paired
+from defaceaudit.stats import (
+    bootstrap,
+    bootstrap_ci,
+    bootstrap_mean_ci,
+    few_for_percentile,
+    median_difference,
+    min_two_sided_p,
+    percentile_note,
+    wilcoxon_paired,
+)
 from defaceaudit.stats.paired import pvalue_method
 
 
@@ -223,3 +232,66 @@ def test_pvalue_method_rule():
     assert pvalue_method(np.arange(1.0, 52.0)) == "asymptotic"
     assert pvalue_method([1.0, -1.0, 2.0]) == "exact permutation"
     assert pvalue_method([0.0, 1.0, 2.0]) == "exact permutation"
+
+
+# --- fitness and direction -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_min_two_sided_p_is_scipys_exact_p_when_every_sign_agrees(n):
+    """All differences of one sign are the most extreme outcome: p = 2 / 2**n, exactly."""
+    d = np.arange(1.0, n + 1)
+    assert min_two_sided_p(n) == min(1.0, 2.0 / 2**n)
+    assert stats.wilcoxon(d, method="exact").pvalue == pytest.approx(min_two_sided_p(n))
+    assert wilcoxon_paired(d, np.zeros(n))["p_min"] == min_two_sided_p(n)
+
+
+def test_four_or_five_pairs_can_never_reach_p_below_005():
+    x = np.array([3.1, 4.0, 3.7, 3.3])
+    result = wilcoxon_paired(x, x - 3.0)  # every subject 3 units apart: as extreme as it gets
+    assert result["p_value"] == 0.125 == result["p_min"]
+    assert result["p_note"] == "too few pairs (N=4, p >= 0.125)"
+    five = wilcoxon_paired(np.arange(5.0), np.arange(5.0) - 1)
+    assert five["p_min"] == 0.0625 and five["p_note"] == "too few pairs (N=5, p >= 0.0625)"
+    six = wilcoxon_paired(np.arange(6.0), np.arange(6.0) - 1)
+    assert six["p_min"] == 0.03125 and six["p_note"] is None
+    # a zero difference leaves fewer signed ranks: the floor is that of the non-zero ones
+    zeros = wilcoxon_paired([1.0, 2, 3, 4, 5, 6], [1.0, 1, 2, 3, 4, 5])
+    assert zeros["p_min"] == 0.0625
+    assert zeros["p_note"] == "too few pairs (5 non-zero of N=6, p >= 0.0625)"
+    assert wilcoxon_paired([1.0], [1.0])["p_min"] == 1.0
+
+
+def test_median_difference_of_a_constant_shift_is_the_shift():
+    y = _sample(12, seed=8)
+    result = median_difference(y + 1.5, y, n_resamples=300, seed=2)
+    assert result["n"] == 12
+    assert (result["median"], result["ci_low"], result["ci_high"]) == pytest.approx((1.5,) * 3)
+    down = median_difference(y - 0.5, y)
+    assert down["median"] == pytest.approx(-0.5) and down["ci_high"] == pytest.approx(-0.5)
+
+
+def test_median_difference_is_the_bootstrap_of_the_paired_median():
+    x, y = _pairs(9, seed=4)
+    x[2] = np.nan  # dropped pair
+    result = median_difference(x, y, n_resamples=500, seed=7)
+    d = (x - y)[~np.isnan(x)]
+    expected = bootstrap_ci(d, np.median, n_resamples=500, seed=7)
+    assert result["n"] == 8 and result["median"] == np.median(d)
+    assert (result["ci_low"], result["ci_high"]) == (expected["ci_low"], expected["ci_high"])
+    # zero differences stay in the median (unlike in the Wilcoxon test)
+    same = median_difference([1.0, 2.0, 3.0], [1.0, 2.0, 0.0])
+    assert same["median"] == 0.0
+
+
+def test_percentile_cis_on_fewer_than_ten_subjects_are_flagged():
+    assert [few_for_percentile(n) for n in (0, 1, 2, 9, 10, 469)] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert "fewer than 10 subjects" in percentile_note(4)
+    assert percentile_note(10) is None and percentile_note(1) is None

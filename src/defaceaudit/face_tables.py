@@ -11,8 +11,13 @@ Outputs:
 * :func:`summarise`: per test set x defacer x metric x image type, the mean and its 95%
   percentile bootstrap CI over subjects (the paper's "bootstrapping (n=1000)"). Every cell uses
   the same ``seed``, so a cell does not change when other cells are added (e.g. DPM rows).
-* :func:`paired_tests`: two-sided Wilcoxon signed-rank tests over subjects paired within a test
-  set: population average vs DPMs (Table 1's test), and defaced vs every other image type.
+  ``ci_note`` flags a CI on fewer than 10 subjects (too narrow, :mod:`defaceaudit.stats`).
+* :func:`paired_tests`: over subjects paired within a test set, for population average vs
+  DPMs (Table 1's test) and defaced vs every other image type: the median paired difference
+  (``image_a - image_b``) with its percentile bootstrap CI, which shows the direction and size,
+  and the two-sided Wilcoxon signed-rank test, with the smallest p it could reach (``p_min``)
+  and ``p_note`` where that is not below 0.05 (at most 5 pairs: the demo's 4 test subjects
+  give p >= 0.125 whatever the faces look like).
 * :func:`paper_tables`: the formatted tables; :func:`write_face_tables` writes TSV + Markdown.
 
 Infinite PSNR (an image identical to the original inside the region, MSE = 0) has no finite
@@ -30,7 +35,13 @@ import numpy as np
 import pandas as pd
 
 from defaceaudit.paths import FACE_TABLE_NAMES
-from defaceaudit.stats import bootstrap_mean_ci, wilcoxon_paired
+from defaceaudit.stats import (
+    bootstrap_mean_ci,
+    few_for_percentile,
+    median_difference,
+    percentile_note,
+    wilcoxon_paired,
+)
 from defaceaudit.tables import atomic_path, write_tsv
 
 #: columns of face_metrics.tsv, in order
@@ -83,6 +94,7 @@ SUMMARY_COLUMNS = (
     "mean",
     "ci_low",
     "ci_high",
+    "ci_note",
 )
 TEST_COLUMNS = (
     "test_set",
@@ -92,10 +104,18 @@ TEST_COLUMNS = (
     "image_b",
     "n",
     "n_nonzero",
+    "median_diff",
+    "median_diff_ci_low",
+    "median_diff_ci_high",
+    "ci_note",
     "statistic",
     "p_value",
+    "p_min",
+    "p_note",
     "method",
 )
+#: marks a CI over fewer than 10 subjects in the Markdown and TSV tables (footnote)
+FEW_MARK = "†"
 
 _ROW_LABELS = ("Testing set", "Defaced by")
 _MASD_COLUMNS = {
@@ -108,6 +128,14 @@ _P_COLUMNS = {
     ("defaced", "population_average"): "p: defaced vs population average",
     ("defaced", "dpm_refaced"): "p: defaced vs DPMs",
 }
+#: the median-difference column beside each p column (difference = first - second image)
+_DIFF_COLUMNS = {
+    ("population_average", "dpm_refaced"): "Median difference: population average - DPMs",
+    ("defaced", "population_average"): "Median difference: defaced - population average",
+    ("defaced", "dpm_refaced"): "Median difference: defaced - DPMs",
+}
+#: Tables 2-3 compare the two refaced images, as the paper's text does (section 4)
+_QUALITY_PAIR = ("population_average", "dpm_refaced")
 _QUALITY_COLUMNS = {
     "defaced": "defaced",
     "population_average": "population average",
@@ -199,6 +227,7 @@ def _summary_cell(values: np.ndarray, *, n_resamples: int, seed: int) -> dict:
         "mean": ci["mean"],
         "ci_low": ci["ci_low"],
         "ci_high": ci["ci_high"],
+        "ci_note": percentile_note(ci["n"]),
     }
 
 
@@ -214,7 +243,8 @@ def summarise(rows: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0) -> 
 
     Columns :data:`SUMMARY_COLUMNS`: ``n`` finite values used, ``n_missing`` (NaN) and
     ``n_infinite`` (infinite PSNR, identical images) rows left out, ``image`` the producer(s)
-    of the image type joined by ``+``; mean and CI in the metric's units (mm, dB, SSIM).
+    of the image type joined by ``+``; mean and CI in the metric's units (mm, dB, SSIM);
+    ``ci_note`` says when the CI rests on fewer than 10 subjects (NaN otherwise).
     """
     rows = _checked(rows)
     records = []
@@ -253,11 +283,18 @@ def _paired_values(by_type: dict[str, pd.DataFrame], a: str, b: str, metric: str
     return merged[f"{metric}_a"].to_numpy(float), merged[f"{metric}_b"].to_numpy(float)
 
 
-def paired_tests(rows: pd.DataFrame) -> pd.DataFrame:
-    """Wilcoxon signed-rank tests over subjects for every metric and image-type pair present.
+def paired_tests(rows: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Median paired difference and Wilcoxon signed-rank test over subjects, for every metric
+    and image-type pair present.
 
-    Columns :data:`TEST_COLUMNS`; ``n`` is the number of subjects with both images and no NaN
-    (see :func:`defaceaudit.stats.wilcoxon_paired` for zero differences and ``method``).
+    Columns :data:`TEST_COLUMNS`; ``n`` is the number of subjects with both images and no NaN.
+    ``median_diff`` is the median over subjects of ``image_a - image_b`` in the metric's units
+    (mm, dB, SSIM; positive: ``image_a`` larger) with its 95% percentile bootstrap CI
+    (``n_resamples``, ``seed``; :func:`defaceaudit.stats.median_difference`; zero differences
+    kept) and ``ci_note`` when that CI rests on fewer than 10 subjects. ``statistic``,
+    ``p_value``, ``method``, ``p_min`` (the smallest p these pairs allow) and ``p_note`` (why
+    p cannot fall below 0.05, e.g. ``"too few pairs (N=4, p >= 0.125)"``) are those of
+    :func:`defaceaudit.stats.wilcoxon_paired` (zero differences dropped there).
     """
     rows = _checked(rows)
     records = []
@@ -265,6 +302,7 @@ def paired_tests(rows: pd.DataFrame) -> pd.DataFrame:
         for metric in METRICS:
             for a, b in _pairs(by_type):
                 x, y = _paired_values(by_type, a, b, metric)
+                diff = median_difference(x, y, n_resamples=n_resamples, seed=seed)
                 test = wilcoxon_paired(x, y)
                 records.append(
                     {
@@ -273,6 +311,10 @@ def paired_tests(rows: pd.DataFrame) -> pd.DataFrame:
                         "metric": metric,
                         "image_a": a,
                         "image_b": b,
+                        "median_diff": diff["median"],
+                        "median_diff_ci_low": diff["ci_low"],
+                        "median_diff_ci_high": diff["ci_high"],
+                        "ci_note": percentile_note(diff["n"]),
                     }
                     | test
                 )
@@ -282,14 +324,16 @@ def paired_tests(rows: pd.DataFrame) -> pd.DataFrame:
 # --- formatting -------------------------------------------------------------------------------
 
 
-def format_ci(mean: float, low: float, high: float, decimals: int = 2) -> str:
+def format_ci(mean: float, low: float, high: float, decimals: int = 2, *, few: bool = False) -> str:
     """``"mean [low, high]"``; ``n/a`` when the mean is NaN, ``"mean [n/a]"`` without an
-    interval (a single value)."""
+    interval (a single value). ``few`` appends :data:`FEW_MARK` to an interval (a percentile
+    CI on fewer than 10 subjects, explained in a footnote)."""
     if not np.isfinite(mean):
         return NA
     if not (np.isfinite(low) and np.isfinite(high)):
         return f"{mean:.{decimals}f} [{NA}]"
-    return f"{mean:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
+    mark = FEW_MARK if few else ""
+    return f"{mean:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]{mark}"
 
 
 def format_p(p: float) -> str:
@@ -330,21 +374,40 @@ def _cells(summary: pd.DataFrame) -> dict[tuple, pd.Series]:
     return {tuple(row[keys]): row for _, row in summary.iterrows()}
 
 
-def _p_values(tests: pd.DataFrame) -> dict[tuple, float]:
-    """p by (test_set, defacer, metric, image_a, image_b), both orders of the pair."""
-    found = {}
-    for row in tests.itertuples(index=False):
-        base = (row.test_set, row.defacer, row.metric)
-        found[(*base, row.image_a, row.image_b)] = row.p_value
-        found[(*base, row.image_b, row.image_a)] = row.p_value
-    return found
+def _test_rows(tests: pd.DataFrame) -> dict[tuple, pd.Series]:
+    """Test rows by (test_set, defacer, metric, image_a, image_b), in the tested order only
+    (the sign of the median difference depends on it)."""
+    keys = ["test_set", "defacer", "metric", "image_a", "image_b"]
+    return {tuple(row[keys]): row for _, row in tests.iterrows()}
 
 
 def _ci_cell(cells: dict, key: tuple, decimals: int) -> str:
     row = cells.get(key)
     if row is None:
         return NA
-    return format_ci(row["mean"], row["ci_low"], row["ci_high"], decimals)
+    few = few_for_percentile(row["n"])
+    return format_ci(row["mean"], row["ci_low"], row["ci_high"], decimals, few=few)
+
+
+def _diff_cell(tests: dict, key: tuple, decimals: int) -> str:
+    """``median [low, high]`` of the paired difference (with the few-subjects mark)."""
+    row = tests.get(key)
+    if row is None:
+        return NA
+    few = few_for_percentile(row["n"])
+    low, high = row["median_diff_ci_low"], row["median_diff_ci_high"]
+    return format_ci(row["median_diff"], low, high, decimals, few=few)
+
+
+def _p_cell(tests: dict, key: tuple) -> str:
+    """The exact p, or the reason no p below 0.05 was possible (``p_note``) instead of it."""
+    row = tests.get(key)
+    if row is None:
+        return NA
+    note = row.get("p_note")
+    if isinstance(note, str) and note and np.isfinite(row["p_value"]):
+        return note
+    return format_p(row["p_value"])
 
 
 def _row_start(test_set: str, defacer: str, sizes: dict[str, int]) -> dict[str, str]:
@@ -352,26 +415,40 @@ def _row_start(test_set: str, defacer: str, sizes: dict[str, int]) -> dict[str, 
 
 
 def _masd_table(summary: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Table 1 layout for ``metric``: three mean [CI] columns, then three p-value columns."""
-    cells, p_values, sizes = _cells(summary), _p_values(tests), _test_set_sizes(summary)
+    """Table 1 layout for ``metric``: three mean [CI] columns, then per tested pair the median
+    difference [CI] and the p-value (or why it cannot be small)."""
+    cells, by_key, sizes = _cells(summary), _test_rows(tests), _test_set_sizes(summary)
     records = []
     for test_set, defacer in _row_keys(summary):
         record = _row_start(test_set, defacer, sizes)
         for image_type, column in _MASD_COLUMNS.items():
             record[column] = _ci_cell(cells, (test_set, defacer, metric, image_type), 2)
-        for (a, b), column in _P_COLUMNS.items():
-            record[column] = format_p(p_values.get((test_set, defacer, metric, a, b), np.nan))
+        for pair, column in _P_COLUMNS.items():
+            key = (test_set, defacer, metric, *pair)
+            record[_DIFF_COLUMNS[pair]] = _diff_cell(by_key, key, 2)
+            record[column] = _p_cell(by_key, key)
         records.append(record)
-    columns = [*_ROW_LABELS, *_MASD_COLUMNS.values(), *_P_COLUMNS.values()]
+    pairs = [c for pair in _P_COLUMNS for c in (_DIFF_COLUMNS[pair], _P_COLUMNS[pair])]
+    columns = [*_ROW_LABELS, *_MASD_COLUMNS.values(), *pairs]
     return pd.DataFrame.from_records(records, columns=columns)
 
 
-def _quality_table(summary: pd.DataFrame, metrics: dict[str, str], decimals: int) -> pd.DataFrame:
-    """Tables 2-3 layout: whole head then face (M5), each defaced / population average / DPMs."""
-    cells, sizes = _cells(summary), _test_set_sizes(summary)
+def _quality_pair_columns(region: str) -> tuple[str, str]:
+    """Column labels of the population average vs DPMs comparison of a region in Tables 2-3."""
+    label = _REGIONS[region]
+    return f"{label}: population average - DPMs", f"{label}: p"
+
+
+def _quality_table(
+    summary: pd.DataFrame, tests: pd.DataFrame, metrics: dict[str, str], decimals: int
+) -> pd.DataFrame:
+    """Tables 2-3 layout: whole head then face (M5), each defaced / population average / DPMs,
+    then per region the median difference population average - DPMs [CI] and its p."""
+    cells, by_key, sizes = _cells(summary), _test_rows(tests), _test_set_sizes(summary)
     columns = [
         f"{_REGIONS[region]}: {label}" for region in metrics for label in _QUALITY_COLUMNS.values()
     ]
+    columns += [c for region in metrics for c in _quality_pair_columns(region)]
     records = []
     for test_set, defacer in _row_keys(summary):
         record = _row_start(test_set, defacer, sizes)
@@ -379,6 +456,11 @@ def _quality_table(summary: pd.DataFrame, metrics: dict[str, str], decimals: int
             for image_type, label in _QUALITY_COLUMNS.items():
                 key = (test_set, defacer, metric, image_type)
                 record[f"{_REGIONS[region]}: {label}"] = _ci_cell(cells, key, decimals)
+        for region, metric in metrics.items():
+            diff_column, p_column = _quality_pair_columns(region)
+            key = (test_set, defacer, metric, *_QUALITY_PAIR)
+            record[diff_column] = _diff_cell(by_key, key, decimals)
+            record[p_column] = _p_cell(by_key, key)
         records.append(record)
     return pd.DataFrame.from_records(records, columns=[*_ROW_LABELS, *columns])
 
@@ -388,13 +470,20 @@ def paper_tables(summary: pd.DataFrame, tests: pd.DataFrame) -> dict[str, pd.Dat
 
     Rows are test set x defacer (``Internal (N=15)``, ``quickshear``); cells are
     ``mean [low, high]`` (2 decimals; SSIM 3, because face SSIM of defaced images sits near 0)
-    or ``n/a`` for an image type without rows; p-values exact (``0.026``, ``3.1e-05``).
+    or ``n/a`` for an image type without rows, with :data:`FEW_MARK` after a CI on fewer than
+    10 subjects. Beside each p-value (Table 1: the three tested pairs; Tables 2-3: population
+    average vs DPMs per region) the median paired difference (first - second image, the
+    metric's units) with its CI; a p-value is exact (``0.026``, ``3.1e-05``), or, where the
+    pairs are too few for any p < 0.05, the reason (``too few pairs (N=4, p >= 0.125)``).
     """
+    head_face_psnr = {"head": "psnr_head_db", "face": "psnr_face_db"}
     return {
         "table1_masd": _masd_table(summary, tests, "masd_mm"),
         "table1_masd_symmetric": _masd_table(summary, tests, "masd_symmetric_mm"),
-        "table2_psnr": _quality_table(summary, {"head": "psnr_head_db", "face": "psnr_face_db"}, 2),
-        "table3_ssim": _quality_table(summary, {"head": "ssim_head", "face": "ssim_face"}, 3),
+        "table2_psnr": _quality_table(summary, tests, head_face_psnr, 2),
+        "table3_ssim": _quality_table(
+            summary, tests, {"head": "ssim_head", "face": "ssim_face"}, 3
+        ),
     }
 
 
@@ -442,7 +531,27 @@ def _values_note(n_resamples: int, seed: int) -> str:
         "N: subjects of the testing set with results (the most in any cell; fewer than the "
         "split's subjects where jobs failed). n/a: no rows for that image type (refacing off "
         "for the DPM column, no population-average refacer configured for its column, or not "
-        "run yet)."
+        f"run yet). {FEW_MARK}: a percentile CI over fewer than 10 subjects; it cannot reach "
+        "beyond the few values seen and covers the truth less often than stated (about 80 % "
+        "instead of 95 % for the mean of 4 normal values): read it as a rough range."
+    )
+
+
+def _test_sets_note() -> str:
+    """What the testing sets are, in the paper and in the demo cohort, and what follows."""
+    return (
+        "Testing sets: Internal = subjects left out of training, from the datasets the "
+        "diffusion models were trained on (the paper: 15 subjects of Kirby-21 and OASIS3); "
+        "External = subjects of a dataset never seen in training (the paper: 469 BLSA "
+        'subjects). On the demo cohort both are synthetic (README, "The demo cohort"): an '
+        "internal subject is a new random deformation of one of the two real heads the "
+        "training subjects were made from, so the same two people the models learnt, and "
+        "every external subject is a deformation of one third real head, a person never seen. "
+        "The paper's Table 1 finding, DPM-refaced faces closer to the original than a "
+        "population-average face on people the models never saw, needs models trained on "
+        "many real people; the demo cannot reproduce it. On the demo, a DPM advantage on the "
+        "internal set shows faces recalled from training, and the external set tests a single "
+        "unseen face."
     )
 
 
@@ -457,15 +566,26 @@ def _population_note(summary: pd.DataFrame) -> str:
     )
 
 
-def _tests_note(tests: pd.DataFrame, metric: str) -> str:
-    used = tests.loc[tests["metric"] == metric, "method"].value_counts()
+def _tests_note(tests: pd.DataFrame, metrics: Iterable[str], table1: bool) -> str:
+    used = tests.loc[tests["metric"].isin(list(metrics)), "method"].value_counts()
     counts = ", ".join(f"{method} ({count})" for method, count in used.items()) or "none"
+    which = (
+        "The paper's Table 1 reports population average vs DPMs; the two defaced columns are added."
+        if table1
+        else "The paper compares these two images in its text (section 4), without a test."
+    )
     return (
-        "p-values: two-sided Wilcoxon signed-rank test over subjects paired within the testing "
-        "set (SciPy; zero differences dropped, Wilcoxon's convention). Exact null distribution "
-        "for at most 50 pairs without zero or tied differences, exhaustive sign-flip "
-        "permutation for at most 13 pairs with ties, normal approximation otherwise; tests by "
-        f"method: {counts}. The paper's Table 1 reports population average vs DPMs."
+        "Median difference: the median over subjects of the paired difference, first image "
+        "minus second, in the table's units, with its 95% percentile bootstrap CI over "
+        "subjects; it shows which way and how far the images differ, where a "
+        "p-value does not. p: two-sided Wilcoxon signed-rank test over the same pairs (SciPy; "
+        "zero differences dropped, Wilcoxon's convention). Exact null distribution for at "
+        "most 50 pairs without zero or tied differences, exhaustive sign-flip permutation for "
+        "at most 13 pairs with ties, normal approximation otherwise; tests by method: "
+        f"{counts}. With m non-zero differences no two-sided p can fall below 2^(1-m) (every "
+        "difference of one sign): 0.125 for 4 pairs, 0.0625 for 5. Where that floor is not "
+        'below 0.05, the cell says "too few pairs" with the floor instead of a p-value that '
+        "could never have been significant (the p is in face_metrics_tests.tsv). " + which
     )
 
 
@@ -485,13 +605,16 @@ def _footnotes(
     notes = [_values_note(n_resamples, seed)]
     if name.startswith("table1"):
         metric = "masd_symmetric_mm" if name.endswith("symmetric") else "masd_mm"
-        notes += [_MASD_DIRECTION[metric], _tests_note(tests, metric)]
+        notes += [_MASD_DIRECTION[metric], _tests_note(tests, [metric], table1=True)]
     elif name == "table2_psnr":
-        notes += [_m5_note(summary), _infinite_note(summary, ("psnr_head_db", "psnr_face_db"))]
+        psnr = ("psnr_head_db", "psnr_face_db")
+        notes += [_m5_note(summary), _infinite_note(summary, psnr)]
+        notes += [_tests_note(tests, psnr, table1=False)]
     else:
         ssim = "SSIM: Gaussian window (sigma 1.5 voxels), mean of the map in the region."
         notes += [_m5_note(summary), ssim]
-    return notes + [_population_note(summary)]
+        notes += [_tests_note(tests, ("ssim_head", "ssim_face"), table1=False)]
+    return notes + [_population_note(summary), _test_sets_note()]
 
 
 def _markdown_body(table: pd.DataFrame) -> str:
@@ -545,7 +668,7 @@ def write_face_tables(
     """
     _check_out(out)
     summary = summarise(rows, n_resamples=n_resamples, seed=seed)
-    tests = paired_tests(rows)
+    tests = paired_tests(rows, n_resamples=n_resamples, seed=seed)
     write_tsv(summary, out["summary"])
     write_tsv(tests, out["tests"])
     tables = paper_tables(summary, tests)

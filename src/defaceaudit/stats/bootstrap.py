@@ -5,6 +5,13 @@ Resampling is with replacement over the observations (subjects), vectorised: one
 bound memory (row chunks draw the same stream as one matrix). The interval is the
 ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles (linear interpolation) of the
 resampled statistic, the same construction as ``scipy.stats.bootstrap(method="percentile")``.
+
+Small samples: a percentile interval over n observations can only be built from those n values,
+so it cannot reach beyond the sample's range and covers the truth less often than it claims
+(for the mean of normal values, a nominal 95 % interval covers about 80 % of the time with
+4 values, 88 % with 6 and 90 % with 10; simulated, 2000 samples each). Intervals over fewer than
+:data:`MIN_PERCENTILE_N` observations are flagged (:func:`few_for_percentile`,
+:data:`FEW_FOR_PERCENTILE_NOTE`) so that tables can mark them as rough.
 """
 
 from __future__ import annotations
@@ -12,6 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+#: percentile CIs over fewer observations (subjects) than this are flagged as rough
+MIN_PERCENTILE_N = 10
+FEW_FOR_PERCENTILE_NOTE = f"percentile CI on fewer than {MIN_PERCENTILE_N} subjects: too narrow"
 
 #: at most this many resampled values are held in memory at once (8 bytes each)
 _CHUNK_VALUES = 1 << 22
@@ -93,3 +104,15 @@ def bootstrap_mean_ci(
         "ci_low": result["ci_low"],
         "ci_high": result["ci_high"],
     }
+
+
+def few_for_percentile(n: int) -> bool:
+    """True when a percentile bootstrap CI exists (n >= 2) but rests on fewer than
+    :data:`MIN_PERCENTILE_N` observations, so its coverage falls short of the nominal level."""
+    return 2 <= int(n) < MIN_PERCENTILE_N
+
+
+def percentile_note(n: int) -> str | None:
+    """:data:`FEW_FOR_PERCENTILE_NOTE` for a CI on ``n`` observations that
+    :func:`few_for_percentile` flags, else None."""
+    return FEW_FOR_PERCENTILE_NOTE if few_for_percentile(n) else None

@@ -13,6 +13,14 @@ after NaN pairs are dropped:
 
 Zero differences are dropped before ranking (Wilcoxon's convention, SciPy's default); they still
 count in ``n`` and still make the rule above leave the plain exact distribution.
+
+Fitness: with m non-zero differences the most extreme outcome (every difference of one sign) has
+probability 2 * 2**-m under the null, so no two-sided p can fall below ``2**(1 - m)``
+(:func:`min_two_sided_p`): 0.125 for 4 pairs, 0.0625 for 5, 0.031 for 6. At m <= 5 a p < 0.05
+is impossible whatever the data, and :func:`wilcoxon_paired` says so in ``p_note``.
+
+Direction: a p-value says nothing of which way a difference goes; :func:`median_difference`
+gives the median of the paired differences with its percentile bootstrap CI over pairs.
 """
 
 from __future__ import annotations
@@ -20,12 +28,16 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from defaceaudit.stats.bootstrap import bootstrap_ci
+
 #: SciPy's "auto" switches to the normal approximation above this many differences
 MAX_EXACT_N = 50
 #: with ties or zeros, SciPy enumerates all sign flips up to this many differences
 MAX_PERMUTATION_N = 13
 
 NOT_ENOUGH = "not enough pairs"
+#: the significance level the ``p_note`` of :func:`wilcoxon_paired` refers to
+ALPHA = 0.05
 
 
 def _paired_differences(x, y) -> np.ndarray:
@@ -54,18 +66,48 @@ def pvalue_method(d) -> str:
     return "asymptotic"
 
 
-def wilcoxon_paired(x, y) -> dict:
+def min_two_sided_p(n_nonzero: int) -> float:
+    """Smallest two-sided p-value the exact Wilcoxon signed-rank test can give for
+    ``n_nonzero`` non-zero differences: ``2 * 2**-n_nonzero`` (every sign alike), at most 1.
+
+    Ties among the absolute differences do not lower it (the all-alike configuration stays
+    the only most extreme one); above :data:`MAX_PERMUTATION_N` SciPy may use the normal
+    approximation, whose minimum is also far below 0.05 there.
+    """
+    n_nonzero = int(n_nonzero)
+    return 1.0 if n_nonzero < 1 else min(1.0, 2.0 ** (1 - n_nonzero))
+
+
+def p_note(n: int, n_nonzero: int, alpha: float = ALPHA) -> str | None:
+    """Why a p-value cannot reach ``alpha``: ``"too few pairs (N=4, p >= 0.125)"`` (or
+    ``"(3 non-zero of N=4, p >= 0.25)"`` when zero differences were dropped); None when
+    :func:`min_two_sided_p` of ``n_nonzero`` is below ``alpha``."""
+    p_min = min_two_sided_p(n_nonzero)
+    if p_min < alpha:
+        return None
+    pairs = f"N={n}" if n_nonzero == n else f"{n_nonzero} non-zero of N={n}"
+    return f"too few pairs ({pairs}, p >= {p_min:.3g})"
+
+
+def wilcoxon_paired(x, y, *, alpha: float = ALPHA) -> dict:
     """Two-sided Wilcoxon signed-rank test of paired samples ``x`` and ``y`` (same units).
 
     Pairs with a NaN on either side are dropped. Returns ``{"n", "n_nonzero", "statistic",
-    "p_value", "method"}``: ``n`` pairs used, ``n_nonzero`` of them with a non-zero difference,
-    SciPy's statistic (the smaller of the positive and negative rank sums) and p-value, and
-    ``method`` as :func:`pvalue_method` (or ``"not enough pairs"`` with NaN statistic and
-    p-value when no difference is non-zero).
+    "p_value", "method", "p_min", "p_note"}``: ``n`` pairs used, ``n_nonzero`` of them with a
+    non-zero difference, SciPy's statistic (the smaller of the positive and negative rank sums)
+    and p-value, ``method`` as :func:`pvalue_method` (or ``"not enough pairs"`` with NaN
+    statistic and p-value when no difference is non-zero), ``p_min`` the smallest p the test
+    could give with these pairs (:func:`min_two_sided_p`) and ``p_note`` (:func:`p_note`: a
+    string when ``p_min >= alpha``, so no outcome could be significant at ``alpha``, else None).
     """
     d = _paired_differences(x, y)
     n_nonzero = int(np.count_nonzero(d))
-    result = {"n": int(d.size), "n_nonzero": n_nonzero}
+    result = {
+        "n": int(d.size),
+        "n_nonzero": n_nonzero,
+        "p_min": min_two_sided_p(n_nonzero),
+        "p_note": p_note(int(d.size), n_nonzero, alpha),
+    }
     if n_nonzero < 1:
         return result | {"statistic": np.nan, "p_value": np.nan, "method": NOT_ENOUGH}
     test = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided", method="auto")
@@ -73,4 +115,28 @@ def wilcoxon_paired(x, y) -> dict:
         "statistic": float(test.statistic),
         "p_value": float(test.pvalue),
         "method": pvalue_method(d),
+    }
+
+
+def median_difference(
+    x, y, *, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> dict:
+    """Median of the paired differences ``x - y`` with its percentile bootstrap CI over pairs.
+
+    Pairs with a NaN on either side are dropped; equal values (also two equal infinities, e.g.
+    two images identical to the original) are a zero difference and, unlike in the Wilcoxon
+    test, stay in. Returns ``{"n", "median", "ci_low", "ci_high"}`` in the units of ``x``
+    (mm, dB, ...): the sign says which way the pairs differ (positive: ``x`` larger). A constant
+    shift ``x = y + c`` gives ``c`` with the CI ``[c, c]``. One pair gives a NaN CI
+    (:func:`~defaceaudit.stats.bootstrap.bootstrap_ci`); infinite differences (infinite PSNR on
+    one side only) can make the median or a bound infinite or, between +inf and -inf, NaN.
+    """
+    d = _paired_differences(x, y)
+    with np.errstate(invalid="ignore"):
+        ci = bootstrap_ci(d, np.median, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return {
+        "n": ci["n"],
+        "median": ci["estimate"],
+        "ci_low": ci["ci_low"],
+        "ci_high": ci["ci_high"],
     }
