@@ -16,6 +16,7 @@ from defaceaudit.figures import (
     plot_qc,
     plot_reidentification,
     plot_similarity,
+    small_sample_note,
 )
 from defaceaudit.tables import read_tsv, write_tsv
 
@@ -216,3 +217,13 @@ def test_render_face_panel(tmp_path):
     _assert_png(out)
     render_face_panel([], tmp_path / "none.png")
     _assert_png(tmp_path / "none.png", min_bytes=1_000)
+
+
+def test_small_sample_note_flags_cis_on_fewer_than_ten_subjects():
+    assert small_sample_note(pd.Series([4, 6, 12])) == (
+        "bars over fewer than 10 subjects (here down to n = 4): percentile CIs too narrow, "
+        "read them as rough ranges"
+    )
+    assert small_sample_note(pd.Series([10, 469, np.nan])) is None
+    assert small_sample_note(pd.Series([1, 0])) is None  # no interval at all: nothing to flag
+    assert small_sample_note(pd.Series(dtype=float)) is None

@@ -21,9 +21,10 @@ from defaceaudit.radiodensity.evaluate import (
     radiodensity_findings,
     radiodensity_table,
     spearman_bootstrap,
+    subject_means,
     write_radiodensity_tables,
 )
-from defaceaudit.radiodensity.figure import plot_radiodensity
+from defaceaudit.radiodensity.figure import difference_mark, plot_radiodensity
 from defaceaudit.radiodensity.model import load_medicalnet, resnet10
 from defaceaudit.radiodensity.sampler import balanced_sampler, subject_balanced_weights
 from defaceaudit.radiodensity.splits import assign_subject_splits
@@ -699,11 +700,13 @@ def test_study_steps_name_unreadable_tables(tmp_path):
 
 
 def _predictions(n_subjects=25, seed=0):
+    """Two visits per subject: a target per visit, one prediction per subject (one MRI)."""
     rng = np.random.default_rng(seed)
     subject = np.repeat([f"sub-{i:02d}" for i in range(n_subjects)], 2)
-    target = np.repeat(rng.normal(size=n_subjects), 2) + rng.normal(0, 0.3, subject.size)
-    good = target + rng.normal(0, 0.4, subject.size)
-    bad = rng.normal(size=subject.size)
+    level = rng.normal(size=n_subjects)
+    target = np.repeat(level, 2) + rng.normal(0, 0.3, subject.size)
+    good = np.repeat(level + rng.normal(0, 0.4, n_subjects), 2)
+    bad = np.repeat(rng.normal(size=n_subjects), 2)
     frames = []
     for image_type, pred in (("original", good), ("quickshear", bad)):
         frames.append(
@@ -721,21 +724,54 @@ def _predictions(n_subjects=25, seed=0):
     return pd.concat(frames, ignore_index=True)
 
 
+def test_subject_means_average_the_visits_of_one_mri():
+    """A subject with two visits (one MRI, so one prediction) gives one row: the mean target."""
+    frame = pd.DataFrame(
+        {
+            "participant_id": ["sub-02", "sub-01", "sub-02", "sub-03"],
+            "target": [1.0, -0.5, 3.0, np.nan],
+            "prediction": [0.7, 0.1, 0.7, 0.2],
+        }
+    )
+    means = subject_means(frame)
+    assert means["participant_id"].tolist() == ["sub-01", "sub-02"]  # sub-03: NaN target
+    assert means["target"].tolist() == [-0.5, 2.0]
+    assert means["prediction"].tolist() == [0.1, 0.7]
+    assert means["n_visits"].tolist() == [1, 2]
+
+
+def test_spearman_is_over_subjects_not_visit_rows():
+    """Visits must not weigh a subject: rho of 3 subjects, one of them with 5 visits, is the rho
+    of the 3 subject means (1.0 here), not of the 7 visit rows (duplicated predictions)."""
+    frame = pd.DataFrame(
+        {
+            "participant_id": ["a"] * 5 + ["b", "c"],
+            "target": [0.0, 0.1, -0.1, 0.05, -0.05, 1.0, 2.0],
+            "prediction": [0.3] * 5 + [0.4, 0.9],
+        }
+    )
+    res = spearman_bootstrap(frame, n_resamples=50, seed=0)
+    assert res["rho"] == pytest.approx(1.0)
+    assert (res["n_subjects"], res["n_rows"]) == (3, 7)
+    rows_rho = stats.spearmanr(frame["target"], frame["prediction"])[0]
+    assert rows_rho != pytest.approx(1.0)  # what the visit rows would have said
+
+
 def test_spearman_bootstrap_resamples_subjects_and_pairs_replicates():
     frame = _predictions()
     orig = frame[frame["image_type"] == "original"]
     res = spearman_bootstrap(orig, n_resamples=500, seed=3)
-    assert res["rho"] == pytest.approx(stats.spearmanr(orig["target"], orig["prediction"])[0])
+    means = orig.groupby("participant_id")[["target", "prediction"]].mean()
+    assert res["rho"] == pytest.approx(stats.spearmanr(means["target"], means["prediction"])[0])
     assert res["ci_low"] < res["rho"] < res["ci_high"]
     assert res["n_subjects"] == 25 and res["n_rows"] == 50 and res["boot"].shape == (500,)
     shuffled = orig.sample(frac=1.0, random_state=1)  # row order must not matter
     np.testing.assert_allclose(spearman_bootstrap(shuffled, 500, seed=3)["boot"], res["boot"])
     assert not np.allclose(spearman_bootstrap(orig, 500, seed=4)["boot"], res["boot"])
-    # the first replicate by hand: draw SUBJECTS, each bringing all of its visits
+    # the first replicate by hand: draw SUBJECTS, each bringing its one (visit-mean) row
     subjects = sorted(set(orig["participant_id"]))
     drawn = np.random.default_rng(3).integers(0, len(subjects), (500, len(subjects)))[0]
-    rows = pd.concat([orig[orig["participant_id"] == subjects[k]] for k in drawn])
-    assert len(rows) == 2 * len(subjects)  # two visits each
+    rows = means.loc[[subjects[k] for k in drawn]]
     by_hand = stats.spearmanr(rows["target"], rows["prediction"])[0]
     assert res["boot"][0] == pytest.approx(by_hand, abs=1e-12)
 
@@ -748,7 +784,8 @@ def test_an_image_type_with_no_face_left_has_no_rho_and_says_so(tmp_path):
     )
     table, boot = radiodensity_table(pd.concat([frame, stripped]), n_resamples=50, seed=0)
     row = table[table["image_type"] == "skullstrip"].iloc[0]
-    assert np.isnan(row["rho"]) and np.isnan(row["ci_low"]) and np.isnan(row["p_value"])
+    assert np.isnan(row["rho"]) and np.isnan(row["ci_low"])
+    assert np.isnan(row["replicate_wilcoxon_p"])
     (finding,) = radiodensity_findings(table)
     assert "skullstrip: no rho (the model predicts one value for every subject" in finding
     assert "quickshear" in finding  # the others are still compared
@@ -761,8 +798,10 @@ def test_radiodensity_table_tests_against_the_original(tmp_path):
     table, boot = radiodensity_table(frame, n_resamples=400, seed=0)
     assert list(table["image_type"]) == ["original", "quickshear"]
     ref, defaced = table.iloc[0], table.iloc[1]
-    assert np.isnan(ref["p_value"]) and np.isnan(ref["mean_difference"])
-    assert defaced["p_value"] < 1e-10 and defaced["mean_difference"] < -0.4
+    assert np.isnan(ref["replicate_wilcoxon_p"]) and np.isnan(ref["mean_difference"])
+    assert defaced["replicate_wilcoxon_p"] < 1e-10 and defaced["mean_difference"] < -0.4
+    assert "p_value" not in table.columns  # the replicate test is labelled as what it is
+    assert table["ci_note"].isna().all()  # 25 subjects
     assert defaced["diff_ci_high"] < 0
     assert len(boot) == 800 and set(boot.columns) == {"body_part", "image_type", "replicate", "rho"}
     paired = boot.pivot(index="replicate", columns="image_type", values="rho")
@@ -773,13 +812,16 @@ def test_radiodensity_table_tests_against_the_original(tmp_path):
     from defaceaudit.stats import wilcoxon_paired
 
     expected = wilcoxon_paired(paired["quickshear"], paired["original"])
-    assert defaced["p_value"] == expected["p_value"]
-    assert defaced["wilcoxon_statistic"] == expected["statistic"]
+    assert defaced["replicate_wilcoxon_p"] == expected["p_value"]
+    assert defaced["replicate_wilcoxon_statistic"] == expected["statistic"]
     low, high = np.quantile(paired["quickshear"] - paired["original"], [0.025, 0.975])
     assert (defaced["diff_ci_low"], defaced["diff_ci_high"]) == pytest.approx((low, high))
     write_radiodensity_tables(table, tmp_path / "t.tsv", tmp_path / "t.md")
     md = (tmp_path / "t.md").read_text()
     assert "| abdomen" in md and "e-" in md
+    assert "Wilcoxon p over bootstrap replicates (paper's method)" in md
+    assert "it is not a test of the data" in md and "one row per subject" in md
+    assert "\u2020" not in md.split("## Findings")[0].split("\n\n")[1]  # no CI flagged
     (finding,) = radiodensity_findings(table)
     assert finding in md and "## Findings" in md
     assert "original rho" in finding and "is significantly positive" in finding
@@ -833,3 +875,32 @@ def test_radiodensity_findings_reads_the_confidence_intervals():
     assert "original rho (95% CI) 0.30 [-0.20, 0.70], is not significantly different" in finding
     assert "facemask (0.50, difference 0.23 [0.05, 0.40]): higher than the original." in finding
     assert "skullstrip (0.10, difference -0.20 [-0.60, 0.20]): not distinguishable" in finding
+
+
+def test_few_test_subjects_flag_the_cis_and_findings_ignore_the_replicate_p(tmp_path):
+    """8 test subjects: CIs flagged as rough; the mark and the finding come from the CI of the
+    difference, even where the replicate Wilcoxon p is tiny (it shrinks with the resamples)."""
+    frame = _predictions(n_subjects=8, seed=0)
+    original = frame[frame["image_type"] == "original"]
+    noise = np.repeat(np.random.default_rng(0).normal(0, 0.5, 8), 2)  # one per subject
+    noisy = original.assign(image_type="facemask", prediction=original["prediction"] + noise)
+    table, boot = radiodensity_table(pd.concat([frame, noisy]), n_resamples=1000, seed=0)
+    assert (table["ci_note"].str.contains("fewer than 10 subjects")).all()
+    facemask = table.set_index("image_type").loc["facemask"]
+    assert facemask["diff_ci_low"] < 0 < facemask["diff_ci_high"]
+    assert facemask["replicate_wilcoxon_p"] < 1e-20  # the paper's test "finds" a difference
+    (finding,) = radiodensity_findings(table)
+    assert "Only 8 test subjects: the percentile CIs are too narrow" in finding
+    assert "facemask (" in finding and "not distinguishable from the original" in finding
+    write_radiodensity_tables(table, tmp_path / "t.tsv", tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    assert "]\u2020" in md and "fewer than 10 subjects" in md
+    tsv = pd.read_csv(tmp_path / "t.tsv", sep="\t", na_values=["n/a"])
+    assert "replicate_wilcoxon_p" in tsv.columns and "p_value" not in tsv.columns
+
+
+def test_difference_mark_reads_the_ci_not_a_p():
+    assert difference_mark(-0.5, -0.1) == "lower"
+    assert difference_mark(0.1, 0.5) == "higher"
+    assert difference_mark(-0.1, 0.5) == "ns"
+    assert difference_mark(np.nan, np.nan) == ""

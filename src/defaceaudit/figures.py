@@ -35,6 +35,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
+from defaceaudit.stats.bootstrap import MIN_PERCENTILE_N, few_for_percentile
 from defaceaudit.tables import atomic_path, read_tsv
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "plot_qc",
     "plot_reidentification",
     "plot_similarity",
+    "small_sample_note",
 ]
 
 #: Image types in plotting order, with their legend labels.
@@ -261,6 +263,19 @@ def _legend(fig: Figure, image_types: Sequence[str], palette: dict, extra=()) ->
         fig.legend(handles, labels, loc="outside right upper", title="image type", frameon=False)
 
 
+def small_sample_note(n_values: pd.Series) -> str | None:
+    """A figure note when any interval rests on fewer than 10 subjects (``n`` of the summary,
+    or ``n_probes``): a percentile bootstrap CI on so few is too narrow. None otherwise."""
+    n = pd.to_numeric(pd.Series(n_values), errors="coerce").dropna().astype(int)
+    few = n[[few_for_percentile(v) for v in n]]
+    if few.empty:
+        return None
+    return (
+        f"bars over fewer than {MIN_PERCENTILE_N} subjects (here down to n = {few.min()}): "
+        "percentile CIs too narrow, read them as rough ranges"
+    )
+
+
 def _panel_title(test_set: str, n_values: pd.Series) -> str:
     label = TEST_SET_LABELS.get(test_set, test_set)
     n = pd.to_numeric(n_values, errors="coerce").dropna()
@@ -323,6 +338,9 @@ def _metric_grid(
         notes.append("faint dots: individual subjects; markers and bars: mean and 95% CI")
     elif not summary.empty:
         notes.append("markers and bars: mean and 95% bootstrap CI")
+    few = small_sample_note(summary.get("n", pd.Series(dtype=float)))
+    if few:
+        notes.append(few)
     _legend(fig, image_types, palette)
     _finish(fig, out_png, title, notes)
 
@@ -539,5 +557,8 @@ def plot_reidentification(
         notes.append("chance level not available")
     if not reid.empty:
         notes.append("markers and bars: identification rate and 95% CI")
+        few = small_sample_note(reid.get("n_probes", pd.Series(dtype=float)))
+        if few:
+            notes.append(few)
     _legend(fig, image_types, palette, extra)
     _finish(fig, out_png, "Face re-identification", notes)

@@ -16,12 +16,17 @@ from matplotlib.figure import Figure
 
 from defaceaudit.tables import atomic_path
 
-__all__ = ["plot_radiodensity", "significance_stars"]
+__all__ = ["difference_mark", "plot_radiodensity", "significance_stars"]
+
+#: the mark of an image type whose paired difference to the reference has this CI side
+_MARKS = {-1: "lower", 1: "higher", 0: "ns"}
 
 
 def significance_stars(p: float) -> str:
     """The paper's marks: ``****`` p <= 1e-4, ``***`` <= 1e-3, ``**`` <= 0.01, ``*`` <= 0.05,
-    ``ns`` otherwise; empty for NaN (the reference image type)."""
+    ``ns`` otherwise; empty for NaN (the reference image type). Not drawn: the paper put them
+    on a Wilcoxon p over bootstrap replicates, which shrinks with the number of resamples
+    (see :func:`difference_mark`)."""
     if not np.isfinite(p):
         return ""
     for stars, level in (("****", 1e-4), ("***", 1e-3), ("**", 1e-2), ("*", 0.05)):
@@ -30,14 +35,25 @@ def significance_stars(p: float) -> str:
     return "ns"
 
 
+def difference_mark(low: float, high: float) -> str:
+    """The figure's mark from the 95 % CI of the paired rho difference to the reference:
+    ``lower`` (CI below 0), ``higher`` (above 0), ``ns`` (the CI holds 0); empty when there
+    is no CI (the reference itself, or no rho)."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return ""
+    return _MARKS[1 if low > 0 else -1 if high < 0 else 0]
+
+
 def plot_radiodensity(
     table: pd.DataFrame, boot_long: pd.DataFrame, out_png: str | os.PathLike
 ) -> None:
     """One panel per body part: box plots of each image type's bootstrap rho (whiskers at the
-    2.5th/97.5th percentiles, i.e. the 95% CI), the rho of all test rows as a diamond, a zero
-    line, and the Wilcoxon marks against the reference (each panel's first image type, as in
-    :func:`~.evaluate.radiodensity_table`'s order). ``table`` and ``boot_long`` are that
-    function's outputs. Writes ``out_png`` atomically; empty inputs give a figure saying so.
+    2.5th/97.5th percentiles, i.e. the 95% CI), the rho over the test subjects as a diamond,
+    a zero line, and above each box how it compares with the reference (each panel's first
+    image type, as in :func:`~.evaluate.radiodensity_table`'s order), read off the CI of the
+    paired difference (:func:`difference_mark`; not the paper's replicate Wilcoxon stars).
+    ``table`` and ``boot_long`` are that function's outputs. Writes ``out_png`` atomically;
+    empty inputs give a figure saying so.
     """
     parts = list(dict.fromkeys(table["body_part"])) if len(table) else []
     fig = Figure(figsize=(max(5.5, 3.6 * max(1, len(parts))), 4.2), dpi=110, layout="constrained")
@@ -71,12 +87,19 @@ def plot_radiodensity(
                 ax.text(i, 0.02, "no rho:\nno face\nleft", ha="center", va="bottom", fontsize=7)
         ax.axhline(0.0, color="0.4", linewidth=0.8, linestyle="--")
         top = np.nanmax(np.append(rows["ci_high"].to_numpy(dtype=float), 0.0))
-        for i, p in enumerate(rows["p_value"]):
-            ax.text(i, top + 0.05, significance_stars(float(p)), ha="center", fontsize=9)
+        bounds = zip(rows["diff_ci_low"], rows["diff_ci_high"], strict=True)
+        for i, (low, high) in enumerate(bounds):
+            mark = difference_mark(float(low), float(high))
+            ax.text(i, top + 0.05, mark, ha="center", fontsize=8)
         ax.set_xticks(range(len(types)), types, rotation=30, ha="right", rotation_mode="anchor")
         ax.set_title(part)
         ax.set_xlabel("")
         ax.set_ylabel("Spearman's rho (bootstrap)")
-    fig.suptitle("Muscle radiodensity residuals from facial voxels", fontsize=11)
+    fig.suptitle(
+        "Muscle radiodensity residuals from facial voxels\n"
+        "marks: 95% CI of the rho difference to the first image type\n"
+        "below 0: lower, above 0: higher, holding 0: ns",
+        fontsize=9,
+    )
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
