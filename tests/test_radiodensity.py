@@ -740,6 +740,20 @@ def test_subject_means_average_the_visits_of_one_mri():
     assert means["n_visits"].tolist() == [1, 2]
 
 
+def test_one_value_for_everyone_stays_constant_over_any_number_of_visits():
+    """(0.1 + 0.1 + 0.1) / 3 != 0.1 in floating point: a subject with three visits must not
+    make a model that predicts one value for everyone look as if it ranked the subjects."""
+    frame = pd.DataFrame(
+        {
+            "participant_id": ["a", "a", "a", "b", "b", "c"],
+            "target": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "prediction": [0.1] * 6,
+        }
+    )
+    assert subject_means(frame)["prediction"].tolist() == [0.1, 0.1, 0.1]
+    assert np.isnan(spearman_bootstrap(frame, n_resamples=20)["rho"])
+
+
 def test_spearman_is_over_subjects_not_visit_rows():
     """Visits must not weigh a subject: rho of 3 subjects, one of them with 5 visits, is the rho
     of the 3 subject means (1.0 here), not of the 7 visit rows (duplicated predictions)."""

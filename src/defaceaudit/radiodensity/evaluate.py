@@ -107,8 +107,8 @@ def subject_means(predictions: pd.DataFrame) -> pd.DataFrame:
     and predictions in SD units of the training residuals). Rows whose target or prediction is
     NaN are left out first. Returns ``participant_id`` (sorted, as strings), ``target``,
     ``prediction`` and ``n_visits`` (the rows averaged). With one MRI per subject every visit
-    row repeats the subject's prediction, so its mean is that prediction; the target's mean is
-    the subject's residual radiodensity averaged over visits.
+    row repeats the subject's prediction, which is kept exactly (not re-derived as a float
+    mean); the target's mean is the subject's residual radiodensity averaged over visits.
     """
     missing = [c for c in ("participant_id", "target", "prediction") if c not in predictions]
     if missing:
@@ -116,6 +116,11 @@ def subject_means(predictions: pd.DataFrame) -> pd.DataFrame:
     frame = predictions.dropna(subset=["target", "prediction"])
     grouped = frame.groupby(frame["participant_id"].astype(str), sort=True)
     means = grouped[["target", "prediction"]].mean().astype(float)
+    # a prediction repeated over the visits is kept bit for bit: the float mean of three equal
+    # values can differ from them in the last bit, and a model that predicts one value for
+    # every subject (no face left) must stay constant, i.e. have no rho
+    low, high = grouped["prediction"].min(), grouped["prediction"].max()
+    means["prediction"] = np.where(low == high, low, means["prediction"])
     means["n_visits"] = grouped.size()
     return means.rename_axis("participant_id").reset_index()
 
