@@ -42,6 +42,28 @@ rule synthesize_demo_subject:
         "../workflow_scripts/synthesize_demo_subject.py"
 
 
+rule synthesize_demo_gallery:
+    input:
+        unpack(demo_base_inputs),
+    output:
+        t1w=paths.demo_gallery_t1w("{subject}"),
+    log:
+        log_file("synthesize_demo_gallery"),
+    wildcard_constraints:
+        subject=gallery_subject_pattern(),
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    params:
+        subject=demo_subject_params,
+        synth=synth_config(config["demo"]),
+        gallery=demo_gallery_config(),
+    script:
+        "../workflow_scripts/synthesize_demo_gallery.py"
+
+
 rule write_demo_tables:
     output:
         [paths.demo_table("{dataset}", name) for name in paths.DEMO_TABLES],

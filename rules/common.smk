@@ -31,6 +31,8 @@ DEFACERS = RUN.defacers
 RADIODENSITY_PLAN = RUN.radiodensity
 # Face metrics: which defacers give table rows and which fills the population-average column.
 METRIC_PLAN = RUN.metrics
+# Re-identification: the test subjects with a gallery image, and the face region's defacers.
+REID_PLAN = metric_jobs.reidentification_plan(COHORT, METRIC_PLAN)
 
 
 def prepare_inputs(wildcards):
@@ -54,6 +56,10 @@ def demo_base_inputs(wildcards):
 
 def demo_subject_params(wildcards):
     return COHORT.demo[wildcards.subject].as_params()
+
+
+def demo_gallery_config():
+    return config["demo"]["gallery"]
 
 
 def demo_dataset_subjects(wildcards):
@@ -156,7 +162,9 @@ def face_metric_images(wildcards):
 
 
 def face_metric_probes(wildcards):
-    return metric_jobs.probe_types(METRIC_PLAN, wildcards.defacer)
+    return metric_jobs.face_metric_probe_types(
+        REID_PLAN, METRIC_PLAN, wildcards.defacer, wildcards.subject
+    )
 
 
 def face_metric_rows(wildcards):
@@ -166,16 +174,42 @@ def face_metric_rows(wildcards):
     ]
 
 
+def gallery_subject_pattern():
+    """Wildcard regex of the subjects with a gallery face (one that never matches if none)."""
+    subjects = REID_PLAN.subjects()
+    return "|".join(subjects) if subjects else "(?!x)x"
+
+
+def gallery_alignment_inputs(wildcards):
+    return metric_jobs.gallery_alignment_inputs(COHORT, wildcards.subject)
+
+
+def face_region_inputs(wildcards):
+    return metric_jobs.face_region_inputs(REID_PLAN)
+
+
+def face_region_subjects(wildcards):
+    return metric_jobs.face_region_subjects(REID_PLAN)
+
+
 def reidentification_files(wildcards):
-    return metric_jobs.reidentification_inputs(COHORT, METRIC_PLAN)
+    return metric_jobs.reidentification_inputs(COHORT, METRIC_PLAN, REID_PLAN)
 
 
 def reidentification_gallery(wildcards):
-    return metric_jobs.reidentification_gallery(COHORT)
+    return metric_jobs.reidentification_gallery(REID_PLAN)
 
 
 def reidentification_probe_list(wildcards):
-    return metric_jobs.reidentification_probes(COHORT, METRIC_PLAN)
+    return metric_jobs.reidentification_probes(COHORT, METRIC_PLAN, REID_PLAN)
+
+
+def reidentification_region(wildcards):
+    return paths.FACE_REGION if REID_PLAN.gallery else None
+
+
+def reidentification_notes(wildcards):
+    return list(REID_PLAN.notes)
 
 
 def face_panel_inputs(wildcards):

@@ -24,6 +24,51 @@ rule align_face_to_template:
         "../workflow_scripts/align_face_to_template.py"
 
 
+rule align_gallery_face:
+    input:
+        unpack(gallery_alignment_inputs),
+    output:
+        **paths.gallery_alignment_files("{subject}"),
+    log:
+        log_file("align_gallery_face"),
+    benchmark:
+        benchmark_file("align_gallery_face")
+    wildcard_constraints:
+        subject=gallery_subject_pattern(),
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    params:
+        seed=config["metrics"]["seed"],
+    script:
+        "../workflow_scripts/align_gallery_face.py"
+
+
+rule build_face_region:
+    input:
+        unpack(face_region_inputs),
+    output:
+        mask=paths.FACE_REGION["mask"],
+        sidecar=paths.FACE_REGION["sidecar"],
+    log:
+        log_file("build_face_region", "all"),
+    benchmark:
+        benchmark_file("build_face_region", "all")
+    conda:
+        "../envs/defaceaudit.yaml"
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    params:
+        subjects=face_region_subjects,
+        defacers=list(REID_PLAN.region_defacers),
+        dilation_mm=config["metrics"]["reidentification_dilation_mm"],
+    script:
+        "../workflow_scripts/build_face_region.py"
+
+
 rule compute_face_metrics:
     input:
         unpack(face_metric_inputs),
@@ -87,6 +132,8 @@ rule reidentify_faces:
     params:
         gallery=reidentification_gallery,
         probes=reidentification_probe_list,
+        region=reidentification_region,
+        notes=reidentification_notes,
         n_bootstrap=config["metrics"]["n_bootstrap"],
         seed=config["metrics"]["seed"],
         probe_vertices=config["metrics"]["reidentification_vertices"],

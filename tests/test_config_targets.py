@@ -289,3 +289,85 @@ def test_radiodensity_needs_enough_subjects_for_its_train_split():
     uneven = {"split": {"train": 0.5, "validation": 0.5, "test": 0.5}}
     with pytest.raises(InputError, match="config radiodensity.split: .*sum to 1"):
         plan_run(validate_config({**SMALL_DEMO, "radiodensity": uneven}))
+
+
+def _reid(config):
+    from defaceaudit.defacers.plan import defacer_plan
+    from defaceaudit.metrics.jobs import reidentification_plan
+    from defaceaudit.metrics.plan import metric_plan
+
+    config = validate_config(config)
+    cohort = load_cohort(config)
+    plan = metric_plan(defacer_plan(config["deface"]), config["metrics"])
+    return cohort, plan, reidentification_plan(cohort, plan)
+
+
+def test_the_demo_gallery_is_a_second_session_of_each_test_subject():
+    from defaceaudit.metrics import jobs
+
+    cohort, plan, reid = _reid({"demo": {"n_train": 2, "n_internal_test": 3, "n_external_test": 4}})
+    assert reid.gallery == {
+        "internal_test": ("in01", "in02", "in03"),
+        "external_test": ("ex01", "ex02", "ex03", "ex04"),
+    }
+    assert reid.notes == ()
+    assert cohort.subjects["in01"].gallery_t1w.as_posix() == paths.demo_gallery_t1w("in01")
+    assert cohort.subjects["tr01"].gallery_t1w is None  # nothing per train subject
+    # skull-stripping removes the scalp too: not part of the face region; the average face is
+    assert reid.region_defacers == ("quickshear", "facemask", "avgface")
+    assert jobs.face_metric_probe_types(reid, plan, "quickshear", "in01") == (
+        "defaced",
+        "dpm_refaced",
+        "population_average",
+    )
+    inputs = jobs.reidentification_inputs(cohort, plan, reid)
+    assert len(inputs["gallery"]) == 7 and inputs["mask"] == paths.FACE_REGION["mask"]
+    # each subject's original (the ceiling) and its three metric jobs' faces
+    assert len(inputs["probes"]) == 7 + 7 * 3
+    assert paths.template_alignment_files("in01")["faces"] in inputs["probes"]
+    region = jobs.face_region_inputs(reid)
+    assert len(region["transforms"]) == 7 and len(region["removed"]) == 7 * 3
+    assert paths.defaced_files("skullstrip", "in01")["removed"] not in region["removed"]
+    assert jobs.gallery_alignment_inputs(cohort, "ex04")["t1w"] == paths.demo_gallery_t1w("ex04")
+    targets = all_targets(cohort, {"quickshear": "native"}, plan)
+    assert paths.gallery_alignment_files("ex04")["faces"] in targets
+    assert paths.FACE_REGION["mask"] in targets
+
+
+def test_reidentification_is_off_without_enough_gallery_images_and_says_why():
+    from defaceaudit.metrics import jobs
+
+    cohort, plan, reid = _reid({"demo": {"n_train": 2, "n_internal_test": 2, "n_external_test": 3}})
+    assert list(reid.gallery) == ["external_test"]
+    assert "internal_test: off: 2 of its 2 subjects" in reid.notes[0]
+    assert jobs.face_metric_probe_types(reid, plan, "quickshear", "in01") == ()  # no registration
+    off = {"demo": {"n_train": 2, "n_internal_test": 3, "n_external_test": 3}}
+    cohort, plan, reid = _reid({**off, "demo": {**off["demo"], "gallery": {"enabled": False}}})
+    assert reid.gallery == {} and len(reid.notes) == 2
+    assert jobs.reidentification_inputs(cohort, plan, reid) == {}
+    assert paths.FACE_REGION["mask"] not in all_targets(cohort, {"quickshear": "native"}, plan)
+    assert paths.REIDENTIFICATION["markdown"] in all_targets(cohort, {"quickshear": "native"}, plan)
+    _, _, reid = _reid({**off, "deface": {"defacers": ["skullstrip"]}})
+    assert reid.gallery == {} and "no configured defacer removes the face" in reid.notes[0]
+
+
+def test_bids_gallery_options_reach_the_cohort(tmp_path):
+    root = tmp_path / "ds"
+    for label in ("01", "02", "03"):
+        for ses in ("1", "2"):
+            path = root / f"sub-{label}/ses-{ses}/anat/sub-{label}_ses-{ses}_T1w.nii.gz"
+            path.parent.mkdir(parents=True)
+            path.write_bytes(b"")
+    (root / "participants.tsv").write_text(
+        "participant_id\tage\tsex\nsub-01\t30\tF\nsub-02\t40\tM\nsub-03\t50\tF\n"
+    )
+    entry = {"path": str(root), "role": "internal_test", "session": "1", "gallery_session": "2"}
+    config = {
+        "input": {"source": "bids", "bids": [entry]},
+        "deface": {"defacers": ["quickshear"]},
+        "reface": {"enabled": False},
+        "radiodensity": {"enabled": False},
+    }
+    cohort, _, reid = _reid(config)
+    assert reid.gallery == {"internal_test": ("01", "02", "03")}
+    assert cohort.subjects["02"].gallery_t1w.name == "sub-02_ses-2_T1w.nii.gz"

@@ -106,3 +106,29 @@ def test_the_field_of_view_warning_says_whether_the_face_is_cut():
     )
     face = field_of_view_warning("tr01", {**edges, "anterior": 5})
     assert face.endswith("(5 voxels anterior); the face itself is cut: widen demo.fov_mm")
+
+
+def test_a_second_session_is_the_same_anatomy_in_its_own_acquisition(base):
+    from defaceaudit.demo.synth import SessionParams
+
+    first = synthesize_subject(*base, SUBJECT, STILL)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(first, synthesize_subject(*base, SUBJECT, STILL, session=1), strict=True)
+    )  # session 1 is the cohort image, unchanged
+    # without pose, deformation, bias or noise, a second session differs by its gain only
+    still = SessionParams(deformation_rms_mm=0.0)
+    second = synthesize_subject(*base, SUBJECT, STILL, session=2, session_params=still)[0]
+    head = first[0] > 100
+    ratio = second[head] / first[0][head]
+    assert np.allclose(ratio, ratio.mean(), rtol=1e-4) and 0.8 < ratio.mean() < 1.25
+    # with the demo's settings: its own pose and noise, the same head size
+    params = SynthParams(voxel_size_mm=4.0)
+    one = synthesize_subject(*base, SUBJECT, params)[0]
+    two = synthesize_subject(*base, SUBJECT, params, session=2)[0]
+    other = synthesize_subject(*base, dataclasses.replace(SUBJECT, seed=99), params)[0]
+    assert not np.allclose(one, two)
+    sizes = [head_mask(v, (4.0,) * 3).sum() for v in (one, two, other)]
+    assert abs(sizes[1] - sizes[0]) < abs(sizes[2] - sizes[0])
+    with pytest.raises(ValueError, match="session"):
+        synthesize_subject(*base, SUBJECT, params, session=0)

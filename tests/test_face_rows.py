@@ -13,8 +13,7 @@ from defaceaudit.errors import ImageError, InputError
 from defaceaudit.masks import head_mask
 from defaceaudit.metrics.face_rows import COLUMNS, face_area, measure_face_metrics
 from defaceaudit.metrics.plan import metric_plan
-from defaceaudit.metrics.reidentify import rank_probes, reidentify_files, summarise_ranks
-from defaceaudit.metrics.template_space import apply_transform, load_faces, save_faces, to_world
+from defaceaudit.metrics.template_space import apply_transform, load_faces, to_world
 from defaceaudit.nifti import voxel_sizes_mm
 
 
@@ -127,126 +126,6 @@ def test_world_vertices_follow_the_affine_and_transform():
     shift = np.eye(4)
     shift[:3, 3] = [1, -1, 0]
     assert np.allclose(apply_transform(world, shift), [[13, 22, 34]])
-
-
-def _sphere(radius, n=2000, seed=0):
-    rng = np.random.default_rng(seed)
-    v = rng.normal(size=(n, 3))
-    return radius * v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def test_each_probe_ranks_its_own_face_first_when_faces_differ():
-    gallery = {f"s{i}": _sphere(60 + 3 * i, seed=i) for i in range(6)}
-    probes = [
-        {
-            "subject": s,
-            "test_set": "internal_test",
-            "image_type": "x",
-            "image": "x",
-            "vertices": v + 0.2,
-        }
-        for s, v in gallery.items()
-    ]
-    ranks = rank_probes({"internal_test": gallery}, probes)
-    assert (ranks["rank"] == 1).all() and (ranks["nearest"] == ranks["subject"]).all()
-    summary = summarise_ranks(ranks, n_resamples=200, seed=1)
-    row = summary.iloc[0]
-    assert row["rank1_rate"] == 1.0 and row["chance_rank1"] == pytest.approx(1 / 6)
-    assert row["chance_rank5"] == pytest.approx(5 / 6)
-
-
-def test_a_face_equally_far_from_all_ranks_last():
-    gallery = {"a": _sphere(60, seed=1), "b": _sphere(60, seed=1)}
-    probe = {
-        "subject": "a",
-        "test_set": "t",
-        "image_type": "x",
-        "image": "x",
-        "vertices": _sphere(70, seed=2),
-    }
-    assert rank_probes({"t": gallery}, [probe])["rank"].iloc[0] == 2  # ties count against it
-
-
-def test_probes_rank_within_their_own_test_set_and_a_faceless_probe_identifies_no_one():
-    internal = {f"i{k}": _sphere(60 + 3 * k, seed=k) for k in range(2)}
-    external = {f"e{k}": _sphere(61 + 3 * k, seed=20 + k) for k in range(5)}
-    probes = [
-        {"subject": s, "test_set": t, "image_type": "x", "image": "x", "vertices": v + 0.2}
-        for t, gallery in (("internal_test", internal), ("external_test", external))
-        for s, v in gallery.items()
-    ]
-    probes.append(
-        {
-            "subject": "e0",
-            "test_set": "external_test",
-            "image_type": "x",
-            "image": "x",
-            "vertices": np.empty((0, 3)),
-        }
-    )
-    galleries = {"internal_test": internal, "external_test": external}
-    ranks = rank_probes(galleries, probes)
-    # each probe's nearest face is in its own test set, never in the other
-    assert set(ranks[ranks["test_set"] == "internal_test"]["nearest"]) <= set(internal)
-    assert ranks["n_gallery"].tolist() == [2, 2, 5, 5, 5, 5, 5, 5]
-    faceless = ranks.iloc[-1]
-    assert np.isnan(faceless["rank"]) and faceless["nearest"] == ""
-    summary = summarise_ranks(ranks, n_resamples=50).set_index("test_set")
-    assert summary.loc["internal_test", "chance_rank1"] == pytest.approx(1 / 2)
-    assert summary.loc["internal_test", "chance_rank5"] == 1.0  # min(k, N) / N
-    assert summary.loc["external_test", "n_no_face"] == 1
-    assert summary.loc["external_test", "rank5_rate"] == pytest.approx(5 / 6)  # not identified
-    with pytest.raises(ValueError, match="no face in the internal_test gallery"):
-        rank_probes({"internal_test": internal}, [{**probes[2], "test_set": "internal_test"}])
-
-
-def test_probe_subsets_are_seeded_and_estimate_the_full_distance():
-    from defaceaudit.metrics.reidentify import probe_subset
-
-    vertices = _sphere(60, n=3000, seed=3)
-    assert probe_subset(vertices, 0, 1) is vertices and probe_subset(vertices, 5000, 1) is vertices
-    one, again = probe_subset(vertices, 500, [0, 1]), probe_subset(vertices, 500, [0, 1])
-    assert one.shape == (500, 3) and np.array_equal(one, again)
-    assert not np.array_equal(one, probe_subset(vertices, 500, [0, 2]))
-    assert len(np.unique(one, axis=0)) == 500  # without replacement
-    gallery = {s: _sphere(60 + 3 * k, seed=10 + k) for k, s in enumerate("abcd")}
-    probes = [
-        {"subject": s, "test_set": "t", "image_type": "x", "image": "x", "vertices": v + 0.1}
-        for s, v in gallery.items()
-    ]
-    full = rank_probes({"t": gallery}, probes, probe_vertices=0)
-    subset = rank_probes({"t": gallery}, probes, probe_vertices=300, seed=4)
-    assert (subset["rank"] == full["rank"]).all()
-    np.testing.assert_allclose(subset["distance_own_mm"], full["distance_own_mm"], rtol=0.1)
-    assert not np.allclose(subset["distance_own_mm"], full["distance_own_mm"], rtol=1e-9)
-
-
-def test_reidentify_files_ranks_a_shared_image_once(tmp_path):
-    gallery, probes = {}, []
-    for i, subject in enumerate(("a", "b", "c")):
-        gallery[subject] = tmp_path / f"{subject}_orig.npz"
-        save_faces(gallery[subject], {"original": _sphere(60 + 4 * i, seed=i)})
-    gallery = {"internal_test": gallery}
-    for i, subject in enumerate(("a", "b", "c")):
-        for defacer in ("d1", "d2"):
-            path = tmp_path / f"{subject}_{defacer}.npz"
-            save_faces(
-                path,
-                {
-                    f"defaced__{defacer}": _sphere(50, seed=9),
-                    "population_average__avg": _sphere(60 + 4 * i, seed=i + 3),
-                },
-            )
-            probes.append(
-                {"subject": subject, "test_set": "internal_test", "defacer": defacer, "faces": path}
-            )
-    out = {k: tmp_path / f"{k}.out" for k in ("ranks", "summary", "markdown")}
-    summary = reidentify_files(gallery, probes, out, n_resamples=100)
-    ranks = pd.read_csv(out["ranks"], sep="\t")
-    assert len(ranks) == 3 * 3  # d1, d2 and the shared average, once per subject
-    avg = summary[summary["image"] == "avg"].iloc[0]
-    assert avg["rank1_rate"] == 1.0 and avg["n_probes"] == 3
-    assert "Rank-1 rate" in out["markdown"].read_text()
 
 
 def test_metric_plan_takes_the_population_average_refacer_as_a_column():

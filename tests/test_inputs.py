@@ -794,7 +794,16 @@ def test_cohort_frame_order_and_columns() -> None:
             subject("a", "train", "/d/a.nii.gz"),
         ]
     )
-    assert list(frame.columns) == ["subject", "t1w", "split", "age", "sex", "dataset", "brain_mask"]
+    assert list(frame.columns) == [
+        "subject",
+        "t1w",
+        "split",
+        "age",
+        "sex",
+        "dataset",
+        "brain_mask",
+        "gallery_t1w",
+    ]
     assert list(frame["subject"]) == ["a", "z", "c", "b"]
     assert list(frame["split"]) == ["train", "train", "internal_test", "external_test"]
     assert list(frame["t1w"]) == ["/d/a.nii.gz", "/d/z.nii.gz", "/d/c.nii.gz", "/d/b.nii.gz"]
@@ -807,4 +816,75 @@ def test_cohort_frame_order_and_columns() -> None:
 def test_cohort_frame_empty() -> None:
     frame = cohort_frame([])
     assert frame.empty
-    assert list(frame.columns) == ["subject", "t1w", "split", "age", "sex", "dataset", "brain_mask"]
+    assert list(frame.columns)[-2:] == ["brain_mask", "gallery_t1w"]
+
+
+# --------------------------------------------------------------------------------------------
+# re-identification gallery: an independent acquisition of each subject
+
+
+def test_bids_gallery_from_a_second_session_or_run(tmp_path: Path, caplog) -> None:
+    root = make_bids(
+        tmp_path / "ds",
+        {
+            "sub-01": ["ses-1/anat/sub-01_ses-1_T1w.nii.gz", "ses-2/anat/sub-01_ses-2_T1w.nii.gz"],
+            "sub-02": ["ses-1/anat/sub-02_ses-1_T1w.nii.gz"],  # no second session
+        },
+        [("sub-01", "40", "F"), ("sub-02", "50", "M")],
+    )
+    with caplog.at_level(logging.WARNING):
+        first, second = read_bids_dataset(root, "external_test", session="1", gallery_session="2")
+    assert first.t1w == root / "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
+    assert first.gallery_t1w == root / "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz"
+    assert second.gallery_t1w is None and "sub-02 has no gallery image" in caplog.text
+    assert all(s.gallery_t1w is None for s in read_bids_dataset(root, "train", session="1"))
+
+    runs = make_bids(
+        tmp_path / "runs",
+        {"sub-01": ["anat/sub-01_run-1_T1w.nii.gz", "anat/sub-01_run-2_T1w.nii.gz"]},
+        [("sub-01", "40", "F")],
+    )
+    [subject] = read_bids_dataset(runs, "internal_test", run=1, gallery_run="run-2")
+    assert subject.t1w.name == "sub-01_run-1_T1w.nii.gz"
+    assert subject.gallery_t1w.name == "sub-01_run-2_T1w.nii.gz"
+    expect_error(
+        lambda: read_bids_dataset(runs, "internal_test", run=1, gallery_run=1),
+        "its own T1w",
+        "another acquisition",
+    )
+
+
+def test_bids_gallery_from_a_gallery_dataset(tmp_path: Path) -> None:
+    root = make_bids(
+        tmp_path / "ds", {"sub-01": ["anat/sub-01_T1w.nii.gz"]}, [("sub-01", "40", "F")]
+    )
+    make_bids(tmp_path / "retest", {"sub-01": ["anat/sub-01_T1w.nii.gz"]}, None)
+    [subject] = read_bids_dataset(root, "internal_test", gallery_path="../retest")
+    assert subject.gallery_t1w == tmp_path / "retest/sub-01/anat/sub-01_T1w.nii.gz"
+    expect_error(
+        lambda: read_bids_dataset(root, "internal_test", gallery_path="../nowhere"),
+        "gallery_path",
+        "not found",
+    )
+
+
+def test_manifest_gallery_column(images: Path) -> None:
+    manifest = images / "cohort.tsv"
+    manifest.write_text(
+        "subject\tt1w\tsplit\tage\tsex\tgallery_t1w\n"
+        "01\timg/a.nii.gz\tinternal_test\t30\tM\timg/b.nii.gz\n"
+        "02\timg/c.nii.gz\tinternal_test\t31\tF\t\n"
+    )
+    first, second = read_manifest(manifest)
+    assert first.gallery_t1w == images / "img/b.nii.gz" and second.gallery_t1w is None
+    assert list(cohort_frame([first, second])["gallery_t1w"]) == [str(images / "img/b.nii.gz"), ""]
+    manifest.write_text(
+        "subject\tt1w\tsplit\tage\tsex\tgallery_t1w\n"
+        "01\timg/a.nii.gz\tinternal_test\t30\tM\timg/a.nii.gz\n"
+    )
+    expect_error(lambda: read_manifest(manifest), "line 2", "another acquisition")
+    manifest.write_text(
+        "subject\tt1w\tsplit\tage\tsex\tgallery_t1w\n"
+        "01\timg/a.nii.gz\tinternal_test\t30\tM\timg/missing.nii.gz\n"
+    )
+    expect_error(lambda: read_manifest(manifest), "gallery_t1w file not found")

@@ -53,6 +53,10 @@ def test_dry_run_default_config_has_a_job_per_subject(workdir):
     # face metrics: 8 test subjects x 3 face-removing defacers (avgface is a column, not a row)
     assert counts["compute_face_metrics"] == 8 * 3
     assert counts["align_face_to_template"] == 8
+    # re-identification: a second session of each test subject (the gallery), registered on
+    # its own, and one face region; nothing per train subject
+    assert counts["synthesize_demo_gallery"] == counts["align_gallery_face"] == 8
+    assert counts["build_face_region"] == 1
     assert counts["render_face_panel"] == 4
     # refacing: two model pairs (face, skull-stripped), every test subject x row defacer
     assert counts["train_stage1"] == counts["train_stage2"] == 2
@@ -189,15 +193,10 @@ def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(tiny_demo_run, t
         for defacer in ("quickshear", "facemask", "skullstrip"):
             refaced = workdir / paths.refaced_files(defacer, subject)["t1w"]
             assert nib.load(refaced).shape == (48, 68, 56)
+    # one subject per test split: too few gallery faces to rank, and the table says so
     reid = pd.read_csv(results / "metrics" / "reidentification.tsv", sep="\t")
-    assert set(reid["image"]) == {"quickshear", "facemask", "skullstrip", "avgface"} | {
-        f"dpm_{d}" for d in ("quickshear", "facemask", "skullstrip")
-    }
-    # each probe is ranked within its own test split: one subject each in the tiny demo
-    assert (reid["n_gallery"] == 1).all() and (reid["chance_rank1"] == 1.0).all()
-    ranks = pd.read_csv(results / "metrics" / "reidentification_ranks.tsv", sep="\t")
-    # the nearest face is the probe's own (or none: a probe with no face left)
-    assert (ranks["nearest"].fillna(ranks["subject"]) == ranks["subject"]).all()
+    assert reid.empty and "chance_rank1" in reid.columns
+    assert "at least 3 needed" in (results / "metrics" / "reidentification.md").read_text()
     for figure in paths.FIGURE_FILES.values():
         assert (workdir / figure).stat().st_size > 10_000, figure
     for subject in ("in01", "ex01"):

@@ -8,6 +8,8 @@ run_step(
     reidentify_files,
     gallery=snakemake.params.gallery,
     probes=snakemake.params.probes,
+    region=snakemake.params.region,
+    notes=snakemake.params.notes,
     out=dict(snakemake.output.items()),
     n_resamples=snakemake.params.n_bootstrap,
     seed=snakemake.params.seed,

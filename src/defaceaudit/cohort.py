@@ -11,7 +11,7 @@ from defaceaudit import paths
 from defaceaudit.demo.plan import DemoSubject, plan_demo_cohort
 from defaceaudit.errors import DefaceAuditError, InputError
 from defaceaudit.inputs import Subject, check_cohort, read_bids_dataset, read_manifest
-from defaceaudit.metrics.plan import POPULATION_AVERAGE_REFACERS
+from defaceaudit.metrics.plan import POPULATION_AVERAGE_REFACERS, TEST_SPLITS
 from defaceaudit.radiodensity.splits import MIN_TRAIN_SUBJECTS, study_splits
 
 if TYPE_CHECKING:
@@ -71,7 +71,10 @@ def check_train_split(cohort: Cohort, config: dict) -> None:
 
 
 def demo_cohort(demo: dict) -> Cohort:
-    """Subjects of the demo cohort; their files are outputs of the demo rules (relative paths)."""
+    """Subjects of the demo cohort; their files are outputs of the demo rules (relative paths).
+
+    With ``demo.gallery.enabled``, each test subject has a second synthetic session (its
+    re-identification gallery image, :func:`defaceaudit.demo.build.build_gallery_image`)."""
     plan = plan_demo_cohort(
         demo["n_train"],
         demo["n_internal_test"],
@@ -88,6 +91,9 @@ def demo_cohort(demo: dict) -> Cohort:
             sex=p.sex,
             dataset=f"demo-{p.dataset}",
             brain_mask=Path(paths.demo_brain_mask(p.dataset, p.subject)),
+            gallery_t1w=Path(paths.demo_gallery_t1w(p.subject))
+            if demo["gallery"]["enabled"] and p.split in TEST_SPLITS
+            else None,
         )
         for p in plan
     ]

@@ -69,6 +69,15 @@ def demo_brain_mask(dataset: str, subject: str) -> str:
     )
 
 
+#: the demo's second session of each test subject (the re-identification gallery): one more
+#: BIDS dataset, as a user's gallery dataset would be
+DEMO_GALLERY = f"{DEMO_BIDS}/retest"
+
+
+def demo_gallery_t1w(subject: str) -> str:
+    return f"{DEMO_GALLERY}/sub-{subject}/anat/sub-{subject}_T1w.nii.gz"
+
+
 def demo_table(dataset: str, name: str) -> str:
     """``name``: participants.tsv, phenotype/ct_muscle.tsv, dataset_description.json, ..."""
     return f"{DEMO_BIDS}/{dataset}/{name}"
@@ -147,6 +156,20 @@ def template_alignment_files(subject: str) -> dict[str, str]:
     }
 
 
+def gallery_alignment_files(subject: str) -> dict[str, str]:
+    """Per test subject with a gallery image: its rigid transform to the face template (JSON)
+    and the gallery face in template space (npz)."""
+    return {
+        "transform": stage_file("metrics/gallery", subject, "template", "xfm", ".json"),
+        "faces": stage_file("metrics/gallery", subject, "gallery", "faces", ".npz"),
+    }
+
+
+#: the face region re-identification compares (template space) and its sidecar
+FACE_REGION = {
+    "mask": f"{METRICS}/reidentification_face_region.nii.gz",
+    "sidecar": f"{METRICS}/reidentification_face_region.json",
+}
 FACE_METRICS = f"{METRICS}/face_metrics.tsv"
 #: paper tables (TSV and Markdown) and the machine-readable summary and tests
 FACE_TABLE_NAMES = ("table1_masd", "table1_masd_symmetric", "table2_psnr", "table3_ssim")

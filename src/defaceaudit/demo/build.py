@@ -8,6 +8,8 @@ Layout under ``results/demo/``::
     bids/<dataset>/derivatives/brainmask/sub-<s>/anat/sub-<s>_desc-brain_mask.nii.gz
     bids/<dataset>/participants.tsv, phenotype/ct_muscle.tsv, dataset_description.json
     bids/<dataset>/derivatives/generative_model/latents.tsv   the hidden truth, for validation
+    bids/retest/sub-<s>/anat/sub-<s>_T1w.nii.gz  a second session of each test subject (the
+                                               re-identification gallery)
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ import pandas as pd
 from defaceaudit import __version__
 from defaceaudit.demo.plan import DemoSubject, PhenotypeModel, draw_phenotype
 from defaceaudit.demo.sources import BASE_HEADS, default_cache_dir, fetch_package_file
-from defaceaudit.demo.synth import SynthParams, synthesize_subject, tissue_on_grid_faces
+from defaceaudit.demo.synth import (
+    SessionParams,
+    SynthParams,
+    synthesize_subject,
+    tissue_on_grid_faces,
+)
 from defaceaudit.errors import DefaceAuditError
 from defaceaudit.masks import head_mask
 from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras
@@ -119,6 +126,46 @@ def build_subject(
     except BaseException:
         Path(out_t1w).unlink(missing_ok=True)
         raise
+
+
+#: the session number of a demo subject's gallery image (its cohort image is session 1)
+GALLERY_SESSION = 2
+
+
+def build_gallery_image(
+    base_t1w: Path,
+    base_brain: Path,
+    base_head: Path,
+    subject: dict,
+    synth: dict,
+    gallery: dict,
+    out_t1w: Path,
+) -> None:
+    """Write a second session of one demo subject: the same anatomy as its cohort image, in
+    its own pose, with its own small deformation, bias field and noise (an independent
+    acquisition, what an attacker's gallery holds).
+
+    Args:
+        subject: ``DemoSubject.as_params()``; synth: the config's ``demo`` section (or its
+            :func:`~defaceaudit.demo.synth.synth_config`); gallery: its ``demo.gallery``.
+    """
+    who = DemoSubject(**subject)
+    params = SynthParams.from_config(synth)
+    base = load_t1w(base_t1w)
+    t1w, _, affine = synthesize_subject(
+        base,
+        load_mask(base_brain, base),
+        load_mask(base_head, base),
+        who,
+        params,
+        session=GALLERY_SESSION,
+        session_params=SessionParams.from_config(gallery),
+    )
+    log.info("sub-%s session %d from %s", who.subject, GALLERY_SESSION, who.base)
+    warning = field_of_view_warning(who.subject, tissue_on_grid_faces(t1w))
+    if warning:
+        log.warning(warning)
+    save_nifti(t1w, out_t1w, affine=affine)
 
 
 def write_tables(subjects: Sequence[dict], dataset: str, out_dir: Path, seed: int) -> None:

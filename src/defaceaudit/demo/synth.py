@@ -167,28 +167,88 @@ def face_weight(points, anatomy: BaseAnatomy) -> np.ndarray:
     return ramp * 0.5 * (1.0 + np.cos(np.pi * t))
 
 
+@dataclass(frozen=True)
+class SessionParams:
+    """What a later session of a subject (an independent acquisition: the re-identification
+    gallery) changes: its own pose (``SynthParams.rotation_deg`` and ``translation_mm`` again,
+    about the brain centroid), its own smooth deformation of ``deformation_rms_mm`` (posture,
+    swallowing, soft tissue: small next to the subject's own), bias field, gain and noise."""
+
+    deformation_rms_mm: float = 1.0
+
+    @classmethod
+    def from_config(cls, gallery: dict) -> SessionParams:
+        """From the validated ``demo.gallery`` section of the config (same key names)."""
+        return cls(**{k: gallery[k] for k in cls.__dataclass_fields__ if k in gallery})
+
+
+def session_map(
+    points: np.ndarray,
+    anatomy: BaseAnatomy,
+    params: SynthParams,
+    session: SessionParams,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Points ``[N, 3]`` (mm) of a later session's scanner space -> the first session's.
+
+    A smooth deformation of RMS ``session.deformation_rms_mm``, then a rigid move about the
+    brain centroid of up to ``params.rotation_deg`` and ``params.translation_mm`` per axis: the
+    subject's anatomy (base, scale, its own deformation, face) is the first session's.
+    """
+    centre = anatomy.brain_centroid + np.asarray(params.fov_offset_mm)
+    field, origin, spacing = _smooth_field(
+        rng, centre, params.fov_mm, 4.0, params.deformation_smoothness_mm, 3
+    )
+    p = points + _sample_field(field, origin, spacing, points) * (
+        session.deformation_rms_mm / np.sqrt(3.0)
+    )
+    rotation = _rotation(np.deg2rad(rng.uniform(-1, 1, 3) * params.rotation_deg))
+    shift = rng.uniform(-1, 1, 3) * params.translation_mm
+    c = anatomy.brain_centroid
+    return c + (p - c) @ rotation.T + shift
+
+
 def synthesize_subject(
     base: nib.Nifti1Image,
     base_brain: np.ndarray,
     base_head: np.ndarray,
     subject: DemoSubject,
     params: SynthParams,
+    session: int = 1,
+    session_params: SessionParams | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic subject from a RAS base head.
 
     Args:
         base: base T1w, RAS, 3-D.
         base_brain, base_head: bool masks on the base grid.
+        session: 1 is the subject's image of the cohort; a later session is an independent
+            acquisition of the same anatomy (:func:`session_map`, with ``session_params``) with
+            its own bias field, gain and noise, drawn from its own stream
+            (``SeedSequence(seed, spawn_key=(0, session))``); session 1 is unchanged by it.
     Returns:
         t1w [X, Y, Z] float32 (arbitrary units of the base), brain mask [X, Y, Z] uint8, and the
         4x4 RAS affine (mm) of the subject grid.
     """
+    if session < 1:
+        raise ValueError(f"session must be 1 or more, got {session}")
     rng = np.random.default_rng(np.random.SeedSequence(subject.seed, spawn_key=(0,)))
     anatomy = BaseAnatomy.measure(base.affine, base_brain, base_head)
     shape, affine = output_grid(anatomy, params)
     ijk = np.indices(shape, dtype=np.float32).reshape(3, -1).T
     points = nib.affines.apply_affine(affine, ijk)
-    q = backward_map(points, subject, anatomy, params, rng)
+    scanner = points
+    if session > 1:
+        session_rng = np.random.default_rng(
+            np.random.SeedSequence(subject.seed, spawn_key=(0, session))
+        )
+        scanner = session_map(
+            points, anatomy, params, session_params or SessionParams(), session_rng
+        )
+    # the subject's anatomy: the same draws, in the same order, in every session
+    q = backward_map(scanner, subject, anatomy, params, rng)
+    if session > 1:
+        rng = session_rng  # bias field, gain and noise of this acquisition
     base_ijk = nib.affines.apply_affine(np.linalg.inv(base.affine), q).T
 
     data = _antialias(np.asarray(base.dataobj, dtype=np.float32), base, params.voxel_size_mm)

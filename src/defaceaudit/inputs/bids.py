@@ -192,6 +192,27 @@ def _run_choice(run: str | int | None, where: str) -> str | int | None:
     return int(text)
 
 
+def _gallery_choice(
+    root: Path,
+    session: str | None,
+    run: str | int | None,
+    path: str | os.PathLike[str] | None,
+    where: str,
+) -> dict | None:
+    """Where the gallery images are (``root``, ``session``, ``run``), None when no gallery
+    option is set."""
+    if session is None and run is None and path is None:
+        return None
+    gallery_root = root if path is None else absolute_path(path, root)
+    if not gallery_root.is_dir():
+        raise input_error(f"{where}: gallery_path {gallery_root} not found")
+    return {
+        "root": gallery_root,
+        "session": session.removeprefix("ses-") if session is not None else None,
+        "run": _run_choice(run, where),
+    }
+
+
 #: the value of ``acq``/``rec`` that keeps the images without that entity in their name
 NO_ENTITY = "none"
 
@@ -270,6 +291,50 @@ def _bids_t1w(
     )
 
 
+def _gallery_t1w(
+    gallery_root: Path,
+    label: str,
+    t1w: Path,
+    session: str | None,
+    acq: str | None,
+    rec: str | None,
+    run: str | int | None,
+    where: str,
+) -> Path | None:
+    """The subject's gallery image, an independent acquisition of it: its T1w in
+    ``gallery_root`` (this dataset or a gallery dataset) chosen by ``session`` and ``run`` like
+    the cohort's own (:func:`_bids_t1w`). None, with a warning, when the subject has none there
+    (it is then left out of re-identification); InputError when it is the cohort's T1w itself
+    or ambiguous."""
+    subject_dir = gallery_root / f"sub-{label}"
+    candidates = _find_t1w(subject_dir, label, session)
+    chosen = candidates if len(candidates) < 2 else _narrow_t1w(candidates, acq, rec, run)
+    if not chosen:
+        scope = f" in session ses-{session}" if session is not None else ""
+        runs = f" with run {run}" if run is not None else ""
+        log.warning(
+            "%s: subject sub-%s has no gallery image%s%s in %s; it is not re-identified",
+            where,
+            label,
+            scope,
+            runs,
+            gallery_root,
+        )
+        return None
+    if len(chosen) > 1:
+        files = ", ".join(str(p) for p in chosen)
+        raise input_error(
+            f"{where}: subject sub-{label} has {len(chosen)} gallery images ({files}); set "
+            "gallery_session or gallery_run to pick one"
+        )
+    if chosen[0] == t1w:
+        raise input_error(
+            f"{where}: subject sub-{label}'s gallery image is its own T1w ({t1w}); the gallery "
+            "must be another acquisition: set gallery_session or gallery_run to another one"
+        )
+    return chosen[0]
+
+
 def _excluded_labels(exclude_subjects: Iterable[str], labels: list[str], where: str) -> set[str]:
     """Labels (without ``sub-``) of ``exclude_subjects``; logs them, and warns about ids that
     name no subject folder."""
@@ -318,6 +383,9 @@ def read_bids_dataset(
     rec: str | None = None,
     run: str | int | None = None,
     exclude_subjects: Iterable[str] = (),
+    gallery_session: str | None = None,
+    gallery_run: str | int | None = None,
+    gallery_path: str | os.PathLike[str] | None = None,
 ) -> list[Subject]:
     """Subjects of a BIDS dataset, all in split ``role``, sorted by subject id.
 
@@ -333,6 +401,12 @@ def read_bids_dataset(
     (InputError naming them otherwise); subjects with one T1w image are not affected.
     ``exclude_subjects``: participant ids (``"sub-03"`` or ``"03"``, before the prefix) left
     out, logged. Only file existence is checked; no image is opened.
+
+    The re-identification gallery (each subject's ``gallery_t1w``, an independent acquisition
+    of it) is on when ``gallery_session``, ``gallery_run`` or ``gallery_path`` is set: the T1w
+    of session ``gallery_session`` (default ``session``) with run ``gallery_run`` (default
+    ``run``) in the dataset at ``gallery_path`` (relative to ``path``; default this dataset),
+    the same subject label (:func:`_gallery_t1w`).
     """
     root = absolute_path(path)
     where = f"BIDS dataset {root}"
@@ -345,6 +419,7 @@ def read_bids_dataset(
     rec = rec.removeprefix("rec-") if rec is not None else None
     run = _run_choice(run, where)
     mask_root = _mask_root(root, brain_mask_dir, where)
+    gallery = _gallery_choice(root, gallery_session, gallery_run, gallery_path, where)
     subject_dirs = _subject_dirs(root, where)
     labels = [d.name.removeprefix("sub-") for d in subject_dirs]
     excluded = _excluded_labels(exclude_subjects, labels, where)
@@ -373,6 +448,18 @@ def read_bids_dataset(
                 sex=parse_sex(row["sex"], tsv_where, who),
                 dataset=name,
                 brain_mask=_provided_mask(mask_root, t1w, subject_dir, label, where),
+                gallery_t1w=None
+                if gallery is None
+                else _gallery_t1w(
+                    gallery["root"],
+                    label,
+                    t1w,
+                    gallery["session"] or session,
+                    acq,
+                    rec,
+                    gallery["run"] if gallery["run"] is not None else run,
+                    where,
+                ),
             )
         )
     return sorted(subjects, key=lambda s: s.subject)

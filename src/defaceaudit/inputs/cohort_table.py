@@ -65,6 +65,7 @@ def cohort_frame(subjects: Iterable[Subject]) -> pd.DataFrame:
             "sex": s.sex,
             "dataset": s.dataset,
             "brain_mask": str(s.brain_mask) if s.brain_mask is not None else "",
+            "gallery_t1w": str(s.gallery_t1w) if s.gallery_t1w is not None else "",
         }
         for s in sorted(subjects, key=_sort_key)
     ]

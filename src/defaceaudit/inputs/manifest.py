@@ -1,5 +1,5 @@
-"""Subjects of a TSV manifest (subject, t1w, split, age, sex; optional dataset and brain_mask),
-paths relative to the manifest's folder."""
+"""Subjects of a TSV manifest (subject, t1w, split, age, sex; optional dataset, brain_mask and
+gallery_t1w), paths relative to the manifest's folder."""
 
 from __future__ import annotations
 
@@ -49,9 +49,19 @@ def _manifest_row(row: pd.Series, manifest: Path, default_dataset: str) -> Subje
         raise input_error(f"{where}: {who} has unknown split {split!r} ({SPLIT_RULE})")
     base = manifest.parent
     mask_value = row.get("brain_mask", "")
+    gallery_value = row.get("gallery_t1w", "")
+    t1w = _manifest_file(row["t1w"], base, "t1w", where, who)
+    gallery = (
+        _manifest_file(gallery_value, base, "gallery_t1w", where, who) if gallery_value else None
+    )
+    if gallery == t1w:
+        raise input_error(
+            f"{where}: {who} has its own t1w as gallery_t1w; the gallery must be another "
+            "acquisition of the subject (or leave the cell empty)"
+        )
     return Subject(
         subject=label,
-        t1w=_manifest_file(row["t1w"], base, "t1w", where, who),
+        t1w=t1w,
         split=split,
         age=parse_age(row["age"], where, who),
         sex=parse_sex(row["sex"], where, who),
@@ -59,6 +69,7 @@ def _manifest_row(row: pd.Series, manifest: Path, default_dataset: str) -> Subje
         brain_mask=_manifest_file(mask_value, base, "brain_mask", where, who)
         if mask_value
         else None,
+        gallery_t1w=gallery,
     )
 
 
@@ -66,8 +77,9 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Subject]:
     """Subjects listed in a TSV manifest, in file order.
 
     Columns ``subject, t1w, split, age, sex`` are required (age in years); ``dataset``
-    (default: the manifest file stem) and ``brain_mask`` are optional. Relative paths are
-    relative to the manifest's folder; a ``sub-`` prefix on the subject is stripped.
+    (default: the manifest file stem), ``brain_mask`` and ``gallery_t1w`` (an independent
+    acquisition of the subject, its re-identification gallery image) are optional. Relative
+    paths are relative to the manifest's folder; a ``sub-`` prefix on the subject is stripped.
     """
     manifest = absolute_path(path)
     where = f"manifest {manifest}"

@@ -22,7 +22,7 @@ MIN_AGE_YEARS = 0.0  # exclusive
 MAX_AGE_YEARS = 120.0  # exclusive
 MANIFEST_COLUMNS = ("subject", "t1w", "split", "age", "sex")
 PARTICIPANTS_COLUMNS = ("participant_id", "age", "sex")
-FRAME_COLUMNS = ("subject", "t1w", "split", "age", "sex", "dataset", "brain_mask")
+FRAME_COLUMNS = ("subject", "t1w", "split", "age", "sex", "dataset", "brain_mask", "gallery_t1w")
 
 _SEX = {"m": "M", "male": "M", "f": "F", "female": "F"}
 _MISSING = ("", "n/a")
@@ -44,6 +44,9 @@ class Subject:
     sex: str  # "M" or "F"
     dataset: str  # dataset name (for tables)
     brain_mask: Path | None = None  # absolute path of a provided brain mask, or None
+    #: an independent acquisition of the subject (another session or run), absolute path: the
+    #: re-identification gallery's face of a test subject (None: the subject is not in it)
+    gallery_t1w: Path | None = None
 
 
 def input_error(message: str) -> InputError:

@@ -92,8 +92,9 @@ def measure_face_metrics(
             own, and its face vertices go to ``out_faces`` in template world (npz; an empty
             ``[0, 3]`` array for an image with no face left, which then identifies no one).
         seed: seed of those registrations.
-        probes: the image types whose faces go to ``out_faces`` (default: all). An image shared
-            by every row of a subject (the population average) is registered in one row only.
+        probes: the image types whose faces go to ``out_faces`` (default: all; none: an empty
+            file, for a subject re-identification does not rank). An image shared by every row
+            of a subject (the population average) is registered in one row only.
     Returns a DataFrame with :data:`COLUMNS`, one row per image type, in paper order.
     """
     if "defaced" not in images:
@@ -157,11 +158,12 @@ def measure_face_metrics(
         log.info("%s / %s / %s: %s", subject, defacer, kind, rows[-1])
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     if out_faces is not None and template is not None:
-        reference = load_template(template, spacing)
         world = {}
-        for kind in (k for k in IMAGE_TYPES if k in images):
-            if probes is not None and kind not in probes:
-                continue
+        kinds = [k for k in IMAGE_TYPES if k in images and (probes is None or k in probes)]
+        # no probe (a subject outside the re-identification gallery): an empty file, and no
+        # registration
+        reference = load_template(template, spacing) if kinds else None
+        for kind in kinds:
             name = f"{kind}__{images[kind]['image']}"
             try:
                 own_crop = FaceCrop.from_head(heads[kind], spacing)

@@ -3,10 +3,19 @@ without Snakemake; rules/metrics.smk calls them)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from defaceaudit import paths
 from defaceaudit.cohort import Cohort
 from defaceaudit.metrics.plan import TEST_SPLITS, MetricPlan
 from defaceaudit.targets import prepared_files
+
+#: gallery faces a test set needs: rank-1 is reported only below half the gallery
+#: (:func:`defaceaudit.metrics.reidentify.reported_rank`), so 1 < N / 2
+MIN_GALLERY = 3
+#: defacers whose removed region is not the face: skull-stripping removes the whole scalp and
+#: forehead, which would bring back the surface defacing leaves untouched
+NOT_FACE_REGION = ("skullstrip",)
 
 
 def test_subjects(cohort: Cohort) -> list[str]:
@@ -47,6 +56,66 @@ def probe_types(plan: MetricPlan, defacer: str) -> tuple[str, ...]:
     return kinds
 
 
+@dataclass(frozen=True)
+class ReidentificationPlan:
+    """``gallery``: test set -> its subjects with a gallery image (each probe is ranked among
+    them); ``region_defacers``: the defacers whose removed regions make the face region;
+    ``notes``: why a test set, or the whole test, is left out (empty when all run)."""
+
+    gallery: dict[str, tuple[str, ...]]
+    region_defacers: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    def subjects(self) -> list[str]:
+        """Every subject in a gallery, test set by test set."""
+        return [s for members in self.gallery.values() for s in members]
+
+
+def face_region_defacers(plan: MetricPlan) -> tuple[str, ...]:
+    """The defacers whose removed regions make the face region: every face-removing defacer but
+    :data:`NOT_FACE_REGION`, and the population-average refacer (its replaced region)."""
+    chosen = [d for d in plan.removing if d not in NOT_FACE_REGION]
+    if plan.population_average is not None:
+        chosen.append(plan.population_average)
+    return tuple(chosen)
+
+
+def reidentification_plan(cohort: Cohort, plan: MetricPlan) -> ReidentificationPlan:
+    """Which test subjects re-identification ranks, from their gallery images (an independent
+    acquisition each: ``Subject.gallery_t1w``). A test set runs with at least
+    :data:`MIN_GALLERY` of them; without a face-removing defacer there is no face region and
+    the test is off."""
+    region = face_region_defacers(plan)
+    if not metric_jobs(cohort, plan):
+        return ReidentificationPlan({}, region, ("no face metrics to re-identify from",))
+    if not region:
+        note = (
+            "off: no configured defacer removes the face (skull-stripping alone removes the "
+            "scalp too), so there is no face region to compare"
+        )
+        return ReidentificationPlan({}, region, (note,))
+    gallery, notes = {}, []
+    for split in TEST_SPLITS:
+        members = [s for s in test_subjects(cohort) if cohort.subjects[s].split == split]
+        if not members:
+            continue
+        with_image = tuple(s for s in members if cohort.subjects[s].gallery_t1w is not None)
+        if len(with_image) >= MIN_GALLERY:
+            gallery[split] = with_image
+            if len(with_image) < len(members):
+                notes.append(
+                    f"{split}: {len(members) - len(with_image)} of {len(members)} subjects have "
+                    "no gallery image and are not re-identified"
+                )
+        else:
+            notes.append(
+                f"{split}: off: {len(with_image)} of its {len(members)} subjects have a gallery "
+                f"image (an independent acquisition: a second BIDS session or run, a gallery "
+                f"dataset, or the demo's second session), at least {MIN_GALLERY} needed"
+            )
+    return ReidentificationPlan(gallery, region, tuple(notes))
+
+
 def face_metric_inputs(plan: MetricPlan, defacer: str, subject: str) -> dict[str, str]:
     """Every file compute_face_metrics reads, by name (Snakemake input)."""
     prepared = prepared_files(subject)
@@ -67,34 +136,104 @@ def face_metric_row_inputs(cohort: Cohort, plan: MetricPlan) -> dict[str, list[s
     }
 
 
-def reidentification_inputs(cohort: Cohort, plan: MetricPlan) -> dict[str, list[str]]:
-    """Gallery faces (every test subject's original) and probe faces (every metric job)."""
+def face_metric_probe_types(
+    reid: ReidentificationPlan, plan: MetricPlan, defacer: str, subject: str
+) -> tuple[str, ...]:
+    """The image types whose faces compute_face_metrics registers to the template for
+    re-identification: none for a subject outside every gallery (nothing to rank it against)."""
+    if subject not in reid.subjects():
+        return ()
+    return probe_types(plan, defacer)
+
+
+def gallery_alignment_inputs(cohort: Cohort, subject: str) -> dict[str, str]:
+    """The files align_gallery_face reads: the subject's gallery image and the template."""
+    gallery = cohort.subjects[subject].gallery_t1w
+    if gallery is None:
+        raise ValueError(f"subject {subject} has no gallery image")
+    return {"t1w": str(gallery), "template": paths.FACE_TEMPLATE["template"]}
+
+
+def face_region_subjects(reid: ReidentificationPlan) -> dict[str, dict]:
+    """``subject -> {"transform", "removed": [...]}`` for build_face_region: every gallery
+    subject's rigid transform to the template and the regions the region defacers removed."""
     return {
-        "gallery": [f for g in reidentification_gallery(cohort).values() for f in g.values()],
-        "probes": [paths.face_metric_files(d, s)["faces"] for d, s in metric_jobs(cohort, plan)],
+        s: {
+            "transform": paths.template_alignment_files(s)["transform"],
+            "removed": [paths.defaced_files(d, s)["removed"] for d in reid.region_defacers],
+        }
+        for s in reid.subjects()
     }
 
 
-def reidentification_gallery(cohort: Cohort) -> dict[str, dict[str, str]]:
-    """``test split -> {subject -> original face in template space}``: each probe is ranked
-    among the subjects of its own test split."""
-    gallery: dict[str, dict[str, str]] = {}
-    for s in test_subjects(cohort):
-        faces = paths.template_alignment_files(s)["faces"]
-        gallery.setdefault(cohort.subjects[s].split, {})[s] = faces
-    return gallery
+def face_region_inputs(reid: ReidentificationPlan) -> dict[str, list[str] | str]:
+    """Every file build_face_region reads, by name (Snakemake input)."""
+    subjects = face_region_subjects(reid)
+    return {
+        "transforms": [f["transform"] for f in subjects.values()],
+        "removed": [m for f in subjects.values() for m in f["removed"]],
+        "template": paths.FACE_TEMPLATE["template"],
+    }
 
 
-def reidentification_probes(cohort: Cohort, plan: MetricPlan) -> list[dict]:
-    return [
+def reidentification_inputs(
+    cohort: Cohort, plan: MetricPlan, reid: ReidentificationPlan
+) -> dict[str, list[str]]:
+    """Gallery faces, the originals' faces (the ceiling), the probe faces of every metric job
+    of a gallery subject, and the face region (nothing when the test is off)."""
+    if not reid.gallery:
+        return {}
+    return {
+        "gallery": [f for g in reidentification_gallery(reid).values() for f in g.values()],
+        "probes": [p["faces"] for p in reidentification_probes(cohort, plan, reid)],
+        **paths.FACE_REGION,
+    }
+
+
+def reidentification_gallery(reid: ReidentificationPlan) -> dict[str, dict[str, str]]:
+    """``test split -> {subject -> gallery face in template space}``: each probe is ranked
+    among the gallery faces of its own test split."""
+    return {
+        split: {s: paths.gallery_alignment_files(s)["faces"] for s in members}
+        for split, members in reid.gallery.items()
+    }
+
+
+def reidentification_probes(
+    cohort: Cohort, plan: MetricPlan, reid: ReidentificationPlan
+) -> list[dict]:
+    """``{"subject", "test_set", "faces"}`` of every probe file: each gallery subject's original
+    (registered on its own: the ceiling), then its metric jobs' faces."""
+    chosen = set(reid.subjects())
+    originals = [
         {
             "subject": s,
             "test_set": cohort.subjects[s].split,
-            "defacer": d,
+            "faces": paths.template_alignment_files(s)["faces"],
+        }
+        for s in reid.subjects()
+    ]
+    return originals + [
+        {
+            "subject": s,
+            "test_set": cohort.subjects[s].split,
             "faces": paths.face_metric_files(d, s)["faces"],
         }
         for d, s in metric_jobs(cohort, plan)
+        if s in chosen
     ]
+
+
+def reidentification_targets(reid: ReidentificationPlan) -> list[str]:
+    """The gallery faces, the originals' faces and the face region (besides the tables, which
+    are always built)."""
+    if not reid.gallery:
+        return []
+    targets = list(paths.FACE_REGION.values())
+    for subject in reid.subjects():
+        targets += paths.gallery_alignment_files(subject).values()
+        targets += paths.template_alignment_files(subject).values()
+    return targets
 
 
 def face_panel_subjects(cohort: Cohort, n_subjects: int) -> list[str]:
@@ -114,6 +253,7 @@ def metric_targets(cohort: Cohort, plan: MetricPlan, n_panel_subjects: int) -> l
         return []
     targets = [paths.FACE_METRICS, *paths.FACE_TABLES.values(), paths.FACE_TABLES_HTML]
     targets += [*paths.REIDENTIFICATION.values(), *paths.FIGURE_FILES.values()]
+    targets += reidentification_targets(reidentification_plan(cohort, plan))
     for defacer, subject in jobs:
         targets += paths.face_metric_files(defacer, subject).values()
     targets += [paths.face_panel_file(s) for s in face_panel_subjects(cohort, n_panel_subjects)]

@@ -8,25 +8,40 @@ stay what identifies it) to a template head, and face vertices are carried into 
 would do without the original (what is left of the head drives its registration); reusing the
 original's transform would align the intact part of the face perfectly with its own original and
 inflate re-identification.
+
+Re-identification compares faces only where defacing acts: the face region is the union of the
+regions the configured defacers removed, carried into template space through each original's
+rigid transform and dilated by a few mm (:func:`build_face_region`), so that the forehead,
+scalp and ears that defacing leaves untouched never count. Each test subject's gallery face
+comes from an independent acquisition of it (a second session), registered on its own
+(:func:`align_gallery_face`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
+from defaceaudit.errors import ImageError
+from defaceaudit.masks import head_mask
 from defaceaudit.metrics.surface import FaceCrop, face_vertices
-from defaceaudit.nifti import load_mask, load_t1w, to_ras, voxel_sizes_mm
-from defaceaudit.register import downsample, rigid_register
+from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras, voxel_sizes_mm
+from defaceaudit.register import coarse_grid, downsample, resample, rigid_register
 from defaceaudit.tables import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-#: finest voxel size (mm) of the template used for registration
+#: finest voxel size (mm) of the template used for registration, and of the face region's grid
 TEMPLATE_VOXEL_MM = 2.0
+#: JSON key of the 4x4 subject-world -> template-world transform
+TRANSFORM_KEY = "subject_to_template_ras_mm"
 
 
 def to_world(vertices_mm: np.ndarray, spacing_mm, affine: np.ndarray) -> np.ndarray:
@@ -76,6 +91,29 @@ def register_to_template(
     return rigid_register(img, template, seed=seed)
 
 
+def _face_in_template(
+    img: nib.Nifti1Image, head: np.ndarray, template: str | os.PathLike, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rigid transform (4x4) of a RAS image to the template and its face vertices ``[N, 3]`` in
+    template world (mm): the face cropped with planes found on its own ``head``."""
+    spacing = voxel_sizes_mm(img.affine)
+    transform = register_to_template(img, load_template(template, spacing), seed=seed)
+    verts = face_vertices(head, FaceCrop.from_head(head, spacing), spacing)
+    return transform, apply_transform(to_world(verts, spacing, img.affine), transform)
+
+
+def _write_transform(transform: np.ndarray, template, seed: int, out_transform) -> None:
+    write_json(
+        {
+            TRANSFORM_KEY: np.round(transform, 6).tolist(),
+            "method": "SimpleITK rigid (Euler3D), Mattes MI, fixed = subject, moving = template",
+            "template": str(template),
+            "seed": int(seed),
+        },
+        out_transform,
+    )
+
+
 def align_to_template(
     t1w: str | os.PathLike,
     head_mask: str | os.PathLike,
@@ -90,24 +128,151 @@ def align_to_template(
     Fixed = the subject (so the result maps subject world -> template world directly), moving =
     the template, anti-aliased down to the subject's voxel size (at least
     :data:`TEMPLATE_VOXEL_MM`). ``out_transform`` (JSON): ``subject_to_template_ras_mm``
-    (4x4). ``out_faces`` (npz): ``vertices_original`` ``[N, 3]`` float32, template world mm.
-    Returns the 4x4 matrix.
+    (4x4). ``out_faces`` (npz): ``vertices_original`` ``[N, 3]`` float32, template world mm
+    (the original as re-identification's ceiling probe: registered on its own, like any
+    probe). Returns the 4x4 matrix.
     """
     img = to_ras(load_t1w(t1w))
     head = load_mask(head_mask, img, canonical=True, reference_name=t1w)
-    spacing = voxel_sizes_mm(img.affine)
-    transform = register_to_template(img, load_template(template, spacing), seed=seed)
-    verts = face_vertices(head, FaceCrop.from_head(head, spacing), spacing)
-    world = apply_transform(to_world(verts, spacing, img.affine), transform)
+    transform, world = _face_in_template(img, head, template, seed)
     save_faces(out_faces, {"original": world}, subject=str(t1w))
-    write_json(
-        {
-            "subject_to_template_ras_mm": np.round(transform, 6).tolist(),
-            "method": "SimpleITK rigid (Euler3D), Mattes MI, fixed = subject, moving = template",
-            "template": str(template),
-            "seed": int(seed),
-        },
-        out_transform,
-    )
+    _write_transform(transform, template, seed, out_transform)
     log.info("%s: rigid to template, %d face vertices", t1w, len(world))
     return transform
+
+
+def align_gallery_face(
+    t1w: str | os.PathLike,
+    template: str | os.PathLike,
+    out_transform: str | os.PathLike,
+    out_faces: str | os.PathLike,
+    seed: int = 0,
+) -> np.ndarray:
+    """A gallery image (an independent acquisition of a test subject, not prepared: any
+    orientation and grid) reoriented to RAS, its head mask found, registered rigidly to
+    ``template`` on its own like :func:`align_to_template`; ``out_faces`` holds
+    ``vertices_gallery`` ``[N, 3]`` (template world, mm). Returns the 4x4 matrix."""
+    img = to_ras(load_t1w(t1w))
+    spacing = voxel_sizes_mm(img.affine)
+    try:
+        head = head_mask(np.asarray(img.dataobj, dtype=np.float32), spacing)
+        transform, world = _face_in_template(img, head, template, seed)
+    except ValueError as err:  # no head, or no face inside the crop
+        raise ImageError(f"{t1w}: no face for the re-identification gallery ({err})") from err
+    save_faces(out_faces, {"gallery": world}, subject=str(t1w))
+    _write_transform(transform, template, seed, out_transform)
+    log.info("%s: gallery face, rigid to template, %d face vertices", t1w, len(world))
+    return transform
+
+
+def read_transform(path: str | os.PathLike) -> np.ndarray:
+    """The 4x4 subject -> template matrix of a transform file of :func:`align_to_template`."""
+    with open(path) as handle:
+        return np.asarray(json.load(handle)[TRANSFORM_KEY], dtype=float)
+
+
+@dataclass(frozen=True)
+class FaceRegion:
+    """A region of template world: ``mask`` bool ``[X, Y, Z]`` on the grid of ``affine`` (4x4,
+    RAS mm)."""
+
+    mask: np.ndarray
+    affine: np.ndarray
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """Bool ``[N]``: whether each point ``[N, 3]`` (template world, mm) lies in a voxel of
+        the region (nearest voxel; False outside the grid)."""
+        points = np.asarray(points, dtype=float).reshape(-1, 3)
+        ijk = np.rint(nib.affines.apply_affine(np.linalg.inv(self.affine), points)).astype(int)
+        inside = np.all((ijk >= 0) & (ijk < np.asarray(self.mask.shape)), axis=1)
+        found = np.zeros(len(points), dtype=bool)
+        found[inside] = self.mask[tuple(ijk[inside].T)]
+        return found
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FaceRegion:
+        img = nib.load(os.fspath(path))
+        return cls(np.asarray(img.dataobj) > 0.5, np.asarray(img.affine, dtype=float))
+
+
+def face_region(
+    removed: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    grid: tuple[tuple[int, int, int], np.ndarray],
+    dilation_mm: float,
+) -> FaceRegion:
+    """The union of removed regions in template space, dilated by ``dilation_mm``.
+
+    Args:
+        removed: ``(mask bool [X, Y, Z], its affine 4x4, subject -> template 4x4)`` per subject
+            and defacer (the mask on the subject's grid, the transform of
+            :func:`align_to_template`).
+        grid: ``(shape, affine)`` of the template grid.
+        dilation_mm: every template voxel within this distance (mm, Euclidean) of the union is
+            in the region: the skin lies half a voxel outside the tissue a defacer removed,
+            and subjects register to the template within a few mm.
+    """
+    shape, affine = grid
+    union = np.zeros(tuple(shape), dtype=bool)
+    for mask, mask_affine, to_template in removed:
+        # each template voxel looks its subject's mask up (no holes, unlike pushing voxels)
+        union |= (
+            resample(
+                (np.asarray(mask, np.float32), mask_affine),
+                (shape, affine),
+                np.linalg.inv(to_template),
+                order=1,
+            )
+            > 0.5
+        )
+    if dilation_mm > 0 and union.any():
+        distance = ndimage.distance_transform_edt(~union, sampling=voxel_sizes_mm(affine))
+        union = distance <= dilation_mm
+    return FaceRegion(union, np.asarray(affine, dtype=float))
+
+
+def build_face_region(
+    subjects: Mapping[str, Mapping],
+    template: str | os.PathLike,
+    out_mask: str | os.PathLike,
+    out_sidecar: str | os.PathLike,
+    dilation_mm: float,
+    defacers: Sequence[str] = (),
+) -> FaceRegion:
+    """The re-identification face region (:func:`face_region`) on the template's grid at
+    :data:`TEMPLATE_VOXEL_MM`, from files.
+
+    Args:
+        subjects: ``subject -> {"transform": JSON of align_to_template, "removed": [masks of
+            the subject's defaced images]}``.
+        defacers: their names, for the sidecar.
+    Writes ``out_mask`` (uint8 NIfTI, template world) and ``out_sidecar`` (JSON: defacers,
+    subjects, dilation, volume in mL).
+    """
+    grid = coarse_grid(to_ras(load_t1w(template)), TEMPLATE_VOXEL_MM)
+    removed = []
+    for subject, files in subjects.items():
+        to_template = read_transform(files["transform"])
+        for path in files["removed"]:
+            img = to_ras(nib.load(os.fspath(path)))
+            removed.append((np.asarray(img.dataobj) > 0.5, img.affine, to_template))
+        log.info("%s: %d removed regions", subject, len(files["removed"]))
+    region = face_region(removed, grid, dilation_mm)
+    if not region.mask.any():
+        raise ImageError(f"the defacers ({', '.join(defacers)}) removed nothing: no face region")
+    save_nifti(region.mask, out_mask, affine=region.affine, dtype=np.uint8)
+    volume_ml = float(region.mask.sum() * np.prod(voxel_sizes_mm(region.affine))) / 1000
+    write_json(
+        {
+            "description": "union of the regions the defacers removed, in template space, "
+            "dilated; re-identification compares faces only inside it",
+            "defacers": list(defacers),
+            "subjects": list(subjects),
+            "dilation_mm": float(dilation_mm),
+            "voxel_mm": TEMPLATE_VOXEL_MM,
+            "volume_ml": round(volume_ml, 1),
+            "template": str(template),
+        },
+        out_sidecar,
+    )
+    log.info("face region: %.0f mL from %d masks", volume_ml, len(removed))
+    return region
