@@ -87,3 +87,36 @@ rule sample_refaced:
         sampling=canonical(config["reface"]["sampling"]),
     script:
         "../workflow_scripts/sample_refaced.py"
+
+
+rule validate_refacing:
+    input:
+        unpack(reface_validation_inputs),
+    output:
+        curve=paths.reface_validation_files("{model}")["curve"],
+        verdict=paths.reface_validation_files("{model}")["verdict"],
+        figure=report(
+            paths.reface_validation_files("{model}")["figure"],
+            caption="captions/learning_curve.rst",
+            category="Refacing attack",
+            labels={"model": "{model}"},
+        ),
+    log:
+        log_file("validate_refacing", "{model}"),
+    benchmark:
+        benchmark_file("validate_refacing", "{model}")
+    # the DPM results wait for its verdict (the tables say whether the attack converged)
+    priority: 5
+    conda:
+        "../envs/defaceaudit.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    # the validation pairs as the job sees them; the sampling settings of the test subjects
+    params:
+        pairs=reface_validation_pairs,
+        sampling=canonical(config["reface"]["sampling"]),
+    script:
+        "../workflow_scripts/validate_refacing.py"

@@ -1,5 +1,6 @@
 """Snakemake adapter: all metric rows, and Tables 1-3 (metrics.aggregate)."""
 
+from defaceaudit.diffusion.jobs import verdicts_by_defacer
 from defaceaudit.metrics.aggregate import aggregate_face_metrics
 from defaceaudit.workflow import run_step
 
@@ -12,4 +13,5 @@ run_step(
     out_tables=outputs,
     n_resamples=snakemake.params.n_bootstrap,
     seed=snakemake.params.seed,
+    verdicts=verdicts_by_defacer(dict(snakemake.input.items())),
 )

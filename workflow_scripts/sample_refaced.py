@@ -7,7 +7,6 @@ run_step(
     snakemake.log[0],
     reface_subject,
     defaced=snakemake.input.defaced,
-    removed=snakemake.input.removed,
     stage1=snakemake.input.stage1,
     stage2=snakemake.input.stage2,
     outputs=dict(snakemake.output.items()),

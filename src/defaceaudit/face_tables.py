@@ -658,24 +658,66 @@ def _write_text(text: str, path: str | os.PathLike) -> None:
         tmp.write_text(text)
 
 
+#: what a DPM cell carries when the attack behind it did not converge (see attack_notes)
+NOT_CONVERGED_MARK = " [attack not converged]"
+
+
+def mark_unconverged(table: pd.DataFrame, attack_notes: Mapping[str, str]) -> pd.DataFrame:
+    """``table`` with :data:`NOT_CONVERGED_MARK` after every DPM cell (columns naming DPMs) of
+    the rows of a defacer in ``attack_notes`` (defacer -> note; only unconverged ones)."""
+    if not attack_notes:
+        return table
+    table = table.copy()
+    dpm_columns = [c for c in table.columns if "DPM" in str(c)]
+    defacer_column = next((c for c in table.columns if str(c).lower() == "defacer"), None)
+    if defacer_column is None:
+        return table
+    rows = table[defacer_column].isin(list(attack_notes))
+    for column in dpm_columns:
+        table.loc[rows, column] = table.loc[rows, column].astype(str) + NOT_CONVERGED_MARK
+    return table
+
+
+def _attack_warning(attack_notes: Mapping[str, str]) -> str:
+    """A bold line for the top of a table: which defacers' DPM results are no risk estimate."""
+    notes = sorted(set(attack_notes.values()))
+    defacers = ", ".join(sorted(attack_notes))
+    return f"**DPM results of {defacers}: {'; '.join(notes)}** (see the learning curves)."
+
+
 def write_face_tables(
-    rows: pd.DataFrame, out: Mapping[str, str], *, n_resamples: int = 1000, seed: int = 0
+    rows: pd.DataFrame,
+    out: Mapping[str, str],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    attack_notes: Mapping[str, str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Write the summary and tests TSVs and each requested table (``<name>`` TSV, ``<name>_md``).
 
     ``out`` maps ``summary``, ``tests`` and any of ``<name>`` / ``<name>_md`` for
-    :data:`TABLE_NAMES` to paths; every file is written atomically. Returns the tables.
+    :data:`TABLE_NAMES` to paths; every file is written atomically. ``attack_notes``: defacer
+    -> note for each defacer whose refacing models did not converge
+    (:mod:`defaceaudit.diffusion.validation`): their DPM cells are marked
+    (:func:`mark_unconverged`) and each Markdown table opens with the note. Returns the tables.
     """
     _check_out(out)
+    attack_notes = dict(attack_notes or {})
     summary = summarise(rows, n_resamples=n_resamples, seed=seed)
     tests = paired_tests(rows, n_resamples=n_resamples, seed=seed)
     write_tsv(summary, out["summary"])
     write_tsv(tests, out["tests"])
-    tables = paper_tables(summary, tests)
+    tables = {
+        name: mark_unconverged(table, attack_notes)
+        for name, table in paper_tables(summary, tests).items()
+    }
     for name, table in tables.items():
         if name in out:
             write_tsv(table, out[name])
         if f"{name}_md" in out:
             text = table_markdown(name, table, summary, tests, n_resamples=n_resamples, seed=seed)
+            if attack_notes:
+                title, _, rest = text.partition("\n\n")
+                text = f"{title}\n\n{_attack_warning(attack_notes)}\n\n{rest}"
             _write_text(text, out[f"{name}_md"])
     return tables

@@ -45,6 +45,11 @@ class PairSet:
       x0; stage 2 upsamples its coarse condition from it, window by window);
     - ``low_inputs``: [N, 1, X/f, Y/f, Z/f] float32, the inputs downsampled (stage 1), or None;
     - ``inputs``: [N, 1, X, Y, Z] float16, the inputs at full resolution (stage 2), or None;
+    - ``regions``: [N, 1, X, Y, Z] bool, each pair's attack region (the voxels to generate,
+      :func:`~defaceaudit.diffusion.region.attack_region`; False on the padding), or None
+      (stage 1 keeps only ``low_regions``);
+    - ``low_regions``: [N, 1, X/f, Y/f, Z/f] float32, the fraction of each coarse voxel in the
+      region (stage 1's mask channel and loss weight; stage 2 draws its windows near it);
     - ``originals``: [M, 1, X, Y, Z] float16, each distinct original once (stage 2), or None,
       with ``original_index`` [N] int64 and ``gain`` [N] float32 (>= 1) giving pair i's target
       ``clip(gain[i] * (originals[original_index[i]] + 1) - 1, -1, 1)``. A pair's target is
@@ -67,6 +72,8 @@ class PairSet:
     low_inputs: torch.Tensor | None = None
     inputs: torch.Tensor | None = None
     originals: torch.Tensor | None = None
+    regions: torch.Tensor | None = None
+    low_regions: torch.Tensor | None = None
 
     def __post_init__(self):
         n = self.low_targets.shape[0]
@@ -78,6 +85,11 @@ class PairSet:
             ("low_inputs", self.low_inputs is None or self.low_inputs.shape == (n, 1, *self.low)),
             ("inputs", self.inputs is None or tuple(self.inputs.shape) == full),
             ("originals", self.originals is None or tuple(self.originals.shape[1:]) == full[1:]),
+            ("regions", self.regions is None or tuple(self.regions.shape) == full),
+            (
+                "low_regions",
+                self.low_regions is None or self.low_regions.shape == (n, 1, *self.low),
+            ),
         ]
         for name, ok in checks:
             if not ok:
@@ -87,16 +99,27 @@ class PairSet:
                 )
 
     @classmethod
-    def from_volumes(cls, inputs: torch.Tensor, targets: torch.Tensor, factor: int) -> PairSet:
+    def from_volumes(
+        cls,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        factor: int,
+        regions: torch.Tensor | None = None,
+    ) -> PairSet:
         """From full-resolution float32 volumes ``inputs`` and ``targets`` [N, 1, X, Y, Z] in
-        [-1, 1] (sizes divisible by ``factor``), each target its own original."""
+        [-1, 1] (sizes divisible by ``factor``), each target its own original; ``regions``
+        [N, 1, X, Y, Z] bool, the voxels to generate (default: where the input is exactly -1,
+        a defacer's zero)."""
         if inputs.shape != targets.shape or inputs.ndim != 5:
             raise ValueError(
                 f"pairs need equal [N, 1, X, Y, Z] shapes, got {tuple(inputs.shape)} "
                 f"and {tuple(targets.shape)}"
             )
         n = inputs.shape[0]
+        regions = (inputs == -1) if regions is None else regions.bool()
         return cls(
+            regions=regions,
+            low_regions=downsample(regions.float(), factor),
             factor=factor,
             low_targets=downsample(targets, factor),
             low_inputs=downsample(inputs, factor),
@@ -128,67 +151,195 @@ class PairSet:
         original = self.originals[int(self.original_index[i]), :, *window].float()
         return torch.clamp(self.gain[i] * (original + 1) - 1, -1, 1)
 
+    def region_window(self, i: int, window: tuple[slice, ...]) -> torch.Tensor:
+        """Pair ``i``'s attack region in ``window``: [1, *sizes] float32 (1 = to generate)."""
+        return self.regions[i, :, *window].float()
+
     def coarse_window(self, i: int, window: tuple[slice, ...]) -> torch.Tensor:
         """Pair ``i``'s target downsampled and upsampled again, in ``window``: [1, *sizes]
         float32, the window of ``upsample(downsample(target), grid)``."""
         return upsample_window(self.low_targets[i], self.factor, window)
 
 
+@dataclass(frozen=True)
+class AttackTraining:
+    """How the refacing networks are trained to re-grow a face (beyond the paper's recipe,
+    which conditions on the defaced image alone and weights every voxel alike).
+
+    - ``mask_channel``: the networks also see where the attack region is (one more input
+      channel, 1 inside it and -1 outside; stage 1 the region's fraction of each coarse voxel
+      mapped the same way), so they need not guess from the intensities which zeros are air;
+    - ``region_weight``: the loss weight of a voxel inside the region relative to one outside
+      (known voxels are pasted back at sampling time, so their prediction matters little);
+    - ``focus``: the fraction of stage 2's windows centred on a voxel of the pair's region
+      (drawn uniformly in its bounding box) instead of anywhere;
+    - ``flip``: each sample is mirrored left-right with probability 1/2 (faces are nearly
+      symmetric: twice the anatomy for the same pairs);
+    - ``coarse_noise``: stage 2's coarse condition gets Gaussian noise of a standard deviation
+      drawn uniformly in [0, coarse_noise] (units of [-1, 1]), so stage 2 is trained on the
+      imperfect inputs it gets from stage 1 when sampling (conditioning augmentation,
+      Ho et al. 2022, "Cascaded diffusion models").
+    """
+
+    mask_channel: bool = True
+    region_weight: float = 1.0
+    focus: float = 0.0
+    flip: bool = False
+    coarse_noise: float = 0.0
+
+    @classmethod
+    def from_config(cls, reface: dict) -> AttackTraining:
+        """From a ``reface`` config section's ``attack`` keys (absent: the defaults)."""
+        return cls(**dict(reface.get("attack", {})))
+
+
+def mask_channel(region: torch.Tensor) -> torch.Tensor:
+    """A region (bool, or its fraction per voxel in [0, 1]) as a network channel in [-1, 1]."""
+    return 2.0 * region.float() - 1.0
+
+
+def _flip(rng: np.random.Generator, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` ([C, X, Y, Z] each) mirrored along X together, with probability 1/2."""
+    if rng.random() < 0.5:
+        return tuple(t.flip(1) for t in tensors)
+    return tensors
+
+
+def _weight(region: torch.Tensor, region_weight: float) -> torch.Tensor:
+    """Loss weights from a region (fraction per voxel): 1 outside, ``region_weight`` inside."""
+    return 1.0 + (float(region_weight) - 1.0) * region.float()
+
+
 def stage1_batches(
-    pairs: PairSet, batch_size: int
+    pairs: PairSet, batch_size: int, attack: AttackTraining | None = None
 ) -> Callable[[np.random.Generator], Iterator[dict]]:
-    """Batches for stage 1: ``{"x0": [B, 1, x, y, z], "cond": [B, 1, x, y, z]}`` at
-    1/``pairs.factor``: random pairs' downsampled target and input."""
+    """Batches for stage 1 at 1/``pairs.factor``: ``{"x0": [B, 1, x, y, z], "cond": [B, C, x,
+    y, z], "weight": [B, 1, x, y, z]}``: random pairs' downsampled target, their downsampled
+    input (C = 1) and, with ``attack.mask_channel``, their region's fraction per coarse voxel
+    (C = 2), and the loss weights (:class:`AttackTraining`; default: the paper's recipe)."""
     if pairs.low_inputs is None:
         raise ValueError("stage 1 needs the downsampled inputs (pairs loaded for stage 2)")
+    attack = AttackTraining(mask_channel=False) if attack is None else attack
+    if pairs.low_regions is None and (attack.mask_channel or attack.region_weight != 1):
+        raise ValueError("a mask channel or region weight needs the pairs' regions")
 
     def batches(rng: np.random.Generator) -> Iterator[dict]:
         while True:
-            index = torch.as_tensor(rng.integers(0, len(pairs), batch_size))
-            yield {"x0": pairs.low_targets[index], "cond": pairs.low_inputs[index]}
+            x0, cond, weight = [], [], []
+            for i in rng.integers(0, len(pairs), batch_size):
+                region = (
+                    pairs.low_regions[i]
+                    if pairs.low_regions is not None
+                    else torch.zeros_like(pairs.low_targets[i])
+                )
+                target, given, region = pairs.low_targets[i], pairs.low_inputs[i], region
+                if attack.flip:
+                    target, given, region = _flip(rng, target, given, region)
+                x0.append(target)
+                channels = [given, mask_channel(region)] if attack.mask_channel else [given]
+                cond.append(torch.cat(channels))
+                weight.append(_weight(region, attack.region_weight))
+            yield {"x0": torch.stack(x0), "cond": torch.stack(cond), "weight": torch.stack(weight)}
 
     return batches
 
 
+def _window_start(
+    rng: np.random.Generator, size: int, extent: int, box: tuple[int, int] | None
+) -> int:
+    """Start of a window of ``size`` voxels on an axis of ``extent``: centred on a voxel drawn
+    uniformly in ``box`` (lo, hi) when given, else anywhere; always inside the axis."""
+    if box is None:
+        return int(rng.integers(0, extent - size + 1))
+    centre = int(rng.integers(box[0], box[1]))
+    return int(np.clip(centre - size // 2, 0, extent - size))
+
+
+def region_boxes(regions: torch.Tensor) -> list[tuple[tuple[int, int], ...] | None]:
+    """Each pair's region bounding box on the full grid, ``((x0, x1), (y0, y1), (z0, z1))``
+    (half-open), or None for an empty region; ``regions`` [N, 1, X, Y, Z] bool."""
+    boxes = []
+    for region in regions[:, 0]:
+        todo = torch.nonzero(region)
+        if todo.numel() == 0:
+            boxes.append(None)
+            continue
+        lo, hi = todo.min(dim=0).values, todo.max(dim=0).values + 1
+        boxes.append(tuple((int(a), int(b)) for a, b in zip(lo, hi, strict=True)))
+    return boxes
+
+
 def stage2_batches(
-    pairs: PairSet, batch_size: int, patch: int = 0
+    pairs: PairSet, batch_size: int, patch: int = 0, attack: AttackTraining | None = None
 ) -> Callable[[np.random.Generator], Iterator[dict]]:
-    """Batches for stage 2: ``{"x0": [B, 1, P, P, 8], "cond": [B, 2, P, P, 8]}`` float32:
-    random pairs, random slab positions (any start, not only the stride's, so every slice is
-    seen) and, when ``patch`` > 0, a random in-plane crop of ``patch`` x ``patch`` voxels (the
-    network is convolutional, so it samples whole slabs after training on crops; crops cut the
-    cost of a step several-fold). ``patch`` = 0 or larger than the grid: whole slabs
-    [B, *, X, Y, 8]. The conditions are the window of the target downsampled and upsampled
-    again (:meth:`PairSet.coarse_window`) and of the input."""
+    """Batches for stage 2: ``{"x0": [B, 1, P, P, 8], "cond": [B, C, P, P, 8], "weight":
+    [B, 1, P, P, 8]}`` float32: random pairs, random slab positions (any start, not only the
+    stride's, so every slice is seen; with ``attack.focus`` that fraction of windows is centred
+    on the pair's region) and, when ``patch`` > 0, an in-plane crop of ``patch`` x ``patch``
+    voxels (the network is convolutional, so it samples whole slabs after training on crops;
+    crops cut the cost of a step several-fold). ``patch`` = 0 or larger than the grid: whole
+    slabs [B, *, X, Y, 8]. The conditions are the window of the target downsampled and
+    upsampled again (:meth:`PairSet.coarse_window`, with ``attack.coarse_noise``), of the input
+    and, with ``attack.mask_channel``, of the region (C = 3; else 2)."""
     if pairs.inputs is None or pairs.originals is None:
         raise ValueError("stage 2 needs the full-resolution volumes (pairs loaded for stage 1)")
+    attack = AttackTraining(mask_channel=False) if attack is None else attack
+    if pairs.regions is None and (
+        attack.mask_channel or attack.region_weight != 1 or attack.focus > 0
+    ):
+        raise ValueError("a mask channel, region weight or focus needs the pairs' regions")
     nx, ny, depth = pairs.shape
     px, py = (min(patch, nx), min(patch, ny)) if patch > 0 else (nx, ny)
+    boxes = region_boxes(pairs.regions) if pairs.regions is not None else [None] * len(pairs)
 
     def batches(rng: np.random.Generator) -> Iterator[dict]:
         while True:
-            index = rng.integers(0, len(pairs), batch_size)
-            starts = rng.integers(0, depth - SLAB_SIZE + 1, batch_size)
-            xs = rng.integers(0, nx - px + 1, batch_size)
-            ys = rng.integers(0, ny - py + 1, batch_size)
-            x0, cond = [], []
-            for i, s, x, y in zip(index, starts, xs, ys, strict=True):
-                window = (slice(x, x + px), slice(y, y + py), slice(s, s + SLAB_SIZE))
-                x0.append(pairs.target_window(i, window))
+            x0, cond, weight = [], [], []
+            for i in rng.integers(0, len(pairs), batch_size):
+                box = boxes[i] if rng.random() < attack.focus else None
+                window = tuple(
+                    slice(start, start + size)
+                    for start, size in (
+                        (_window_start(rng, n, extent, box and box[axis]), n)
+                        for axis, (n, extent) in enumerate(((px, nx), (py, ny), (SLAB_SIZE, depth)))
+                    )
+                )
+                target = pairs.target_window(i, window)
                 coarse = pairs.coarse_window(i, window)
-                cond.append(torch.cat([coarse, pairs.input_window(i, window)]))
-            yield {"x0": torch.stack(x0), "cond": torch.stack(cond)}
+                if attack.coarse_noise > 0:
+                    sigma = rng.uniform(0.0, attack.coarse_noise)
+                    noise = rng.standard_normal(coarse.shape).astype(np.float32)
+                    coarse = coarse + float(sigma) * torch.from_numpy(noise)
+                given = pairs.input_window(i, window)
+                region = (
+                    pairs.region_window(i, window)
+                    if pairs.regions is not None
+                    else torch.zeros_like(target)
+                )
+                if attack.flip:
+                    target, coarse, given, region = _flip(rng, target, coarse, given, region)
+                channels = [coarse, given] + ([mask_channel(region)] if attack.mask_channel else [])
+                x0.append(target)
+                cond.append(torch.cat(channels))
+                weight.append(_weight(region, attack.region_weight))
+            yield {"x0": torch.stack(x0), "cond": torch.stack(cond), "weight": torch.stack(weight)}
 
     return batches
 
 
 def diffusion_loss(schedule: DiffusionSchedule):
-    """``loss_fn(model, batch, generator)`` for the training loop: x0-prediction MSE."""
+    """``loss_fn(model, batch, generator)`` for the training loop: x0-prediction MSE, weighted
+    by the batch's ``weight`` when it has one."""
 
     def loss_fn(model, batch, generator=None):
         device = next(model.parameters()).device
+        weight = batch.get("weight")
         return schedule.x0_loss(
-            model, batch["x0"].to(device), batch["cond"].to(device), generator=generator
+            model,
+            batch["x0"].to(device),
+            batch["cond"].to(device),
+            generator=generator,
+            weight=None if weight is None else weight.to(device),
         )
 
     return loss_fn
@@ -250,6 +401,7 @@ def sample_cascade(
     settings: SamplingSettings,
     *,
     multiple: int,
+    mask_channels: tuple[bool, bool] = (False, False),
 ) -> torch.Tensor:
     """Reface one padded volume.
 
@@ -261,6 +413,8 @@ def sample_cascade(
         multiple: stage 2's size multiple (:func:`~defaceaudit.diffusion.unet.required_multiple`).
             With paste-back, stage 2 runs only on :func:`generation_window`: slabs holding no
             voxel to generate would be overwritten by the paste-back anyway.
+        mask_channels: whether stage 1 and stage 2 were trained with the region as an input
+            channel (:class:`AttackTraining`); the region is ``~keep``.
     Returns the refaced volume [1, 1, X, Y, Z] in [-1, 1].
 
     Stage 1 is sampled without paste-back, deliberately: its result is only stage 2's coarse
@@ -272,10 +426,13 @@ def sample_cascade(
     """
     device, dtype = defaced.device, defaced.dtype
     generator = torch.Generator(device=device).manual_seed(int(settings.seed))
+    todo = (~keep).to(dtype)
     low_cond = downsample(defaced, factor)
+    if mask_channels[0]:
+        low_cond = torch.cat([low_cond, mask_channel(downsample(todo, factor))], dim=1)
     low = ddim_sample(
         model_predictor(stage1),
-        tuple(low_cond.shape),
+        (defaced.shape[0], 1, *low_cond.shape[2:]),
         low_cond,
         schedule1,
         steps=settings.steps,
@@ -295,10 +452,13 @@ def sample_cascade(
         model_predictor(stage2), SLAB_SIZE, SLAB_STRIDE, max_slabs=settings.slab_batch
     )
     hook = paste_known_hook(defaced[region], keep[region]) if settings.paste_back else None
+    conditions = [coarse[region], defaced[region]]
+    if mask_channels[1]:
+        conditions.append(mask_channel(todo[region]))
     crop = ddim_sample(
         predict,
         tuple(defaced[region].shape),
-        torch.cat([coarse[region], defaced[region]], dim=1),
+        torch.cat(conditions, dim=1),
         schedule2,
         steps=settings.steps,
         eta=settings.eta,

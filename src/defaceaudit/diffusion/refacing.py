@@ -13,14 +13,15 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from defaceaudit import __version__
 from defaceaudit.devices import bf16_autocast, device_from_config, precision_name, use_bf16
 from defaceaudit.diffusion.cascade import (
+    AttackTraining,
     PairSet,
     SamplingSettings,
     diffusion_loss,
@@ -29,6 +30,11 @@ from defaceaudit.diffusion.cascade import (
     stage2_batches,
 )
 from defaceaudit.diffusion.checkpoint import CheckpointError, model_from_checkpoint
+from defaceaudit.diffusion.region import (
+    attack_region,
+    envelope_needed,
+    removed_tissue_distances,
+)
 from defaceaudit.diffusion.schedule import DiffusionSchedule
 from defaceaudit.diffusion.sizing import (
     factor_of,
@@ -48,7 +54,8 @@ from defaceaudit.diffusion.volumes import (
     to_unit,
 )
 from defaceaudit.errors import ImageError, InputError
-from defaceaudit.nifti import load_mask, load_t1w, require_grid, save_nifti, to_ras
+from defaceaudit.masks import head_mask
+from defaceaudit.nifti import load_t1w, require_grid, save_nifti, to_ras, voxel_sizes_mm
 from defaceaudit.tables import write_json
 
 log = logging.getLogger(__name__)
@@ -119,11 +126,42 @@ def _storage(count: int, shape: Sequence[int], dtype) -> torch.Tensor:
     return torch.from_numpy(np.empty((count, 1, *shape), dtype=dtype))
 
 
+#: training pairs whose removed tissue :func:`training_envelope` measures (evenly spaced)
+ENVELOPE_PAIRS = 16
+
+
+def training_envelope(
+    originals: Sequence[str | os.PathLike], defaced: Sequence[str | os.PathLike]
+) -> float:
+    """The attack region's envelope (mm) learnt from the training pairs, which the attacker
+    holds both images of: :func:`~defaceaudit.diffusion.region.envelope_needed` over up to
+    :data:`ENVELOPE_PAIRS` pairs, evenly spaced in the given order (deterministic)."""
+    count = min(len(defaced), ENVELOPE_PAIRS)
+    chosen = sorted({int(i) for i in np.linspace(0, len(defaced) - 1, count)})
+    distances = []
+    for i in chosen:
+        original = to_ras(load_t1w(originals[i]))
+        other = to_ras(load_t1w(defaced[i]))
+        spacing = voxel_sizes_mm(other.affine)
+        data = np.asarray(original.dataobj, dtype=np.float32)
+        try:
+            head = head_mask(data, spacing)
+        except ValueError as err:
+            raise ImageError(f"{originals[i]}: no head found ({err})") from err
+        distances.append(
+            removed_tissue_distances(head, np.asarray(other.dataobj, np.float32), spacing)
+        )
+    envelope = envelope_needed(distances)
+    log.info("attack region: zero voxels within %g mm of the remaining head", envelope)
+    return envelope
+
+
 def load_pairs(
     originals: Sequence[str | os.PathLike],
     defaced: Sequence[str | os.PathLike],
     config: dict,
     stage: int | None = None,
+    envelope_mm: float = float("inf"),
 ) -> PairSet:
     """Training pairs (defaced input, original target) in [-1, 1] on one padded grid.
 
@@ -132,7 +170,9 @@ def load_pairs(
     by its defaced image's :func:`intensity_scale`; all are padded with -1 to the largest
     :func:`padded_shape` among them. ``stage`` 1 keeps the downsampled volumes only, stage 2
     the full-resolution inputs and originals and the downsampled targets, None all of them
-    (:class:`~defaceaudit.diffusion.cascade.PairSet`). Volumes are downsampled while loading,
+    (:class:`~defaceaudit.diffusion.cascade.PairSet`); each pair's attack region
+    (:func:`~defaceaudit.diffusion.region.attack_region` with ``envelope_mm``) at full
+    resolution for stage 2 and as coarse fractions for both. Volumes are downsampled while loading,
     one original and its defaced images at a time: peak host memory as
     :func:`defaceaudit.diffusion.sizing.training_memory_mb` estimates it.
     """
@@ -150,6 +190,8 @@ def load_pairs(
     low_inputs = _storage(len(defaced), low, np.float32) if stage != 2 else None
     inputs = _storage(len(defaced), shape, np.float16) if stage != 1 else None
     stored = _storage(len(members), shape, np.float16) if stage != 1 else None
+    regions = _storage(len(defaced), shape, np.bool_) if stage != 1 else None
+    low_regions = _storage(len(defaced), low, np.float32)
 
     def downsampled(unit: np.ndarray) -> torch.Tensor:
         return downsample(torch.from_numpy(unit)[None, None], factor)[0]
@@ -171,7 +213,14 @@ def load_pairs(
             d = np.asarray(other.dataobj, dtype=np.float32)
             scales[i] = scale_of(d, defaced[i])
             unit = pad_volume(to_unit(d, scales[i]), shape)
-            del other, d
+            region = np.zeros(shape, dtype=bool)
+            region[: d.shape[0], : d.shape[1], : d.shape[2]] = attack_region(
+                d, voxel_sizes_mm(other.affine), envelope_mm
+            )
+            low_regions[i] = downsample(torch.from_numpy(region)[None, None].float(), factor)[0]
+            if regions is not None:
+                regions[i, 0] = torch.from_numpy(region)
+            del other, d, region
             if low_inputs is not None:
                 low_inputs[i] = downsampled(unit)
             if inputs is not None:
@@ -207,6 +256,8 @@ def load_pairs(
         low_inputs=low_inputs,
         inputs=inputs,
         originals=stored,
+        regions=regions,
+        low_regions=low_regions,
     )
 
 
@@ -232,17 +283,32 @@ def train_refacing_stage(
     Raises :class:`InputError` when stage 2's sizes do not fit (:func:`check_stage2_sizes`).
     Each distinct original (by path) is read and stored once; peak host memory:
     :func:`defaceaudit.diffusion.sizing.training_memory_mb`.
+
+    The attack (:class:`~defaceaudit.diffusion.cascade.AttackTraining`, ``config["attack"]``)
+    trains on each pair's attack region, the defaced image's zero voxels within
+    ``config["envelope_mm"]`` of its remaining head (None: :func:`training_envelope`, learnt
+    from the pairs; both stages learn the same value). ``config["validation"]["snapshots"]``
+    EMA snapshots, evenly spaced over training, go into the checkpoint for the learning curve
+    (:mod:`defaceaudit.diffusion.validation`).
     """
     key = f"stage{stage}"
     check_stage2_sizes(config)
-    pairs = load_pairs(originals, defaced, config, stage)
+    envelope = config.get("envelope_mm")
+    envelope = training_envelope(originals, defaced) if envelope is None else float(envelope)
+    pairs = load_pairs(originals, defaced, config, stage, envelope_mm=envelope)
     factor = factor_of(config)
+    attack = AttackTraining.from_config(config)
     batch_size = int(config[key]["training"]["batch_size"])
     if stage == 1:
-        batches = stage1_batches(pairs, batch_size)
+        batches = stage1_batches(pairs, batch_size, attack)
     else:
-        batches = stage2_batches(pairs, batch_size, int(config.get("slab_patch", 0)))
-    in_channels = 2 if stage == 1 else 3  # x_t + conditions
+        batches = stage2_batches(pairs, batch_size, int(config.get("slab_patch", 0)), attack)
+    # x_t + conditions (stage 1: the defaced image; stage 2: the coarse sample and the defaced
+    # image) + the region
+    in_channels = (2 if stage == 1 else 3) + int(attack.mask_channel)
+    steps = int(config[key]["training"]["steps"])
+    count = int(config.get("validation", {}).get("snapshots", 0))
+    snapshot_steps = sorted({max(1, round(steps * k / count)) for k in range(1, count + 1)})
     stage_config = {
         "stage": stage,
         "network": {**config[key]["network"], "in_channels": in_channels, "out_channels": 1},
@@ -253,6 +319,8 @@ def train_refacing_stage(
         "defaceaudit_version": __version__,
         "pairs": len(pairs),
         "pairs_sha256": pairs_sha256(originals, defaced),
+        "attack": asdict(attack),
+        "envelope_mm": envelope,
     }
     return train(
         build_model=lambda cfg: unet_from_config(cfg["network"]),
@@ -262,6 +330,7 @@ def train_refacing_stage(
         checkpoint_path=checkpoint,
         device=device_from_config(device),
         log=log,
+        snapshot_steps=snapshot_steps if count else (),
     )
 
 
@@ -275,87 +344,89 @@ def load_sampler(checkpoint: str | os.PathLike, device: torch.device):
     return model.to(device), _schedule(config), config
 
 
-def generation_region(defaced: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    """The voxels to generate, bool ``[X, Y, Z]``: the defacer's ``removed`` region grown to
-    every zero voxel of ``defaced`` inside the bounding box of each of its connected pieces.
-
-    A removed-region mask is "removed where the original was non-zero": on an original whose
-    background is exactly 0 (many preprocessed datasets) it is the face's own silhouette,
-    which an attacker holding only the defaced image does not have. Only the boxes (where the
-    defacer worked; one per piece, so that a face and two ears do not span the whole head) are
-    taken from the mask; inside them, what is zero in the defaced image is unknown. On images
-    with a noisy background the two coincide."""
-    removed = np.asarray(removed, dtype=bool)
-    zero = np.asarray(defaced) == 0
-    region = removed.copy()
-    pieces, _ = ndimage.label(removed)
-    for box in ndimage.find_objects(pieces):
-        region[box] |= zero[box]
-    return region
+def mask_channels_of(config: dict) -> bool:
+    """Whether a checkpoint's network takes the attack region as an input channel (checkpoints
+    written before the channel existed do not)."""
+    return bool(config.get("attack", {}).get("mask_channel", False))
 
 
-def reface_subject(
-    defaced: str | os.PathLike,
-    removed: str | os.PathLike,
-    stage1: str | os.PathLike,
-    stage2: str | os.PathLike,
-    outputs: dict,
-    sampling: dict,
-    device: str = "auto",
-) -> dict:
-    """Reface one defaced image with a trained model pair.
+@dataclass
+class Sampler:
+    """A trained model pair, ready to reface volumes: the two EMA networks on one device, their
+    schedules and checkpoint configs (:func:`load_model_pair`)."""
 
-    Args:
-        defaced: the defacer's output (prepared grid); removed: its removed-region mask.
-            The voxels generated (not pasted back) are :func:`generation_region`: every zero
-            voxel of the defaced image inside the mask's bounding box, so the model is not
-            told which of them were tissue in the original (the face's outline, where the
-            original's air is exactly 0).
-        stage1, stage2: checkpoints of one model pair (same ``downsample_factor``, else
-            :class:`~defaceaudit.diffusion.checkpoint.CheckpointError`).
-        outputs: paths ``t1w`` (refaced image, the defaced image's units), ``removed`` (the
-            voxels the cascade generated: the removed region with paste-back, every voxel
-            without), ``sidecar`` (JSON).
-        sampling: :class:`~defaceaudit.diffusion.cascade.SamplingSettings` fields.
-    Raises :class:`ImageError` naming ``defaced`` when it has no positive voxel.
-    """
-    torch_device = device_from_config(device)
-    img = to_ras(load_t1w(defaced))
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    generated = generation_region(
-        data, load_mask(removed, img, canonical=True, reference_name=defaced)
-    )
-    scale = scale_of(data, defaced)
-    model1, schedule1, config1 = load_sampler(stage1, torch_device)
-    model2, schedule2, config2 = load_sampler(stage2, torch_device)
-    factor = factor_of(config1)
-    if factor_of(config2) != factor:
+    model1: torch.nn.Module
+    model2: torch.nn.Module
+    schedule1: DiffusionSchedule
+    schedule2: DiffusionSchedule
+    config1: dict
+    config2: dict
+    device: torch.device
+
+    @property
+    def factor(self) -> int:
+        return factor_of(self.config1)
+
+    @property
+    def envelope_mm(self) -> float:
+        """The attack region's envelope the pair was trained with (inf for checkpoints from
+        before the envelope existed: every zero voxel)."""
+        return float(self.config1.get("envelope_mm") or float("inf"))
+
+
+def load_model_pair(
+    stage1: str | os.PathLike, stage2: str | os.PathLike, device: torch.device
+) -> Sampler:
+    """The model pair of two checkpoints; raises
+    :class:`~defaceaudit.diffusion.checkpoint.CheckpointError` unless they share a
+    ``downsample_factor``."""
+    model1, schedule1, config1 = load_sampler(stage1, device)
+    model2, schedule2, config2 = load_sampler(stage2, device)
+    if factor_of(config2) != factor_of(config1):
         raise CheckpointError(
             f"stage-2 checkpoint {stage2} was trained with downsample_factor "
-            f"{config2['downsample_factor']}, stage-1 checkpoint {stage1} with {factor}: "
-            "not one model pair"
+            f"{config2['downsample_factor']}, stage-1 checkpoint {stage1} with "
+            f"{config1['downsample_factor']}: not one model pair"
         )
-    multiple2 = stage_multiple(config2)
-    shape = padded_shape(data.shape, factor, stage_multiple(config1), multiple2)
+    return Sampler(model1, model2, schedule1, schedule2, config1, config2, device)
+
+
+def reface_volume(
+    data: np.ndarray,
+    spacing_mm: Sequence[float],
+    sampler: Sampler,
+    settings: SamplingSettings,
+    scale: float,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Reface one defaced volume ``data`` ``[X, Y, Z]`` (image units, RAS) with a model pair.
+
+    The voxels generated are the attack region
+    (:func:`~defaceaudit.diffusion.region.attack_region` with the pair's envelope): zero
+    voxels of ``data`` near its remaining head; nothing derived from the original is used.
+    ``scale``: :func:`scale_of` ``data``. Returns (refaced ``[X, Y, Z]`` float32 in image units,
+    the voxels generated bool ``[X, Y, Z]``: the region with paste-back, every voxel without,
+    seconds of sampling).
+    """
+    generated = attack_region(data, spacing_mm, sampler.envelope_mm)
+    multiple2 = stage_multiple(sampler.config2)
+    shape = padded_shape(data.shape, sampler.factor, stage_multiple(sampler.config1), multiple2)
+    device = sampler.device
     unit = torch.from_numpy(pad_volume(to_unit(data, scale), shape))[None, None]
     keep = torch.from_numpy(known_voxels(generated, shape))[None, None]
-    settings = SamplingSettings(**sampling)
-    bf16 = use_bf16(settings.bf16, torch_device, log)
-    log.info(
-        "sampling on %s (%s), %d DDIM steps", torch_device, precision_name(bf16), settings.steps
-    )
+    bf16 = use_bf16(settings.bf16, device, log)
     start = time.perf_counter()
     with bf16_autocast(bf16):
         out = sample_cascade(
-            model1,
-            model2,
-            schedule1,
-            schedule2,
-            unit.to(torch_device),
-            keep.to(torch_device),
-            factor,
+            sampler.model1,
+            sampler.model2,
+            sampler.schedule1,
+            sampler.schedule2,
+            unit.to(device),
+            keep.to(device),
+            sampler.factor,
             settings,
             multiple=multiple2,
+            mask_channels=(mask_channels_of(sampler.config1), mask_channels_of(sampler.config2)),
         )
     seconds = time.perf_counter() - start
     refaced = from_unit(crop_volume(out[0, 0].float().cpu().numpy(), data.shape), scale)
@@ -363,6 +434,44 @@ def reface_subject(
         refaced = np.where(generated, refaced, data)
     else:  # stage 2 sampled the whole volume: every voxel is generated
         generated = np.ones_like(generated)
+    return refaced.astype(np.float32), generated, seconds
+
+
+def reface_subject(
+    defaced: str | os.PathLike,
+    stage1: str | os.PathLike,
+    stage2: str | os.PathLike,
+    outputs: dict,
+    sampling: dict,
+    device: str = "auto",
+) -> dict:
+    """Reface one defaced image with a trained model pair (:func:`reface_volume`).
+
+    Args:
+        defaced: the defacer's output (prepared grid). Only this image reaches sampling: the
+            attacker never sees the original nor anything derived from it (such as the
+            defacer's removed-region mask, which is "removed where the original had tissue").
+        stage1, stage2: checkpoints of one model pair (same ``downsample_factor``, else
+            :class:`~defaceaudit.diffusion.checkpoint.CheckpointError`).
+        outputs: paths ``t1w`` (refaced image, the defaced image's units), ``removed`` (the
+            voxels the cascade generated: the attack region with paste-back, every voxel
+            without), ``sidecar`` (JSON).
+        sampling: :class:`~defaceaudit.diffusion.cascade.SamplingSettings` fields.
+    Raises :class:`ImageError` naming ``defaced`` when it has no positive voxel.
+    """
+    torch_device = device_from_config(device)
+    img = to_ras(load_t1w(defaced))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    scale = scale_of(data, defaced)
+    sampler = load_model_pair(stage1, stage2, torch_device)
+    settings = SamplingSettings(**sampling)
+    bf16 = use_bf16(settings.bf16, torch_device, log)
+    log.info(
+        "sampling on %s (%s), %d DDIM steps", torch_device, precision_name(bf16), settings.steps
+    )
+    refaced, generated, seconds = reface_volume(
+        data, voxel_sizes_mm(img.affine), sampler, settings, scale
+    )
     written = [save_nifti(refaced, outputs["t1w"], img.affine, np.float32)]
     try:
         written.append(save_nifti(generated, outputs["removed"], img.affine, np.uint8))
@@ -372,6 +481,8 @@ def reface_subject(
             "stage1": str(stage1),
             "stage2": str(stage2),
             "sampling": sampling,
+            "envelope_mm": sampler.envelope_mm,
+            "voxels_generated": int(generated.sum()),
             "device": str(torch_device),
             "precision": precision_name(bf16),
             "intensity_scale": scale,

@@ -139,8 +139,10 @@ class DiffusionSchedule:
         x0: torch.Tensor,
         cond: torch.Tensor | None,
         generator: torch.Generator | None = None,
+        weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The x0-prediction loss (paper section 2.1): ``mean (model(x_t | cond, t) - x0)^2``.
+        """The x0-prediction loss (paper section 2.1): ``mean (model(x_t | cond, t) - x0)^2``,
+        or with ``weight`` the weighted mean ``sum w (.)^2 / sum w``.
 
         ``t`` is drawn uniformly from ``[0, T)`` per sample, then the noise (both from
         ``generator`` when given, on the generator's device, so a seeded generator reproduces the
@@ -152,8 +154,10 @@ class DiffusionSchedule:
             x0: [B, C, *spatial] clean targets in [-1, 1].
             cond: [B, C_cond, *spatial] conditioning images in [-1, 1], or None (unconditional).
             generator: optional seeded ``torch.Generator``.
+            weight: optional [B, 1 or C, *spatial] non-negative voxel weights (the region to
+                generate weighted up); None = every voxel alike.
         Returns:
-            scalar (0-d) float32 tensor, the mean squared error over all voxels.
+            scalar (0-d) float32 tensor, the (weighted) mean squared error over all voxels.
         """
         draw_device = generator.device if generator is not None else x0.device
         t = torch.randint(
@@ -165,4 +169,8 @@ class DiffusionSchedule:
         x_t = self.q_sample(x0, t, noise)
         inputs = x_t if cond is None else torch.cat([x_t, cond.to(x_t)], dim=1)
         predicted = model(inputs, t)
-        return F.mse_loss(predicted.float(), x0.float())
+        if weight is None:
+            return F.mse_loss(predicted.float(), x0.float())
+        error = (predicted.float() - x0.float()) ** 2
+        weight = weight.float().expand_as(error)
+        return (weight * error).sum() / weight.sum().clamp_min(1e-12)

@@ -79,9 +79,11 @@ def training_grid(images: Sequence[str | os.PathLike], reface: dict) -> tuple[in
 
 
 #: full-resolution float32 volumes that loading holds at a time besides the PairSet (an
-#: original, a defaced image, the file buffers and the temporaries of scaling and padding);
-#: also bounds a training batch (stage 2's whole-slab batch of 4 is 0.4 volumes)
-LOAD_WORKING_VOLUMES = 8
+#: original, a defaced image, the file buffers and the temporaries of scaling and padding, and
+#: those of the attack region: its head mask and distance transform, about 5 volumes, measured
+#: 13.1 with tracemalloc); also bounds a training batch (stage 2's whole-slab batch of 4 is 0.4
+#: volumes)
+LOAD_WORKING_VOLUMES = 14
 
 #: MB for the interpreter, torch and a GPU's runtime libraries (not measured at paper scale:
 #: an allowance); networks, optimiser state and activations live on the GPU
@@ -102,8 +104,9 @@ def training_memory_mb(
 
     Counts what :func:`defaceaudit.diffusion.refacing.load_pairs` keeps for the stage (stage 1:
     the downsampled inputs and targets, float32, 2 N X Y Z / f**3 values; stage 2: the inputs
-    and originals, float16, (N + M) X Y Z values, and the downsampled targets, float32; plus the
-    index and gain of each pair), :data:`LOAD_WORKING_VOLUMES` full-resolution float32 volumes
+    and originals, float16, (N + M) X Y Z values, the attack regions, bool, N X Y Z, and the
+    downsampled targets, float32; both: the regions downsampled, float32, N X Y Z / f**3; plus
+    the index and gain of each pair), :data:`LOAD_WORKING_VOLUMES` full-resolution float32 volumes
     held while loading (afterwards: a batch, smaller), and ``overhead_mb`` for the process
     (:data:`PROCESS_MB`). Files are float32 on disk (prepared and defaced images are).
     """
@@ -112,9 +115,10 @@ def training_memory_mb(
     if stage == 1:
         kept = 2 * pairs * low * 4
     elif stage == 2:
-        kept = (pairs + originals) * voxels * 2 + pairs * low * 4
+        kept = (pairs + originals) * voxels * 2 + pairs * voxels + pairs * low * 4
     else:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
+    kept += pairs * low * 4  # low_regions
     kept += pairs * (8 + 4)  # original_index (int64), gain (float32)
     return (kept + LOAD_WORKING_VOLUMES * voxels * 4) / 1e6 + overhead_mb
 

@@ -286,6 +286,7 @@ def train(
     resume_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     log: logging.Logger = _LOG,
+    snapshot_steps: Iterable[int] = (),
 ) -> dict:
     """Train ``build_model(config)`` to ``config["training"]["steps"]`` optimiser steps.
 
@@ -322,6 +323,10 @@ def train(
     log
         Progress goes here: every ``log_every`` steps the step, mean loss since the previous
         line, steps per second and estimated time left.
+    snapshot_steps
+        Steps after which a copy of the EMA weights is kept (on the CPU) for a learning curve:
+        they go into every later checkpoint as ``extra["ema_snapshots"]`` ``{"<step>": state
+        dict}`` (resume files too, so a resumed run keeps the earlier ones).
 
     Precision: with ``bf16`` true on a GPU with bf16 tensor cores
     (:func:`defaceaudit.devices.bf16_supported`), the forward pass and loss run under
@@ -361,12 +366,14 @@ def train(
     ema = EMA(model, decay=settings["ema_decay"], warmup=settings["ema_warmup"])
     step = 0
     last_loss = math.nan
+    snapshots: dict[str, dict] = {}
+    wanted = {int(s) for s in snapshot_steps}
     if resume_path.exists():
         resumed = _resume(
             resume_path, resolved, steps, model, ema, optimizer, data_rng, generator, log
         )
         if resumed is not None:
-            step, last_loss = resumed
+            step, last_loss, snapshots = resumed
     start_step = step
 
     bf16 = use_bf16(settings["bf16"], device, log)
@@ -388,6 +395,7 @@ def train(
             "loss_rng": generator.get_state(),
             "loss_rng_device": device.type,
             "last_loss": progress.last_mean,
+            "ema_snapshots": snapshots,
         }
 
     def save(path: Path) -> None:
@@ -419,6 +427,10 @@ def train(
         optimizer.step()
         ema.update(model)
         step += 1
+        if step in wanted:
+            snapshots[str(step)] = {
+                k: v.detach().to("cpu", copy=True) for k, v in ema.shadow.state_dict().items()
+            }
         progress.add(loss)
         if step % settings["log_every"] == 0 or step == steps:
             progress.flush(step, steps, log)
@@ -452,8 +464,9 @@ def _resume(
     data_rng: np.random.Generator,
     generator: torch.Generator,
     log: logging.Logger,
-) -> tuple[int, float] | None:
-    """Restore the state saved in ``path``; returns (step, last logged loss). A resume file of
+) -> tuple[int, float, dict] | None:
+    """Restore the state saved in ``path``; returns (step, last logged loss, EMA snapshots so
+    far). A resume file of
     another model (another network, schedule or training set: the job reruns because that
     changed) is useless to this training: it is moved aside to ``<path>.stale``, with a
     warning, and None returned (train afresh)."""
@@ -518,4 +531,4 @@ def _resume(
             generator.device.type,
         )
     log.info("resuming from %s at step %d", path, step)
-    return step, float(extra.get("last_loss", math.nan))
+    return step, float(extra.get("last_loss", math.nan)), dict(extra.get("ema_snapshots", {}))

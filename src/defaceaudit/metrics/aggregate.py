@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,13 +34,34 @@ def aggregate_face_metrics(
     *,
     n_resamples: int = 1000,
     seed: int = 0,
+    verdicts: Mapping[str, str | os.PathLike] | None = None,
 ) -> pd.DataFrame:
-    """Concatenate the per-job rows, write them and the tables."""
+    """Concatenate the per-job rows, write them and the tables. ``verdicts``: defacer -> the
+    verdict JSON of the refacing models that refaced its images
+    (:func:`defaceaudit.diffusion.validation.validate_refacing`); a defacer whose models did
+    not converge gets its DPM cells marked (:func:`attack_notes`)."""
     rows = read_face_metrics(row_files)
     rows = rows[list(COLUMNS)].sort_values(["test_set", "defacer", "subject", "image_type"])
     write_tsv(rows, out_rows)
-    write_face_tables(rows, out_tables, n_resamples=n_resamples, seed=seed)
+    write_face_tables(
+        rows,
+        out_tables,
+        n_resamples=n_resamples,
+        seed=seed,
+        attack_notes=attack_notes(verdicts or {}),
+    )
     return rows
+
+
+def attack_notes(verdicts: Mapping[str, str | os.PathLike]) -> dict[str, str]:
+    """defacer -> the verdict's note, for each defacer whose verdict JSON (defacer -> path)
+    says the refacing attack did not converge."""
+    notes = {}
+    for defacer, path in verdicts.items():
+        verdict = json.loads(Path(path).read_text())
+        if not verdict.get("converged"):
+            notes[defacer] = verdict.get("note") or "attack not converged"
+    return notes
 
 
 def out_of_date(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> bool:

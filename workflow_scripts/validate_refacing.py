@@ -1,0 +1,17 @@
+"""Snakemake adapter: a refacing model pair's learning curve and convergence verdict
+(diffusion.validation)."""
+
+from defaceaudit.diffusion.validation import validate_refacing
+from defaceaudit.workflow import run_step
+
+run_step(
+    snakemake.log[0],
+    validate_refacing,
+    model=snakemake.wildcards.model,
+    stage1=snakemake.input.stage1,
+    stage2=snakemake.input.stage2,
+    pairs=snakemake.params.pairs,
+    sampling=snakemake.params.sampling,
+    outputs=dict(snakemake.output.items()),
+    device=snakemake.config["reface"]["device"],
+)
