@@ -167,6 +167,10 @@ def face_metric_probes(wildcards):
     )
 
 
+def reface_verdicts(wildcards):
+    return reface_jobs.verdict_files(METRIC_PLAN)
+
+
 def face_metric_rows(wildcards):
     return [
         paths.face_metric_files(d, s)["rows"]
@@ -271,12 +275,24 @@ def reface_training_mem_mb(stage):
     return mem_mb
 
 
+#: train subjects held out of refacing training for its convergence guard
+REFACE_HELD_OUT = config["reface"]["validation"]["subjects"]
+
+
 def reface_training_inputs(wildcards):
-    return reface_jobs.training_inputs(COHORT, METRIC_PLAN, wildcards.model)
+    return reface_jobs.training_inputs(COHORT, METRIC_PLAN, wildcards.model, REFACE_HELD_OUT)
 
 
 def reface_training_pair_index(wildcards):
-    return reface_jobs.training_pair_index(COHORT, METRIC_PLAN, wildcards.model)
+    return reface_jobs.training_pair_index(COHORT, METRIC_PLAN, wildcards.model, REFACE_HELD_OUT)
+
+
+def reface_validation_inputs(wildcards):
+    return reface_jobs.validation_inputs(COHORT, METRIC_PLAN, wildcards.model, REFACE_HELD_OUT)
+
+
+def reface_validation_pairs(wildcards):
+    return reface_jobs.validation_pairs(COHORT, METRIC_PLAN, wildcards.model, REFACE_HELD_OUT)
 
 
 def reface_sample_inputs(wildcards):

@@ -96,6 +96,7 @@ rule compute_face_metrics:
 
 rule aggregate_face_metrics:
     input:
+        unpack(reface_verdicts),
         rows=face_metric_rows,
     output:
         **paths.FACE_TABLES,

@@ -37,6 +37,7 @@ rule plot_face_figures:
 rule render_face_panel:
     input:
         unpack(face_panel_inputs),
+        unpack(reface_verdicts),
     output:
         report(
             paths.face_panel_file("{subject}"),

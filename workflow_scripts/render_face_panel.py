@@ -1,5 +1,6 @@
 """Snakemake adapter: side-by-side face renderings of one test subject (report_figures)."""
 
+from defaceaudit.diffusion.jobs import verdicts_by_defacer
 from defaceaudit.report_figures import write_face_panel
 from defaceaudit.workflow import run_step
 
@@ -12,4 +13,5 @@ run_step(
     columns=snakemake.params.columns,
     row_files=[v for k, v in inputs.items() if k.endswith("__rows")],
     out_png=snakemake.output[0],
+    verdicts=verdicts_by_defacer(inputs),
 )

@@ -214,6 +214,17 @@ def reface_checkpoint(model: str, stage: int | str) -> str:
     return f"{REFACE}/models/{model}/stage{stage}.pt"
 
 
+def reface_validation_files(model: str) -> dict[str, str]:
+    """A model pair's learning curve on held-out training subjects (TSV), its convergence
+    verdict (JSON) and the curve's figure (PNG)."""
+    folder = f"{REFACE}/validation"
+    return {
+        "curve": f"{folder}/{model}_learning_curve.tsv",
+        "verdict": f"{folder}/{model}_verdict.json",
+        "figure": f"{folder}/{model}_learning_curve.png",
+    }
+
+
 def refaced_files(defacer: str, subject: str, desc: str | None = None) -> dict[str, str]:
     """The DPM-refaced image of ``subject`` from ``defacer``'s output, the mask of the voxels
     the cascade generated, and a sidecar."""

@@ -41,9 +41,16 @@ def write_face_panel(
     columns: dict[str, dict[str, str]],
     row_files: list[str | os.PathLike],
     out_png: str | os.PathLike,
+    verdicts: dict[str, str | os.PathLike] | None = None,
 ) -> None:
     """Renderings of one subject: a row per defacer (original, defaced, population average,
-    DPM-refaced), each labelled with its MASD to the original (other -> original)."""
+    DPM-refaced), each labelled with its MASD to the original (other -> original).
+    ``verdicts``: defacer -> the refacing models' verdict JSON; the DPM cell of a defacer whose
+    attack did not converge, and the title, say so
+    (:func:`defaceaudit.metrics.aggregate.attack_notes`)."""
+    from defaceaudit.metrics.aggregate import attack_notes
+
+    unconverged = attack_notes(verdicts or {})
     rows = pd.concat([read_tsv(p, "face metrics rows") for p in row_files], ignore_index=True)
     masd = {(r.defacer, r.image_type): r.masd_mm for r in rows.itertuples()}
     panel = []
@@ -52,6 +59,13 @@ def write_face_panel(
         for kind, label in PANEL_LABELS.items():
             value = masd.get((defacer, kind))
             text = label if value is None or pd.isna(value) else f"{label}\nMASD {value:.2f} mm"
+            if kind == "dpm_refaced" and defacer in unconverged:
+                text += "\nattack NOT converged"
             cells.append((text, images.get(kind)))
         panel.append((defacer, cells))
-    render_face_panel(panel, out_png, title=f"sub-{subject}: faces (identifiable: keep private)")
+    title = f"sub-{subject}: faces (identifiable: keep private)"
+    if unconverged:
+        title += f"\nDPM-refaced of {', '.join(sorted(unconverged))}: " + next(
+            iter(unconverged.values())
+        )
+    render_face_panel(panel, out_png, title=title)

@@ -64,7 +64,10 @@ def attack_region(
     """The voxels the attack generates, bool ``[X, Y, Z]``: zero voxels of ``defaced`` within
     ``envelope_mm`` of the remaining head (every zero voxel when no head is left)."""
     zero = np.nan_to_num(np.asarray(defaced, dtype=np.float32)) == 0
-    return zero & (head_distance(defaced, spacing_mm) <= float(envelope_mm))
+    distance = head_distance(defaced, spacing_mm)
+    if np.isinf(distance).all():  # no head left to measure the envelope from
+        return zero
+    return zero & (distance <= float(envelope_mm))
 
 
 def removed_tissue_distances(
