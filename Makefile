@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --keep-going --printshellcmds
+	$(BIN)/snakemake --cores $(CORES) --keep-going --printshellcmds --scheduler greedy
 	$(BIN)/snakemake --report results/report.html
 
 lint: $(STAMP)

@@ -5,6 +5,7 @@ from snakemake.utils import min_version
 from defaceaudit.inputs import SUBJECT_PATTERN
 from defaceaudit.demo.sources import BASE_HEADS
 from defaceaudit.paths import DEMO_DATASETS, REFACE_MODELS
+from defaceaudit.scheduler_patch import bound_scheduler_work
 from defaceaudit.workflow import (
     cache_signatures,
     defer_full_collections,
@@ -18,6 +19,10 @@ min_version("9.19")
 defer_full_collections()
 # Each script and conda file path parsed once, not once per job (6 % of that dry-run).
 memoize_uri_parsing()
+# A real run's scheduling passes cost the same however many jobs are ready or done, and no
+# more than one pending wake-up thread (Snakemake 9 itself: quadratic CPU, thousands of
+# threads; see defaceaudit.scheduler_patch; DEFACEAUDIT_SCHEDULER_PATCH=0 turns it off).
+bound_scheduler_work()
 
 
 onstart:
