@@ -232,3 +232,11 @@ def test_reidentification_off_writes_empty_tables_that_say_why(tmp_path):
     assert "rank" in pd.read_csv(out["ranks"], sep="\t").columns
     assert "Not computed" in out["markdown"].read_text()
     assert "internal_test: off" in out["markdown"].read_text()
+
+
+def test_a_gallery_file_without_a_gallery_face_is_refused(tmp_path):
+    old = tmp_path / "original.npz"
+    save_faces(old, {"original": np.zeros((3, 3))})
+    out = {k: tmp_path / f"{k}.out" for k in ("ranks", "summary", "markdown")}
+    with pytest.raises(ValueError, match="holds no gallery face"):
+        reidentify_files({"t": {"a": old}}, [], out)

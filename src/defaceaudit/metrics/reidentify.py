@@ -273,6 +273,16 @@ def _probe_entries(probes: list[dict]) -> list[dict]:
     return entries
 
 
+def _gallery_face(path: str | os.PathLike) -> np.ndarray:
+    faces = load_faces(path)
+    if "gallery" not in faces:
+        raise ValueError(
+            f"{path} holds no gallery face (arrays: {', '.join(faces) or 'none'}); the gallery "
+            "is an independent acquisition written by align_gallery_face"
+        )
+    return faces["gallery"]
+
+
 def _region_note(sidecar: str | os.PathLike | None) -> list[str]:
     if sidecar is None or not Path(sidecar).exists():
         return []
@@ -314,7 +324,7 @@ def reidentify_files(
     face_region = FaceRegion.load(region["mask"]) if region else None
     notes = [*(_region_note(region.get("sidecar")) if region else []), *notes]
     galleries = {
-        test_set: {s: load_faces(p)["gallery"] for s, p in faces.items()}
+        test_set: {s: _gallery_face(p) for s, p in faces.items()}
         for test_set, faces in gallery.items()
     }
     ranks = rank_probes(
