@@ -2,6 +2,8 @@
 
     python benchmarks/bench_scheduler.py [--jobs N [N ...]] [--json] [--plain] [--cores C]
                                          [--plain-up-to N] [--save-reference] [--reference FILE]
+                                         [--chain K] [--extra "FLAGS"] [--timeout S]
+                                         [--workdir DIR]
     python benchmarks/bench_scheduler.py --share [--interval S] -- COMMAND [ARG ...]
 
 A real run (not a dry-run), in a fresh temporary folder, of N independent jobs of one rule
@@ -17,6 +19,10 @@ Snakemake process alone (the *master*; the jobs' shells are not counted):
   ``threads_started``: Python threads it started (counted in the process);
 - ``wall_s``: start to exit; ``exit_delay_s``: the newest output file's modification time to
   the process's exit (the last job's bookkeeping, the ``all`` rule and shutting down).
+
+``--chain K`` runs the jobs in chains of K, each chain one group job (a cluster job), and
+``--extra`` adds Snakemake flags: tests/slurm/run_slurm_test.sh runs hundreds of jobs through
+``--profile profiles/slurm`` so. ``--workdir DIR`` runs in DIR/N and keeps it.
 
 ``--plain`` runs the same with plain Snakemake: ``DEFACEAUDIT_SCHEDULER_PATCH=0`` (the
 scheduler left as Snakemake ships it, defaceaudit.scheduler_patch) and ``make demo``'s flags
@@ -88,6 +94,27 @@ sys.argv[0] = "snakemake"
 sys.exit(main())
 """
 
+#: the same jobs in chains of ``chain`` (job k of chain c needs job k - 1), each chain one group
+#: (one cluster job): how tests/slurm/run_slurm_test.sh passes hundreds of jobs through SLURM
+#: with few submissions
+CHAINED_RULES = """
+rule all:
+    input:
+        expand("out/{{c}}/{{k}}.txt", c=range({chains}), k=[{chain} - 1]),
+    localrule: True
+
+
+rule one:
+    input:
+        lambda w: [f"out/{{w.c}}/{{int(w.k) - 1}}.txt"] if int(w.k) else [],
+    output:
+        "out/{{c}}/{{k}}.txt",
+    group:
+        "chain-{{c}}"
+    shell:
+        "echo {{wildcards.c}} {{wildcards.k}} > {{output}}"
+"""
+
 TRIVIAL_RULES = """
 rule all:
     input:
@@ -131,12 +158,18 @@ def project_hooks(snakefile: Path = REPO / "Snakefile") -> tuple[list[str], list
     return imports, top, onstart
 
 
-def bench_snakefile(plain: bool) -> str:
-    """The trivial workflow with the project's hooks (the same with ``plain``: the opt-out
-    environment variable then turns the scheduler patch off)."""
+def bench_snakefile(n_jobs: int, chain: int = 1) -> str:
+    """The trivial workflow with the project's hooks (the same for plain Snakemake: the opt-out
+    environment variable then turns the scheduler patch off); ``chain`` > 1: in chains."""
     imports, top, onstart = project_hooks()
     lines = [*imports, *top, "", "", "onstart:", *(f"    {call}" for call in onstart or ["pass"])]
-    return "\n".join(lines) + "\n\n" + TRIVIAL_RULES
+    if chain > 1:
+        if n_jobs % chain:
+            raise ValueError(f"{n_jobs} jobs do not make chains of {chain}")
+        rules = CHAINED_RULES.format(chains=n_jobs // chain, chain=chain)
+    else:
+        rules = TRIVIAL_RULES
+    return "\n".join(lines) + "\n\n" + rules
 
 
 def demo_flags(makefile: Path = REPO / "Makefile") -> list[str]:
@@ -175,10 +208,17 @@ def read_stat(pid: int) -> tuple[float, int] | None:
 
 
 def run_trivial(
-    n_jobs: int, plain: bool = False, cores: int = 2, extra_flags: list[str] | None = None
+    n_jobs: int,
+    plain: bool = False,
+    cores: int = 2,
+    extra_flags: list[str] | None = None,
+    chain: int = 1,
+    timeout: float = RUN_TIMEOUT_S,
+    workdir: Path | None = None,
 ) -> dict:
-    """One real run of ``n_jobs`` trivial jobs (with ``extra_flags`` after ``make demo``'s);
-    returns the figures (module docstring)."""
+    """One real run of ``n_jobs`` trivial jobs (in chains of ``chain``, with ``extra_flags``
+    after ``make demo``'s, killed after ``timeout`` seconds) in a temporary folder, or in
+    ``workdir`` (created, then kept); returns the figures (module docstring)."""
     flags = [f.format(cores=cores) for f in demo_flags()]
     if plain:
         flags = without_scheduler(flags)
@@ -192,11 +232,13 @@ def run_trivial(
         "jobs": n_jobs,
         "setup": "plain" if plain else "defaceaudit",
         "flags": " ".join(flags),
+        "chain": chain,
         "load_1min_before": round(os.getloadavg()[0], 2),
     }
     with tempfile.TemporaryDirectory(prefix="bench_scheduler_") as tmp:
-        work = Path(tmp)
-        (work / "Snakefile").write_text(bench_snakefile(plain))
+        work = Path(tmp) if workdir is None else Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "Snakefile").write_text(bench_snakefile(n_jobs, chain))
         record = work / "master.json"
         env["BENCH_SCHEDULER_RECORD"] = str(record)
         cmd = [sys.executable, "-c", RUNNER, *flags, "--config", f"n_jobs={n_jobs}"]
@@ -204,7 +246,7 @@ def run_trivial(
         with open(work / "stdout.txt", "w") as out, open(work / "stderr.txt", "w") as err:
             start = time.perf_counter()
             proc = subprocess.Popen(cmd, cwd=work, stdout=out, stderr=err, env=env)
-            deadline = start + RUN_TIMEOUT_S
+            deadline = start + timeout
             while proc.poll() is None:
                 sample = read_stat(proc.pid)
                 if sample:
@@ -212,17 +254,17 @@ def run_trivial(
                 if time.perf_counter() > deadline:
                     proc.kill()
                     proc.wait()
-                    return {**row, "error": f"timed out after {RUN_TIMEOUT_S} s"}
+                    return {**row, "error": f"timed out after {timeout:.0f} s"}
                 time.sleep(0.02)
             end_wall, end = time.time(), time.perf_counter()
         if proc.returncode != 0:
             lines = (work / "stderr.txt").read_text().strip().splitlines() or ["no output"]
             error = next((x for x in lines if "Error" in x), lines[-1])
             return {**row, "error": f"exit {proc.returncode}: {error}"}
-        outputs = list(os.scandir(work / "out"))
+        outputs = [Path(d, f) for d, _, files in os.walk(work / "out") for f in files]
         if len(outputs) != n_jobs:
             return {**row, "error": f"{len(outputs)} outputs of {n_jobs}"}
-        last_output = max(entry.stat().st_mtime for entry in outputs)
+        last_output = max(path.stat().st_mtime for path in outputs)
         master = json.loads(record.read_text()) if record.exists() else {}
         cpu = master["user_s"] + master["system_s"] if master else last_cpu
         from snakemake import __version__ as snakemake_version
@@ -360,6 +402,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="last line: the last run's JSON")
     parser.add_argument("--plain", action="store_true", help="plain Snakemake (with --jobs)")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--chain", type=int, default=1, help="jobs in grouped chains of this")
+    parser.add_argument("--extra", default="", help="more Snakemake flags (one string)")
+    parser.add_argument("--timeout", type=float, default=RUN_TIMEOUT_S, help="seconds per run")
+    parser.add_argument("--workdir", type=Path, help="run here and keep it (one size only)")
     parser.add_argument("--plain-up-to", type=int, default=PLAIN_UP_TO)
     parser.add_argument("--reference", type=Path, default=REFERENCE)
     parser.add_argument("--save-reference", action="store_true")
@@ -377,7 +423,17 @@ def main() -> None:
     if args.jobs:
         rows = []
         for n in args.jobs:
-            rows.append(run_trivial(n, plain=args.plain, cores=args.cores))
+            rows.append(
+                run_trivial(
+                    n,
+                    plain=args.plain,
+                    cores=args.cores,
+                    extra_flags=shlex.split(args.extra),
+                    chain=args.chain,
+                    timeout=args.timeout,
+                    workdir=args.workdir / str(n) if args.workdir else None,
+                )
+            )
             if not args.json or n != args.jobs[-1]:
                 print(json.dumps(rows[-1]), flush=True)
         if args.json:

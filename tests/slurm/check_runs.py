@@ -8,6 +8,10 @@ every other job neither, in the CPU partition; memory, time limit and CPUs per G
 profile's set-resources; every group of the profile ran as group jobs.
 
 ``compare``: the outputs of two runs of the same workflow and config (SLURM and local).
+
+``master``: the Snakemake process of a run of hundreds of trivial jobs through SLURM
+(benchmarks/bench_scheduler.py's JSON line) stayed bounded: all jobs ran, few live threads, little
+CPU per job, a prompt exit.
 """
 
 from __future__ import annotations
@@ -210,6 +214,39 @@ def check_jobs(args: argparse.Namespace) -> list[str]:
     return problems
 
 
+# ----------------------------------------------------------------------------- master
+def check_master(args: argparse.Namespace) -> list[str]:
+    """The bounds of the Snakemake process in bench_scheduler.py's last JSON line."""
+    import json
+
+    lines = [x for x in Path(args.bench_output).read_text().splitlines() if x.startswith("{")]
+    if not lines:
+        return [f"no JSON line in {args.bench_output}"]
+    row = json.loads(lines[-1])
+    if "error" in row:
+        return [f"the run of {row.get('jobs')} trivial jobs failed: {row['error']}"]
+    print(
+        f"Snakemake process, {row['jobs']} trivial jobs through SLURM ({row['flags']}): "
+        f"{row['master_cpu_s']:.1f} CPU s ({row['master_cpu_ms_per_job']:.1f} ms/job), "
+        f"{row['peak_threads']} threads at most, {row['threads_started']} started, "
+        f"{row['wall_s']:.0f} s, exit {row['exit_delay_s']:.1f} s after the last job"
+    )
+    problems = []
+    if row["jobs"] != args.jobs:
+        problems.append(f"{row['jobs']} jobs ran, not {args.jobs}")
+    if row["peak_threads"] > args.max_threads:
+        problems.append(f"{row['peak_threads']} live threads (at most {args.max_threads})")
+    if row["master_cpu_ms_per_job"] > args.max_ms_per_job:
+        problems.append(
+            f"{row['master_cpu_ms_per_job']:.1f} ms of CPU per job (at most {args.max_ms_per_job})"
+        )
+    if row["exit_delay_s"] > args.max_exit_delay:
+        problems.append(
+            f"exit {row['exit_delay_s']:.1f} s after the last job (at most {args.max_exit_delay})"
+        )
+    return problems
+
+
 # ----------------------------------------------------------------------------- compare
 #: Sidecar keys that differ between any two runs: wall-clock seconds of the job.
 TIMING_KEYS = {"seconds"}
@@ -347,8 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     both = sub.add_parser("compare", help="compare the outputs of two runs")
     both.add_argument("first", help="working directory of the first run")
     both.add_argument("second", help="working directory of the second run")
+    master = sub.add_parser("master", help="check the Snakemake process of a scheduler run")
+    master.add_argument("bench_output", help="output of bench_scheduler.py --json")
+    master.add_argument("--jobs", type=int, required=True, help="trivial jobs expected")
+    master.add_argument("--max-threads", type=int, required=True)
+    master.add_argument("--max-ms-per-job", type=float, required=True)
+    master.add_argument("--max-exit-delay", type=float, required=True, help="seconds")
     args = parser.parse_args(argv)
-    problems = check_jobs(args) if args.command == "jobs" else compare(args)
+    checks = {"jobs": check_jobs, "compare": compare, "master": check_master}
+    problems = checks[args.command](args)
     for problem in problems:
         print(f"FAIL: {problem}", file=sys.stderr)
     return 1 if problems else 0

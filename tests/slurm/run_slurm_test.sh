@@ -11,14 +11,19 @@
 #    (check_runs.py jobs): every job completed; the GPU rules' jobs got a GPU in the gpu
 #    partition, every other job none, in the cpu partition; memory, time limit and CPUs per GPU
 #    are the profile's; the profile's group jobs ran.
-# 5. Runs the same pipeline locally (--cores 2) in a second copy and compares the outputs
+# 5. Runs a few hundred trivial jobs (benchmarks/bench_scheduler.py: the Snakefile's hooks,
+#    `make demo`'s flags; in grouped chains, one SLURM job per chain) through the same profiles
+#    and checks that the Snakemake process stayed bounded (check_runs.py master: few live
+#    threads, little CPU per job, a prompt exit; defaceaudit.scheduler_patch).
+# 6. Runs the same pipeline locally (--cores 2) in a second copy and compares the outputs
 #    (check_runs.py compare: byte-identical, or numerically equal; sidecars but for timings).
-# 6. Stops only the daemons it started (by the pids it recorded), on any exit.
+# 7. Stops only the daemons it started (by the pids it recorded), on any exit.
 #
 # Skips with exit 0 when not root, or when SLURM or munge is missing and apt-get too. Needs the
 # repository's .venv (`make venv`) and, once per machine, the package index (the demo fetches
 # its real heads). SLURM_TEST_TIMEOUT (seconds, default 2400) bounds each pipeline run;
-# SLURM_TEST_KEEP=1 keeps the temporary folder (it is always kept on failure).
+# SLURM_TEST_KEEP=1 keeps the temporary folder (it is always kept on failure);
+# SLURM_TEST_SCHEDULER_JOBS (default 300, a multiple of 15; 0 skips step 5) sets the trivial jobs.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -86,7 +91,8 @@ cleanup() {
             grep -v 'base64//' "$log" | tail -n 15
         done
         # the SLURM logs of failed jobs (each job's own Snakemake output)
-        grep -l -s 'Error in rule' -r "$tmp"/*/.snakemake/slurm_logs | head -n 5 | while read -r log; do
+        grep -l -s 'Error in rule' -r "$tmp"/*/.snakemake/slurm_logs "$tmp"/*/*/.snakemake/slurm_logs |
+            head -n 5 | while read -r log; do
             echo "----- $log"
             grep -v 'base64//' "$log" | tail -n 25
         done
@@ -292,7 +298,29 @@ scontrol show job --details --oneliner >"$tmp/slurm_jobs.txt"
     --profile "$repo/profiles/slurm/profile.yaml" --require-gpu-rules "${gpu_rules[@]}" \
     --gpu-partition gpu --cpu-partition cpu
 
-# --- 5. the same pipeline locally, and the comparison ------------------------------------------
+# --- 5. the Snakemake process at scale through SLURM -------------------------------------------
+# Hundreds of trivial jobs in chains of 15, each chain one SLURM job (a group; one job per trivial
+# job would cost a Snakemake start-up each, minutes on 2 cores), 8 SLURM jobs at a time.
+# Plain Snakemake 9 starts one more self-renewing wake-up thread per finished job and runs every
+# ready job through each scheduling pass; bounds: the issue's 32 threads, 30 ms of CPU per job
+# (start-up included, 2-3 s of the total here) and an exit within 60 s of the last job (one
+# status check of the plugin, 8 s here, growing by 10 s while none ends).
+scheduler_jobs=${SLURM_TEST_SCHEDULER_JOBS:-300}
+if [ "$scheduler_jobs" -gt 0 ]; then
+    say "$scheduler_jobs trivial jobs through SLURM (profiles/slurm + tests/slurm/profile, chains of 15)"
+    t0=$(date +%s)
+    run_pipeline "the scheduler run" "$tmp" "$tmp/scheduler.snakemake.log" \
+        env -u DEFACEAUDIT_SLURM_ACCOUNT \
+        DEFACEAUDIT_SLURM_PARTITION=cpu DEFACEAUDIT_SLURM_GPU_PARTITION=gpu \
+        "$bin/python" "$repo/benchmarks/bench_scheduler.py" --jobs "$scheduler_jobs" --chain 15 \
+        --json --timeout 300 --workdir "$tmp/scheduler_run" \
+        --extra "--profile $repo/profiles/slurm --profile $here/profile --jobs 8"
+    "$bin/python" "$here/check_runs.py" master "$tmp/scheduler.snakemake.log" \
+        --jobs "$scheduler_jobs" --max-threads 32 --max-ms-per-job 30 --max-exit-delay 60
+    say "scheduler run done in $(($(date +%s) - t0)) s"
+fi
+
+# --- 6. the same pipeline locally, and the comparison ------------------------------------------
 say "the same pipeline locally (--cores 2), at most ${run_timeout} s"
 t0=$(date +%s)
 run_pipeline "the local run" "$tmp/local_run" "$tmp/local.snakemake.log" \
