@@ -1,8 +1,8 @@
 """Keep the scheduling work of the Snakemake process bounded on large real runs.
 
-Snakemake 9 (checked on 9.19 to 9.27.1; ``snakemake/scheduling/job_scheduler.py``) does, in the
-process that runs a workflow (the *master*), work that grows with the number of jobs at every
-scheduling pass, and it runs more passes the more jobs have finished:
+Snakemake 9 (read in 9.27.1: ``snakemake/scheduling/job_scheduler.py``, ``snakemake/jobs.py``)
+does, in the process that runs a workflow (the *master*), work that grows with the number of
+jobs at every scheduling pass, and it runs more passes the more jobs have finished:
 
 1. **Self-renewing wake-ups** (snakemake/snakemake#3804). After each pass that selected jobs,
    ``JobScheduler.schedule`` calls ``_schedule_reevalutation(timespan)`` for the job rate limiter
@@ -17,35 +17,42 @@ scheduling pass, and it runs more passes the more jobs have finished:
    of it to the job selector; the ILP selector writes and solves a problem with one variable
    per ready job. When thousands of jobs are ready (a cohort's per-subject steps), a pass
    costs milliseconds per ready job, and a run costs passes x ready jobs: quadratic.
+3. **An aggregating job's inputs, pairwise.** ``Job.prepare`` asks
+   ``is_pipe_or_service_input`` of each input, and each call walks all the job's
+   dependencies: an ``all`` rule of N inputs costs N^2 / 2 lookups (a minute at 15,000).
 
-:func:`bound_scheduler_work` changes four methods of Snakemake's ``JobScheduler``, each a
-drop-in replacement written so that it could go upstream as it is:
+:func:`bound_scheduler_work` replaces these methods, each a drop-in replacement that could go
+upstream as it is (the originals are kept in ``_ORIGINAL``):
 
-* ``_schedule_reevalutation``: at most one pending wake-up per scheduler, a daemon timer; a
-  request for a later wake-up than the pending one is dropped (the earlier pass requests its
-  own), an earlier one replaces it. The timer clears itself *before* it wakes the scheduler,
-  so the pass it causes always schedules the next one (the rate limiter's wake-ups never
-  stop while jobs wait). ``schedule`` cancels the pending timer when it returns.
-* ``open_jobs`` (the jobs a pass considers): the DAG's ready jobs are kept in a
-  :class:`ReadyJobs` set that also queues them by rule (group jobs by their rules), highest
-  priority first, then in the order they became ready. A pass considers, of each rule, at
-  most as many jobs as it could start (:func:`jobs_startable`: the free cores, the free
-  ``--jobs`` slots and the rate limit), so the work of a pass depends on the number of
-  rules and free slots, not on the number of ready jobs. Every job the selector would
-  pick by priority is among them; among jobs of the same rule and priority, the ones ready
-  first go first (upstream breaks such ties by input size). Not used for dry-runs, which run
-  all ready jobs at once.
-* ``remaining_jobs``: the same list, built only when read (the greedy selector never reads
-  it; the ILP selector does, for its temporary-file terms).
-* ``schedule``: as before, and the pending wake-up cancelled on return.
+* ``JobScheduler._schedule_reevalutation`` (:func:`schedule_reevaluation`): at most one
+  pending wake-up per scheduler, a daemon timer; a request for a later wake-up than the
+  pending one is dropped (the earlier pass requests its own), an earlier one replaces it. The
+  timer clears itself *before* it wakes the scheduler, so the pass it causes always schedules
+  the next one (the rate limiter's wake-ups never stop while jobs wait).
+  ``JobScheduler.schedule`` (:func:`schedule`) cancels the pending timer when it returns.
+* ``JobScheduler.open_jobs`` (the jobs a pass considers, :func:`open_jobs`): the DAG's ready
+  jobs are kept in a :class:`ReadyJobs` set (``JobScheduler.__init__``, :func:`scheduler_init`;
+  requeued when the DAG recomputes priorities) that also queues them by rule (group jobs by
+  their rules), highest priority first, then in the order they became ready. A pass considers,
+  of each rule, at most as many jobs as it could start (:func:`jobs_startable`: the free cores,
+  the free ``--jobs`` slots and the rate limit), so the work of a pass depends on the number
+  of rules and free slots, not on the number of ready jobs. Where the jobs of a rule ask for
+  the same resources, every job the selector would pick by priority is among them; among
+  jobs of one rule and priority the ones ready first go first (upstream breaks such ties by
+  input size). Not used for dry-runs, which run all ready jobs at once.
+* ``JobScheduler.remaining_jobs`` (:func:`remaining_jobs`): the same list, built only when read
+  (the greedy selector never reads it; the ILP selector does, for its temporary-file terms).
+* ``Job.prepare`` and ``Job.is_pipe_or_service_input`` (:func:`prepare`): a job's pipe and
+  service inputs collected in one walk (:func:`pipe_or_service_inputs`).
 
-Together with the greedy selector (``--scheduler greedy``, set by ``make demo``, the SLURM
-profile and :data:`GREEDY_HINT`), the master's CPU per job stays flat as the run grows
-(benchmarks/bench_scheduler.py). The ILP selector still starts a solver process per pass.
+Together with the greedy selector (``--scheduler greedy``: ``make demo`` and profiles/slurm
+set it; with the ILP selector the Snakefile logs :data:`GREEDY_HINT`), the master's CPU per job
+stays flat as the run grows (benchmarks/bench_scheduler.py). The ILP selector still starts a
+solver process at every pass and reads every remaining job.
 
 Opt out with ``DEFACEAUDIT_SCHEDULER_PATCH=0`` in the environment. Snakemake versions outside
 :data:`SUPPORTED` or without the methods replaced here are left as they are (a warning says
-so).
+so): check the replacements against a new Snakemake before widening it.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ from typing import Any
 #: environment variable: ``0`` (or ``false``, ``no``, ``off``) leaves Snakemake as it is
 OPT_OUT = "DEFACEAUDIT_SCHEDULER_PATCH"
 #: the Snakemake versions whose ``JobScheduler`` this replaces methods of: [from, to)
-SUPPORTED = ((9, 19), (10, 0))
+SUPPORTED = ((9, 27), (10, 0))
 #: at most this many jobs of one rule per pass, however many slots are free
 MAX_PER_RULE = 1000
 #: what the Snakefile prints when the ILP selector runs a real run
