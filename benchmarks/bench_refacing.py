@@ -182,6 +182,11 @@ def child(spec: dict) -> dict:
     factor = int(config["downsample_factor"])
     grid = tuple(spec["grid"])
     low_grid = tuple(n // factor for n in grid)
+    # the pipeline's attack (reface.attack): the region as one more input channel, and the
+    # region weighted up in the loss
+    attack = config.get("attack", {})
+    mask = int(bool(attack.get("mask_channel", False)))
+    weighted = float(attack.get("region_weight", 1.0)) != 1.0
     torch.manual_seed(0)
 
     def sync() -> None:
@@ -195,7 +200,7 @@ def child(spec: dict) -> dict:
     def network(stage: int) -> torch.nn.Module:
         cfg = {
             **config[f"stage{stage}"]["network"],
-            "in_channels": 2 if stage == 1 else 3,  # x_t + conditions
+            "in_channels": (2 if stage == 1 else 3) + mask,  # x_t + conditions (+ region)
             "out_channels": 1,
         }
         model = unet_from_config(cfg).to(device)
@@ -216,12 +221,17 @@ def child(spec: dict) -> dict:
         # (ValueRangeError, torch 2.13 on the CPU); every shape here is fixed anyway
         net = torch.compile(model, dynamic=False) if compiled else model
         if stage == 1:
-            spatial, cond_channels = low_grid, 1
+            spatial, cond_channels = low_grid, 1 + mask
         else:  # a slab, or an in-plane crop of one (slab_patch), as stage2_batches cuts them
             patch = int(spec["patch"])
             inplane = (min(patch, grid[0]), min(patch, grid[1])) if patch > 0 else grid[:2]
-            spatial, cond_channels = (*inplane, SLAB_SIZE), 2
+            spatial, cond_channels = (*inplane, SLAB_SIZE), 2 + mask
         data = {"x0": unit((batch, 1, *spatial)), "cond": unit((batch, cond_channels, *spatial))}
+        if weighted:  # stage2_batches' weights: 1 outside the region, region_weight inside
+            data["weight"] = (
+                1.0
+                + (float(attack["region_weight"]) - 1.0) * (unit((batch, 1, *spatial)) > 0).float()
+            )
         loss_fn = diffusion_loss(DiffusionSchedule(**config["schedule"]))
         generator = torch.Generator(device=device).manual_seed(0)
 
@@ -311,6 +321,7 @@ def child(spec: dict) -> dict:
                 factor,
                 settings,
                 multiple=multiple,
+                mask_channels=(bool(mask), bool(mask)),
             )
 
     sample(1)  # warm-up: every network input shape once (and compilation)

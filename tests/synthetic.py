@@ -29,3 +29,19 @@ def synthetic_head(shape=(48, 60, 52), voxel_mm=4.0, seed=0, nose=True):
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     return img, brain.reshape(shape)
+
+
+def sphere_head(shape=(20, 20, 16), radius=6, cap_from=3, value=100.0):
+    """A ball "head" of constant ``value`` on an exactly-zero background, and a defaced copy
+    whose cap (the ball's voxels at Y >= centre + ``cap_from``) is set to 0.
+
+    Returns (original, defaced, cap), float32 / float32 / bool ``[X, Y, Z]``; the ball is centred
+    on ``shape // 2`` and holds the voxels within ``radius`` voxels of it.
+    """
+    centre = np.asarray(shape) // 2
+    ijk = np.indices(shape)
+    ball = sum((ijk[a] - centre[a]) ** 2 for a in range(3)) <= radius**2
+    original = np.where(ball, value, 0.0).astype(np.float32)
+    cap = ball & (ijk[1] >= centre[1] + cap_from)
+    defaced = np.where(cap, 0.0, original).astype(np.float32)
+    return original, defaced, cap

@@ -37,6 +37,9 @@ def test_gpu_benchmark_cases_run_on_the_cpu(variant):
     for case in cases:
         rows = bench.child({**base, **case})
         assert rows and all(row["seconds"] > 0 for row in rows.values()), (case, rows)
+        if case["case"] == "train":  # x_t, the conditions and the pipeline's region channel
+            assert config["attack"]["mask_channel"]
+            assert rows[""]["batch"][1] == (2 if case["stage"] == 1 else 3) + 1
     assert rows["2 steps"]["grid"] == list(grid) and rows["2 steps"]["slabs"] >= 1
 
 

@@ -372,3 +372,43 @@ def test_a_bf16_request_the_device_cannot_honour_runs_fp32_and_says_so(monkeypat
     on = bf16_autocast(True)
     assert isinstance(on, torch.autocast)
     assert (on.device, on.fast_dtype) == ("cuda", torch.bfloat16)
+
+
+def ema_history(monkeypatch):
+    """EMA weights after every update of the runs that follow: ``[state dict]``, step order."""
+    history = []
+    real = EMA.update
+
+    def update(self, model):
+        real(self, model)
+        history.append({k: v.detach().clone() for k, v in self.shadow.state_dict().items()})
+
+    monkeypatch.setattr(EMA, "update", update)
+    return history
+
+
+def test_snapshots_are_the_ema_at_their_steps_and_survive_a_resume(tmp_path, monkeypatch):
+    config = make_config(steps=12, checkpoint_every=4)
+    history = ema_history(monkeypatch)
+    run(tmp_path / "a", config, snapshot_steps=[2, 6, 10])
+    straight = load_checkpoint(tmp_path / "a" / "model.pt")["extra"]["ema_snapshots"]
+    assert sorted(straight) == ["10", "2", "6"]
+    for step, state in straight.items():
+        for key, value in history[int(step) - 1].items():
+            assert torch.equal(state[key], value), (step, key)
+    assert not torch.equal(straight["2"]["0.weight"], straight["10"]["0.weight"])
+
+    # killed while drawing the 11th batch: the resume file at step 8 holds the snapshots so far
+    with pytest.raises(Killed):
+        run(tmp_path / "b", config, batches=killed_after(10), snapshot_steps=[2, 6, 10])
+    resume = default_resume_path(tmp_path / "b" / "model.pt")
+    assert sorted(load_checkpoint(resume)["extra"]["ema_snapshots"]) == ["2", "6"]
+    run(tmp_path / "b", config, snapshot_steps=[2, 6, 10])
+    resumed = load_checkpoint(tmp_path / "b" / "model.pt")["extra"]["ema_snapshots"]
+    assert sorted(resumed) == sorted(straight)
+    for step in straight:
+        for key in straight[step]:
+            assert torch.equal(resumed[step][key], straight[step][key]), (step, key)
+    # no snapshots asked: none kept
+    run(tmp_path / "c", make_config(steps=4))
+    assert load_checkpoint(tmp_path / "c" / "model.pt")["extra"]["ema_snapshots"] == {}
