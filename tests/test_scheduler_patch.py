@@ -275,3 +275,12 @@ def test_exit_does_not_wait_for_wake_ups(setup):
         assert row["exit_delay_s"] > 10, row
     else:
         assert row["exit_delay_s"] < 5, row
+
+
+def test_share_finds_snakemake_processes_not_their_jobs():
+    master = bench_scheduler.is_snakemake_master
+    assert master(["/repo/.venv/bin/python3", "/repo/.venv/bin/snakemake", "--cores", "2"])
+    assert master(["snakemake", "--report", "results/report.html"])
+    assert not master(["/bin/bash", "-c", "set -euo pipefail; echo 1 > out/1.txt"])
+    assert not master(["python", "-m", "snakemake", "--executor", "slurm-jobstep"])
+    assert not master(["python", "/repo/.snakemake/scripts/tmpabc.snakemake_script.py"])
