@@ -205,18 +205,23 @@ def test_pipe_inputs_found_in_one_walk_instead_of_one_per_input():
 
 
 # -------------------------------------------------------------------------- the guard
-def test_version_guard_and_opt_out(monkeypatch):
+def test_version_guard():
     from snakemake.jobs import Job
     from snakemake.scheduling.job_scheduler import JobScheduler
 
-    if getattr(JobScheduler, sp._PATCHED, False):
-        pytest.skip("patched in this process already")
     assert sp.unsupported(sp.snakemake_version(), JobScheduler, Job) is None
     assert "not in" in sp.unsupported((10, 0), JobScheduler, Job)
+    assert "not in" in sp.unsupported((9, 19), JobScheduler, Job)
     assert "lack" in sp.unsupported((9, 27), type("Other", (), {}), Job)
+
+
+def test_opt_out(monkeypatch):
+    from snakemake.scheduling.job_scheduler import JobScheduler
+
+    patched_before = getattr(JobScheduler, sp._PATCHED, False)
     monkeypatch.setenv(sp.OPT_OUT, "0")
     assert sp.bound_scheduler_work() is False
-    assert not getattr(JobScheduler, sp._PATCHED, False)
+    assert getattr(JobScheduler, sp._PATCHED, False) == patched_before
 
 
 def test_the_benchmark_runs_the_snakefiles_hooks_and_make_demos_flags():
@@ -284,3 +289,19 @@ def test_share_finds_snakemake_processes_not_their_jobs():
     assert not master(["/bin/bash", "-c", "set -euo pipefail; echo 1 > out/1.txt"])
     assert not master(["python", "-m", "snakemake", "--executor", "slurm-jobstep"])
     assert not master(["python", "/repo/.snakemake/scripts/tmpabc.snakemake_script.py"])
+
+
+def test_install_replaces_the_methods_once(monkeypatch):
+    """What the Snakefile does in every Snakemake process (and in-process API runs)."""
+    from snakemake.jobs import Job
+    from snakemake.scheduling.job_scheduler import JobScheduler
+
+    monkeypatch.delenv(sp.OPT_OUT, raising=False)
+    assert sp.bound_scheduler_work() is True
+    assert JobScheduler._schedule_reevalutation is sp.schedule_reevaluation
+    assert JobScheduler.open_jobs.fget is sp.open_jobs
+    assert Job.is_pipe_or_service_input is sp.is_pipe_or_service_input
+    originals = dict(sp._ORIGINAL)
+    assert sp.bound_scheduler_work() is True  # again: nothing changes
+    assert originals == sp._ORIGINAL
+    assert originals["JobScheduler._schedule_reevalutation"] is not sp.schedule_reevaluation
