@@ -514,7 +514,10 @@ def plot_reidentification(
     notes: list[str] = []
     if reid.empty:
         notes.append("no re-identification results (nothing computed yet?)")
-    ranks = [1, 5]
+    # rank-k is reported only where k is under half the gallery: no empty row for the others
+    ranks = [1] + [
+        k for k in (5,) if f"rank{k}_rate" in reid.columns and reid[f"rank{k}_rate"].notna().any()
+    ]
     fig = _new_figure(3.2 + 3.0 * len(test_sets), 0.9 + 2.7 * len(ranks))
     axes = fig.subplots(len(ranks), len(test_sets), squeeze=False, sharey=True)
     percent = FuncFormatter(lambda v, _: f"{100 * v:g}%")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from defaceaudit.diffusion.ddim import ddim_sample, model_predictor, paste_known_hook
 from defaceaudit.diffusion.schedule import DiffusionSchedule
@@ -178,7 +179,14 @@ class AttackTraining:
     - ``coarse_noise``: stage 2's coarse condition gets Gaussian noise of a standard deviation
       drawn uniformly in [0, coarse_noise] (units of [-1, 1]), so stage 2 is trained on the
       imperfect inputs it gets from stage 1 when sampling (conditioning augmentation,
-      Ho et al. 2022, "Cascaded diffusion models").
+      Ho et al. 2022, "Cascaded diffusion models");
+    - ``scale``: stage 1's samples are zoomed by a factor drawn in [1 - scale, 1 + scale] about
+      a centre shifted by up to ``scale`` of the grid (input, target and region together), so
+      the network learns to fit a face to a head of another size and position than the few
+      training persons' (the demo trains on two);
+    - ``gamma``: input and target (and stage 2's coarse condition) go through one intensity
+      curve ``u ** g``, ``u`` in [0, 1], ``log g`` drawn in [-gamma, gamma] (zero stays zero):
+      robustness to another scanner's contrast and bias field.
     """
 
     mask_channel: bool = True
@@ -186,6 +194,8 @@ class AttackTraining:
     focus: float = 0.0
     flip: bool = False
     coarse_noise: float = 0.0
+    scale: float = 0.0
+    gamma: float = 0.0
 
     @classmethod
     def from_config(cls, reface: dict) -> AttackTraining:
@@ -203,6 +213,33 @@ def _flip(rng: np.random.Generator, *tensors: torch.Tensor) -> tuple[torch.Tenso
     if rng.random() < 0.5:
         return tuple(t.flip(1) for t in tensors)
     return tensors
+
+
+def _gamma(rng: np.random.Generator, gamma: float, *images: torch.Tensor) -> tuple:
+    """``images`` (in [-1, 1]) through one curve ``u ** g`` on ``u = (x + 1) / 2``, ``log g``
+    drawn uniformly in [-gamma, gamma]; unchanged for ``gamma`` 0."""
+    if gamma <= 0:
+        return images
+    g = float(np.exp(rng.uniform(-gamma, gamma)))
+    return tuple(2.0 * ((x + 1.0) * 0.5).clamp(0.0, 1.0) ** g - 1.0 for x in images)
+
+
+def _zoom(rng: np.random.Generator, scale: float, *volumes: torch.Tensor) -> tuple:
+    """``volumes`` ([C, x, y, z] each, one grid) zoomed together by a factor drawn in
+    [1 - scale, 1 + scale] about a centre shifted by up to ``scale`` (fractions of the grid),
+    trilinear, the border values extended; unchanged for ``scale`` 0."""
+    if scale <= 0:
+        return volumes
+    factor = float(rng.uniform(1.0 - scale, 1.0 + scale))
+    shift = rng.uniform(-scale, scale, 3)
+    # affine_grid maps output to input coordinates, (z, y, x) order of the last three axes
+    theta = torch.zeros(1, 3, 4)
+    theta[0, :3, :3] = torch.eye(3) / factor
+    theta[0, :, 3] = torch.as_tensor(shift[::-1].copy(), dtype=torch.float32)
+    stacked = torch.cat(volumes)[None]
+    grid = F.affine_grid(theta, list(stacked.shape), align_corners=False)
+    out = F.grid_sample(stacked, grid, padding_mode="border", align_corners=False)[0]
+    return tuple(torch.split(out, [v.shape[0] for v in volumes]))
 
 
 def _weight(region: torch.Tensor, region_weight: float) -> torch.Tensor:
@@ -235,6 +272,8 @@ def stage1_batches(
                 target, given, region = pairs.low_targets[i], pairs.low_inputs[i], region
                 if attack.flip:
                     target, given, region = _flip(rng, target, given, region)
+                target, given, region = _zoom(rng, attack.scale, target, given, region)
+                target, given = _gamma(rng, attack.gamma, target, given)
                 x0.append(target)
                 channels = [given, mask_channel(region)] if attack.mask_channel else [given]
                 cond.append(torch.cat(channels))
@@ -318,6 +357,7 @@ def stage2_batches(
                 )
                 if attack.flip:
                     target, coarse, given, region = _flip(rng, target, coarse, given, region)
+                target, coarse, given = _gamma(rng, attack.gamma, target, coarse, given)
                 channels = [coarse, given] + ([mask_channel(region)] if attack.mask_channel else [])
                 x0.append(target)
                 cond.append(torch.cat(channels))

@@ -430,6 +430,10 @@ def reface_volume(
         )
     seconds = time.perf_counter() - start
     refaced = from_unit(crop_volume(out[0, 0].float().cpu().numpy(), data.shape), scale)
+    # a generated voxel is never exactly 0: that marks a defacer's fill (which re-identification
+    # does not take for skin: defaceaudit.metrics.surface.skin_vertices); generated air is the
+    # smallest positive float instead
+    refaced = np.maximum(refaced, np.finfo(np.float32).tiny)
     if settings.paste_back:
         refaced = np.where(generated, refaced, data)
     else:  # stage 2 sampled the whole volume: every voxel is generated

@@ -28,7 +28,12 @@ from defaceaudit.face_tables import FACE_METRIC_COLUMNS
 from defaceaudit.masks import head_mask
 from defaceaudit.metrics.plan import IMAGE_TYPES
 from defaceaudit.metrics.similarity import similarity
-from defaceaudit.metrics.surface import FaceCrop, face_vertices, masd_from_vertices
+from defaceaudit.metrics.surface import (
+    FaceCrop,
+    face_vertices,
+    masd_from_vertices,
+    skin_vertices,
+)
 from defaceaudit.metrics.template_space import (
     apply_transform,
     load_template,
@@ -168,6 +173,8 @@ def measure_face_metrics(
             try:
                 own_crop = FaceCrop.from_head(heads[kind], spacing)
                 verts = face_vertices(heads[kind], own_crop, spacing)
+                # a defacer's cut is no face: only skin is matched against the gallery
+                verts = skin_vertices(verts, data[kind], heads[kind], spacing)
             except ValueError as err:
                 log.warning("%s / %s / %s: %s; no face to re-identify", subject, defacer, kind, err)
                 world[name] = np.empty((0, 3))

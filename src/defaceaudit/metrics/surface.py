@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
@@ -118,6 +119,40 @@ def face_vertices(head: np.ndarray, crop: FaceCrop, spacing_mm: Sequence[float])
     on_y_cap = verts[:, 1] <= (crop.y_min + 0.5) * spacing[1]
     on_z_cap = verts[:, 2] <= (crop.z_min + 0.5) * spacing[2]
     return verts[~(on_y_cap | on_z_cap)]
+
+
+#: a background (outside the head) with at most this fraction of exact zeros is "noisy": its
+#: exact zeros are a defacer's fill, not air (a quickshear cut zeroes about a third of the
+#: background, a face mask less; an exactly-0 background is all zeros)
+NOISY_BACKGROUND_ZEROS = 0.8
+
+
+def fill_mask(image: np.ndarray, head: np.ndarray) -> np.ndarray | None:
+    """Where ``image`` ([X, Y, Z]) holds a defacer's fill, bool: its exact zeros, grown by one
+    voxel, when its background (outside ``head``) is noisy (at most
+    :data:`NOISY_BACKGROUND_ZEROS` exact zeros there); None when the background itself is
+    exactly 0 (preprocessed data), where fill and air cannot be told apart."""
+    image = np.asarray(image)
+    zero = image == 0
+    outside = ~np.asarray(head, dtype=bool)
+    if not outside.any() or zero[outside].mean() > NOISY_BACKGROUND_ZEROS:
+        return None
+    return ndimage.binary_dilation(zero, iterations=1)
+
+
+def skin_vertices(
+    vertices: np.ndarray, image: np.ndarray, head: np.ndarray, spacing_mm: Sequence[float]
+) -> np.ndarray:
+    """``vertices`` ([N, 3] mm, as :func:`face_vertices` gives them) less those on a
+    defacer's cut: next to its fill (:func:`fill_mask`). A cut surface is no skin: it follows
+    where the defacer cut each head, and matching it against faces would identify the cut, not
+    the face. All vertices are kept where the fill cannot be told from air."""
+    fill = fill_mask(image, head)
+    if fill is None or len(vertices) == 0:
+        return vertices
+    index = np.rint(np.asarray(vertices) / np.asarray(spacing_mm, dtype=float)).astype(int)
+    index = np.clip(index, 0, np.array(fill.shape) - 1)
+    return vertices[~fill[index[:, 0], index[:, 1], index[:, 2]]]
 
 
 def _mean_nearest_distance(points: np.ndarray, queries: np.ndarray) -> float:
