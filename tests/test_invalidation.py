@@ -253,7 +253,12 @@ def test_changed_training_subject_retrains_and_resamples_every_test_subject(fini
     # expected, and documented: the refacing models and the average head (avgface) are built
     # from the whole training split, so every test subject is resampled, re-defaced by avgface
     # (the population-average column) and measured again
-    resampled = TRAINING_RULES | {"sample_refaced", "compute_face_metrics", "render_face_panel"}
+    resampled = TRAINING_RULES | {
+        "sample_refaced",
+        "validate_refacing",
+        "compute_face_metrics",
+        "render_face_panel",
+    }
     whole_split = {
         j
         for j in every_job
@@ -293,8 +298,10 @@ def test_changed_refacing_setting_retrains_only_what_reads_it(
     if retrained is None:  # where the models run is not what they are
         assert planned == {}
         return
-    # the changed jobs, every sampling job after them, and what measures the refaced images
-    changed = {j for j in every_job if j.rule in retrained | {"sample_refaced"}}
+    # the changed jobs, every sampling job after them (the validation samples too), and what
+    # measures the refaced images
+    sampled = {"sample_refaced", "validate_refacing"}
+    changed = {j for j in every_job if j.rule in retrained | sampled}
     assert {j.rule for j in planned} - METRIC_RULES - METRIC_AGGREGATES <= {
         j.rule for j in changed
     }, sorted(planned, key=repr)
