@@ -105,7 +105,24 @@ def measure(results: Path, defacers: list[str]) -> dict:
         (means[["masd_mm_ratio", "masd_symmetric_mm_ratio"]] <= MAX_MEAN_RATIO).all().all()
     )
     volume = bool(rows["volume_ratio"].between(*VOLUME_RANGE).all())
+    groups = []
+    for (test_set, defacer), group in rows.groupby(["test_set", "defacer"]):
+        mean = group[["masd_mm_ratio", "masd_symmetric_mm_ratio"]].mean()
+        groups.append(
+            {
+                "test_set": test_set,
+                "defacer": defacer,
+                "every_dpm_below_defaced": bool(
+                    (group[["masd_mm_ratio", "masd_symmetric_mm_ratio"]] < 1).all().all()
+                ),
+                "mean_ratio_at_most_half": bool((mean <= MAX_MEAN_RATIO).all()),
+                "volume_within_25_percent": bool(
+                    group["volume_ratio"].between(*VOLUME_RANGE).all()
+                ),
+            }
+        )
     return {
+        "per_group": groups,
         "rows": rows.round(4).to_dict(orient="records"),
         "means": means.round(4).to_dict(orient="records"),
         "verdicts": {m: {"converged": v.get("converged")} for m, v in verdicts.items()},
@@ -138,14 +155,18 @@ def _print(result: dict, reference: dict | None) -> None:
     print("\nMean DPM / defaced MASD ratio per test set and defacer (goal <= 0.5):")
     means = pd.DataFrame(result["means"])
     if reference is not None:
-        ref = pd.DataFrame(reference["means"]).set_index(["test_set", "defacer"])
-        means = means.join(ref, on=["test_set", "defacer"], rsuffix="_reference")
+        ref = pd.DataFrame(reference["means"])
+        means = means.merge(
+            ref, on=["test_set", "defacer"], how="left", suffixes=("", "_reference")
+        )
     print(means.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("\nValidation verdicts:", result["verdicts"])
     print("Refacing job seconds:", result["job_seconds"])
     if reference is not None:
         print("  reference:", reference.get("job_seconds"))
-    print("Criteria:", result["criteria"])
+    print("\nCriteria per test set and defacer:")
+    print(pd.DataFrame(result["per_group"]).to_string(index=False))
+    print("Criteria, all together:", result["criteria"])
 
 
 def main(argv=None) -> int:
