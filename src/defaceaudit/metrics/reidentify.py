@@ -86,6 +86,14 @@ def rank_of_own(distances: np.ndarray, own: int, rng: np.random.Generator) -> in
     return 1 + closer + int(rng.integers(0, tied_others + 1))
 
 
+def probe_layer(probe: dict) -> str:
+    """The layer of the face region a probe is compared in: its defacer's (a defaced image,
+    or one refaced from it, ``dpm_<defacer>``; a population-average refacer's own), where
+    the region has one; the whole region for an original (the ceiling)."""
+    image = str(probe.get("image", ""))
+    return image.removeprefix("dpm_")
+
+
 def rank_probes(
     galleries: dict[str, dict[str, np.ndarray]],
     probes: list[dict],
@@ -102,7 +110,8 @@ def rank_probes(
             mm).
         probes: dicts with ``subject``, ``test_set``, ``vertices`` ``[M, 3]`` (M may be 0: no
             face left) and labels (``image_type``, ``image``, ...) copied to the output.
-        region: only vertices inside it are compared (None: all).
+        region: only vertices inside it are compared (None: all); a probe only inside its
+            layer (:func:`probe_layer`, :meth:`FaceRegion.layer`).
         probe_vertices: vertices of each probe compared with every gallery face
             (:func:`probe_subset`, the same subset for all of them; 0 = all).
         seed: the subsets' and the tie-breaks' seed (probe ``i`` draws with ``[seed, i]``).
@@ -112,19 +121,28 @@ def rank_probes(
     gallery face is the nearest; ties broken at random, so a probe with no face ranks
     uniformly at random), ``n_gallery``, ``nearest`` (subject; empty without a face).
     """
-    trees = {}
     for test_set, gallery in galleries.items():
-        trees[test_set] = {}
         for subject, vertices in gallery.items():
-            kept = in_region(vertices, region)
-            if not len(kept):
+            if not len(in_region(vertices, region)):
                 raise ValueError(
                     f"the gallery face of {subject} ({test_set}) has no vertex in the face region"
                 )
-            trees[test_set][subject] = cKDTree(kept)
+    trees: dict[tuple[str, str], dict] = {}
+
+    def gallery_trees(test_set: str, layer: str) -> dict:
+        """The test set's gallery faces inside one layer of the region (None: no vertex)."""
+        if (test_set, layer) not in trees:
+            part = region.layer(layer) if region is not None else None
+            trees[test_set, layer] = {
+                subject: (cKDTree(kept) if len(kept := in_region(vertices, part)) else None)
+                for subject, vertices in galleries.get(test_set, {}).items()
+            }
+        return trees[test_set, layer]
+
     rows = []
     for i, probe in enumerate(probes):
-        gallery = trees.get(probe["test_set"], {})
+        layer = probe_layer(probe)
+        gallery = gallery_trees(probe["test_set"], layer)
         if probe["subject"] not in gallery:
             raise ValueError(
                 f"probe subject {probe['subject']} has no face in the {probe['test_set']} gallery"
@@ -132,11 +150,18 @@ def rank_probes(
         subjects = list(gallery)
         own = subjects.index(probe["subject"])
         labels = {k: v for k, v in probe.items() if k != "vertices"}
-        kept = in_region(probe["vertices"], region)
+        kept = in_region(probe["vertices"], region.layer(layer) if region is not None else None)
         points = probe_subset(kept, probe_vertices, [seed, i])
         dist = np.full(len(subjects), np.nan)
         if len(points):
-            dist = np.array([gallery[s].query(points, workers=workers)[0].mean() for s in subjects])
+            dist = np.array(
+                [
+                    np.inf
+                    if gallery[s] is None
+                    else gallery[s].query(points, workers=workers)[0].mean()
+                    for s in subjects
+                ]
+            )
         rng = np.random.default_rng([seed, i, 1])
         rows.append(
             {
@@ -321,7 +346,11 @@ def reidentify_files(
         notes: lines added under the Markdown table (why a test set is left out).
         probe_vertices, workers: as in :func:`rank_probes` (``seed`` seeds the subsets too).
     """
-    face_region = FaceRegion.load(region["mask"]) if region else None
+    face_region = None
+    if region:
+        sidecar = region.get("sidecar")
+        layers = json.loads(Path(sidecar).read_text()).get("layers", []) if sidecar else []
+        face_region = FaceRegion.load(region["mask"], layers)
     notes = [*(_region_note(region.get("sidecar")) if region else []), *notes]
     galleries = {
         test_set: {s: _gallery_face(p) for s, p in faces.items()}

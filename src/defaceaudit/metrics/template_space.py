@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nibabel as nib
 import numpy as np
@@ -174,10 +174,18 @@ def read_transform(path: str | os.PathLike) -> np.ndarray:
 @dataclass(frozen=True)
 class FaceRegion:
     """A region of template world: ``mask`` bool ``[X, Y, Z]`` on the grid of ``affine`` (4x4,
-    RAS mm)."""
+    RAS mm); ``layers``: the part of it each defacer removed (defacer -> bool ``[X, Y, Z]``,
+    each dilated like the whole), empty where not known."""
 
     mask: np.ndarray
     affine: np.ndarray
+    layers: dict = field(default_factory=dict)
+
+    def layer(self, name: str) -> FaceRegion:
+        """The region one defacer removed (the whole region for a name without a layer)."""
+        if name not in self.layers:
+            return self
+        return FaceRegion(self.layers[name], self.affine)
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         """Bool ``[N]``: whether each point ``[N, 3]`` (template world, mm) lies in a voxel of
@@ -190,9 +198,13 @@ class FaceRegion:
         return found
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> FaceRegion:
+    def load(cls, path: str | os.PathLike, layers: Sequence[str] = ()) -> FaceRegion:
+        """From a mask written by :func:`build_face_region`: bit ``i`` of each voxel is layer
+        ``layers[i]``, any bit the whole region."""
         img = nib.load(os.fspath(path))
-        return cls(np.asarray(img.dataobj) > 0.5, np.asarray(img.affine, dtype=float))
+        bits = np.asarray(img.dataobj).astype(np.uint8)
+        named = {name: (bits >> i) & 1 == 1 for i, name in enumerate(layers)}
+        return cls(bits > 0, np.asarray(img.affine, dtype=float), named)
 
 
 def face_region(
@@ -203,19 +215,23 @@ def face_region(
     """The union of removed regions in template space, dilated by ``dilation_mm``.
 
     Args:
-        removed: ``(mask bool [X, Y, Z], its affine 4x4, subject -> template 4x4)`` per subject
-            and defacer (the mask on the subject's grid, the transform of
-            :func:`align_to_template`).
+        removed: ``(mask bool [X, Y, Z], its affine 4x4, subject -> template 4x4[, defacer])``
+            per subject and defacer (the mask on the subject's grid, the transform of
+            :func:`align_to_template`); with the defacer's name, each defacer's union is also
+            kept as a layer of the region (:meth:`FaceRegion.layer`).
         grid: ``(shape, affine)`` of the template grid.
         dilation_mm: every template voxel within this distance (mm, Euclidean) of the union is
             in the region: the skin lies half a voxel outside the tissue a defacer removed,
             and subjects register to the template within a few mm.
     """
     shape, affine = grid
-    union = np.zeros(tuple(shape), dtype=bool)
-    for mask, mask_affine, to_template in removed:
+    layers: dict[str, np.ndarray] = {}
+    for entry in removed:
+        mask, mask_affine, to_template = entry[:3]
+        name = entry[3] if len(entry) > 3 else ""
+        layer = layers.setdefault(name, np.zeros(tuple(shape), dtype=bool))
         # each template voxel looks its subject's mask up (no holes, unlike pushing voxels)
-        union |= (
+        layer |= (
             resample(
                 (np.asarray(mask, np.float32), mask_affine),
                 (shape, affine),
@@ -224,10 +240,15 @@ def face_region(
             )
             > 0.5
         )
-    if dilation_mm > 0 and union.any():
-        distance = ndimage.distance_transform_edt(~union, sampling=voxel_sizes_mm(affine))
-        union = distance <= dilation_mm
-    return FaceRegion(union, np.asarray(affine, dtype=float))
+    for name, layer in layers.items():
+        if dilation_mm > 0 and layer.any():
+            distance = ndimage.distance_transform_edt(~layer, sampling=voxel_sizes_mm(affine))
+            layers[name] = distance <= dilation_mm
+    union = np.zeros(tuple(shape), dtype=bool)
+    for layer in layers.values():
+        union |= layer
+    named = {name: layer for name, layer in layers.items() if name}
+    return FaceRegion(union, np.asarray(affine, dtype=float), named)
 
 
 def build_face_region(
@@ -252,20 +273,31 @@ def build_face_region(
     removed = []
     for subject, files in subjects.items():
         to_template = read_transform(files["transform"])
-        for path in files["removed"]:
+        names = list(defacers) if len(defacers) == len(files["removed"]) else [""] * 99
+        for path, name in zip(files["removed"], names, strict=False):
             img = to_ras(nib.load(os.fspath(path)))
-            removed.append((np.asarray(img.dataobj) > 0.5, img.affine, to_template))
+            removed.append((np.asarray(img.dataobj) > 0.5, img.affine, to_template, name))
         log.info("%s: %d removed regions", subject, len(files["removed"]))
     region = face_region(removed, grid, dilation_mm)
     if not region.mask.any():
         raise ImageError(f"the defacers ({', '.join(defacers)}) removed nothing: no face region")
-    save_nifti(region.mask, out_mask, affine=region.affine, dtype=np.uint8)
+    if len(region.layers) > 8:
+        raise ValueError(f"at most 8 defacers make a face region, got {len(region.layers)}")
+    # one bit per defacer's layer (FaceRegion.load); a voxel of the region has at least one
+    bits = np.zeros(region.mask.shape, dtype=np.uint8)
+    layers = [name for name in defacers if name in region.layers]
+    for i, name in enumerate(layers):
+        bits |= region.layers[name].astype(np.uint8) << i
+    bits[region.mask & (bits == 0)] = 1
+    save_nifti(bits, out_mask, affine=region.affine, dtype=np.uint8)
     volume_ml = float(region.mask.sum() * np.prod(voxel_sizes_mm(region.affine))) / 1000
     write_json(
         {
             "description": "union of the regions the defacers removed, in template space, "
-            "dilated; re-identification compares faces only inside it",
+            "dilated; bit i of a voxel: layers[i] removed it; re-identification compares a "
+            "defacer's images inside its own layer, the originals inside the union",
             "defacers": list(defacers),
+            "layers": layers,
             "subjects": list(subjects),
             "dilation_mm": float(dilation_mm),
             "voxel_mm": TEMPLATE_VOXEL_MM,
