@@ -269,7 +269,7 @@ def stage1_batches(
                     if pairs.low_regions is not None
                     else torch.zeros_like(pairs.low_targets[i])
                 )
-                target, given, region = pairs.low_targets[i], pairs.low_inputs[i], region
+                target, given = pairs.low_targets[i], pairs.low_inputs[i]
                 if attack.flip:
                     target, given, region = _flip(rng, target, given, region)
                 target, given, region = _zoom(rng, attack.scale, target, given, region)

@@ -273,8 +273,10 @@ def build_face_region(
     removed = []
     for subject, files in subjects.items():
         to_template = read_transform(files["transform"])
-        names = list(defacers) if len(defacers) == len(files["removed"]) else [""] * 99
-        for path, name in zip(files["removed"], names, strict=False):
+        # each subject's masks come in the order of ``defacers``: each names its layer
+        count = len(files["removed"])
+        names = list(defacers) if len(defacers) == count else [""] * count
+        for path, name in zip(files["removed"], names, strict=True):
             img = to_ras(nib.load(os.fspath(path)))
             removed.append((np.asarray(img.dataobj) > 0.5, img.affine, to_template, name))
         log.info("%s: %d removed regions", subject, len(files["removed"]))
