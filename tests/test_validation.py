@@ -265,3 +265,10 @@ def test_every_model_is_validated():
     targets = jobs.reface_targets(cohort, plan, ["in01"])
     for model in jobs.models_needed(plan):
         assert set(paths.reface_validation_files(model).values()) <= set(targets)
+
+
+def test_a_verdict_without_a_refaced_face_is_strict_json():
+    result = verdict(curve(np.nan, np.nan))
+    assert not result["converged"]
+    assert result["mean_masd_refaced_mm"] is None
+    json.dumps(result, allow_nan=False)  # NaN would raise: not JSON

@@ -178,12 +178,15 @@ def verdict(curve: pd.DataFrame) -> dict:
         "stage1_step": int(last["stage1_step"].iloc[0]) if len(last) else 0,
         "stage2_step": int(last["stage2_step"].iloc[0]) if len(last) else 0,
         "validation_pairs": int(len(last)),
-        **{f"mean_{column}": means.get(column, float("nan")) for column in CURVE_COLUMNS[6:]},
+        # None, not NaN, where a mean is missing: the verdict is strict JSON
+        **{f"mean_{column}": means.get(column) for column in CURVE_COLUMNS[6:]},
         "note": "" if converged else NOT_CONVERGED,
     }
 
 
-def plot_learning_curve(curve: pd.DataFrame, out_png: str | os.PathLike) -> None:
+def plot_learning_curve(
+    curve: pd.DataFrame, out_png: str | os.PathLike, converged: bool | None = None
+) -> None:
     """Validation MASD (mm, paper direction) against stage-1 training steps, one line per
     validation pair, refaced solid and defaced dashed (the level the attack must beat)."""
     fig = Figure(figsize=(6.4, 3.8), dpi=120)
@@ -198,8 +201,9 @@ def plot_learning_curve(curve: pd.DataFrame, out_png: str | os.PathLike) -> None
         ax.axhline(float(group["masd_defaced_mm"].iloc[0]), color=colour, ls="--", lw=0.8)
     ax.set_xlabel("training steps (stage 1; stage 2 at the same fraction)")
     ax.set_ylabel("face MASD to the original (mm)")
-    verdict_text = verdict(curve) if len(curve) else {"converged": False}
-    state = "converged" if verdict_text["converged"] else "NOT converged"
+    if converged is None:
+        converged = bool(len(curve)) and verdict(curve)["converged"]
+    state = "converged" if converged else "NOT converged"
     ax.set_title(f"Refacing model '{model}' on held-out training subjects: {state}", fontsize=9)
     ax.set_ylim(bottom=0)
     if len(curve):
@@ -234,6 +238,6 @@ def validate_refacing(
         }
     write_tsv(curve, outputs["curve"])
     write_json(result, outputs["verdict"])
-    plot_learning_curve(curve, outputs["figure"])
+    plot_learning_curve(curve, outputs["figure"], converged=result["converged"])
     log.info("%s: %s", model, result)
     return result
