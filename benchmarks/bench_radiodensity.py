@@ -7,14 +7,14 @@
 
 CPU (default): the demo size, face crops of 34 x 15 x 44 voxels (6 mm), 32 training rows of 16
 subjects and 12 validation rows (the demo: 32 and 11), batch size 4:
-``radiodensity.train.train_radiodensity`` itself runs 3 epochs (MONAI ResNet10, 14.4 M
+``radiodensity.train.fit_radiodensity`` itself runs 3 epochs (MONAI ResNet10, 14.4 M
 parameters, random initialisation, AdamW) and the row gives the mean seconds of epochs 2 and 3
 (epoch 1 carries the one-off costs; an epoch is 32 subject-balanced draws in 8 steps plus the
 validation predictions) and the peak resident memory.
 
 GPU (``--gpu``): the paper size, 201 x 87 x 261 crops at 1 mm, batch size 8, in float32 and with
 bf16 autocast: the mean seconds of one training step (zero_grad, forward, MSE, backward, fused
-AdamW step, as in ``train_radiodensity``; 5 steps after 2 warm-up steps, timed between
+AdamW step, as in ``fit_radiodensity``; 5 steps after 2 warm-up steps, timed between
 ``torch.cuda.synchronize()`` calls) and the CUDA allocator's peak (``max_memory_allocated``).
 Needs torch with CUDA, MONAI and the package importable (``PYTHONPATH=src``); without a CUDA
 device ``--gpu`` exits with code 2.
@@ -60,7 +60,7 @@ def child(spec: dict) -> dict:
 
     from defaceaudit.devices import bf16_autocast
     from defaceaudit.radiodensity.model import resnet10
-    from defaceaudit.radiodensity.train import train_radiodensity
+    from defaceaudit.radiodensity.train import fit_radiodensity
 
     if spec["case"] == "baseline":
         return {"seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
@@ -79,7 +79,7 @@ def child(spec: dict) -> dict:
             "seed": 0,
             "device": "cpu",
         }
-        _, history, _ = train_radiodensity(crops, rng.normal(size=n), subjects, splits, settings)
+        _, history, _ = fit_radiodensity(crops, rng.normal(size=n), subjects, splits, settings)
         later = history["seconds"].iloc[1:]
         return {
             "seconds": float(later.mean()),
@@ -173,7 +173,7 @@ def main() -> None:
             f"{DEMO_TRAIN_ROWS} training rows, {DEMO_VALIDATION_ROWS} validation rows, "
             f"batch {DEMO_BATCH}"
         )
-        threads = benchlib.rule_threads("train_radiodensity")  # as the workflow runs the job
+        threads = benchlib.rule_threads("fit_radiodensity")  # as the workflow runs the job
         cases = [
             ("cpu demo_6mm baseline", {"case": "baseline"}),
             ("cpu demo_6mm train epoch", {"case": "epoch", "threads": threads}),

@@ -136,8 +136,8 @@ def reface_config(paper: bool) -> dict:
 
 
 def padded(config: dict, shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    from defaceaudit.diffusion.unet import required_multiple
-    from defaceaudit.diffusion.volumes import padded_shape
+    from defaceaudit.reface.unet import required_multiple
+    from defaceaudit.reface.volumes import padded_shape
 
     return padded_shape(
         shape,
@@ -156,16 +156,16 @@ def child(spec: dict) -> dict:
     import torch
 
     from defaceaudit.devices import bf16_autocast
-    from defaceaudit.diffusion.cascade import (
+    from defaceaudit.reface.cascade import (
         SamplingSettings,
         diffusion_loss,
         generation_window,
         sample_cascade,
     )
-    from defaceaudit.diffusion.schedule import DiffusionSchedule
-    from defaceaudit.diffusion.slabs import SLAB_SIZE, slab_starts
-    from defaceaudit.diffusion.train import EMA
-    from defaceaudit.diffusion.unet import required_multiple, unet_from_config
+    from defaceaudit.reface.schedule import DiffusionSchedule
+    from defaceaudit.reface.slabs import SLAB_SIZE, slab_starts
+    from defaceaudit.reface.train import EMA
+    from defaceaudit.reface.unet import required_multiple, unet_from_config
 
     if spec["case"] == "baseline":
         return {"": {"seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}}
@@ -513,7 +513,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch = benchlib.import_torch(
-        "bench_refacing", "defaceaudit.diffusion.unet", IMPORT_HINT, args.gpu, also=("einops",)
+        "bench_refacing", "defaceaudit.reface.unet", IMPORT_HINT, args.gpu, also=("einops",)
     )
 
     config = reface_config(paper=args.gpu)

@@ -27,8 +27,8 @@ Snakemake process alone (the *master*; the jobs' shells are not counted):
 ``--profile profiles/slurm`` so. ``--workdir DIR`` runs in DIR/N and keeps it.
 
 ``--plain`` runs the same with plain Snakemake: ``DEFACEAUDIT_SCHEDULER_PATCH=0`` (the
-scheduler left as Snakemake ships it, defaceaudit.scheduler_patch) and ``make demo``'s flags
-without ``--scheduler`` (Snakemake's default ILP selector), as the project ran before.
+scheduler left as Snakemake ships it, defaceaudit.workflow.scheduler_patch) and ``make demo``'s
+flags without ``--scheduler`` (Snakemake's default ILP selector), as the project ran before.
 
 With ``--jobs`` each size runs once and prints one JSON line (with ``--json`` the last line is
 one JSON object for the last size). Without ``--jobs``: N = 500, 2000, 8000 and 15,000 with the
@@ -68,7 +68,7 @@ SIZES = (500, 2000, 8000, 15000)
 PLAIN_UP_TO = 2000
 #: seconds one run may take before it is reported as failed
 RUN_TIMEOUT_S = 3600
-#: the project's opt-out of its scheduler patch (defaceaudit.scheduler_patch.OPT_OUT)
+#: the project's opt-out of its scheduler patch (defaceaudit.workflow.scheduler_patch.OPT_OUT)
 OPT_OUT = "DEFACEAUDIT_SCHEDULER_PATCH"
 #: the goals of the issue, checked below the table
 GOAL_MS_PER_JOB = 5.0
@@ -143,11 +143,11 @@ rule one:
 
 
 def project_hooks(snakefile: Path = REPO / "Snakefile") -> tuple[list[str], list[str], list[str]]:
-    """The Snakefile's imports from ``defaceaudit.workflow`` and ``defaceaudit.scheduler_patch``
-    (the functions that change the Snakemake process), its top-level calls of them and the calls
-    in its ``onstart`` block, as source lines."""
+    """The Snakefile's imports from ``defaceaudit.workflow.snakemake_hooks`` (the functions
+    that change the Snakemake process), its top-level calls of them and the calls in its
+    ``onstart`` block, as source lines."""
     text = snakefile.read_text()
-    pattern = r"^from defaceaudit\.(?:workflow|scheduler_patch) import (?:\([^)]*\)|[^\n]*)"
+    pattern = r"^from defaceaudit\.workflow\.snakemake_hooks import (?:\([^)]*\)|[^\n]*)"
     imports = re.findall(pattern, text, re.M)
     names = {
         name.strip()

@@ -23,7 +23,7 @@ rule fetch_demo_base:
 
 rule synthesize_demo_subject:
     input:
-        unpack(demo_base_inputs),
+        unpack(JOBS.demo_base_inputs),
     output:
         t1w=paths.demo_t1w("{dataset}", "{subject}"),
         brain_mask=paths.demo_brain_mask("{dataset}", "{subject}"),
@@ -36,7 +36,7 @@ rule synthesize_demo_subject:
         mem_mb=3000,
         runtime=10,
     params:
-        subject=demo_subject_params,
+        subject=JOBS.demo_subject_params,
         synth=synth_config(config["demo"]),
     script:
         "../workflow_scripts/synthesize_demo_subject.py"
@@ -44,22 +44,22 @@ rule synthesize_demo_subject:
 
 rule synthesize_demo_gallery:
     input:
-        unpack(demo_base_inputs),
+        unpack(JOBS.demo_base_inputs),
     output:
         t1w=paths.demo_gallery_t1w("{subject}"),
     log:
         log_file("synthesize_demo_gallery"),
     wildcard_constraints:
-        subject=gallery_subject_pattern(),
+        subject=JOBS.gallery_subject_pattern(),
     conda:
         "../envs/defaceaudit.yaml"
     resources:
         mem_mb=3000,
         runtime=10,
     params:
-        subject=demo_subject_params,
+        subject=JOBS.demo_subject_params,
         synth=synth_config(config["demo"]),
-        gallery=demo_gallery_config(),
+        gallery=JOBS.demo_gallery_config(),
     script:
         "../workflow_scripts/synthesize_demo_gallery.py"
 
@@ -73,9 +73,9 @@ rule write_demo_tables:
     conda:
         "../envs/defaceaudit.yaml"
     params:
-        subjects=demo_dataset_subjects,
+        subjects=JOBS.demo_dataset_subjects,
         seed=config["demo"]["seed"],
-        root=demo_dataset_root,
+        root=JOBS.demo_dataset_root,
     script:
         "../workflow_scripts/write_demo_tables.py"
 
@@ -89,6 +89,6 @@ rule write_cohort_table:
     conda:
         "../envs/defaceaudit.yaml"
     params:
-        records=cohort_records,
+        records=JOBS.cohort_records,
     script:
         "../workflow_scripts/write_cohort_table.py"

@@ -17,7 +17,7 @@ rule fetch_face_template:
 
 rule build_average_head:
     input:
-        unpack(average_head_inputs),
+        unpack(JOBS.average_head_inputs),
     output:
         paths.AVERAGE_HEAD,
     log:
@@ -39,7 +39,7 @@ rule build_average_head:
 
 rule deface_native:
     input:
-        unpack(native_deface_inputs),
+        unpack(JOBS.native_deface_inputs),
     output:
         **paths.defaced_files("{defacer}", "{subject}", "{desc}"),
     log:
@@ -47,14 +47,14 @@ rule deface_native:
     benchmark:
         benchmark_file("deface_native", "{defacer}_{subject}_{desc}")
     wildcard_constraints:
-        defacer=defacer_pattern("native"),
+        defacer=JOBS.defacer_pattern("native"),
     conda:
         "../envs/defaceaudit.yaml"
     resources:
         mem_mb=4000,
         runtime=20,
     params:
-        extra=native_deface_params,
+        extra=JOBS.native_deface_params,
         qc=canonical(config["deface"]["qc"]),
     script:
         "../workflow_scripts/deface_native.py"
@@ -62,21 +62,21 @@ rule deface_native:
 
 rule finalize_container_deface:
     input:
-        unpack(container_finalize_inputs),
+        unpack(JOBS.container_finalize_inputs),
     output:
         **paths.defaced_files("{defacer}", "{subject}", "{desc}"),
     log:
         log_file("finalize_container_deface", "{defacer}_{subject}_{desc}"),
     wildcard_constraints:
-        defacer=defacer_pattern("container"),
+        defacer=JOBS.defacer_pattern("container"),
     conda:
         "../envs/defaceaudit.yaml"
     resources:
         mem_mb=4000,
         runtime=10,
     params:
-        image=container_image,
-        params=container_params,
+        image=JOBS.container_image,
+        params=JOBS.container_params,
         qc=canonical(config["deface"]["qc"]),
     script:
         "../workflow_scripts/finalize_container_deface.py"
@@ -84,7 +84,7 @@ rule finalize_container_deface:
 
 rule write_qc_table:
     input:
-        qc_records,
+        JOBS.qc_records,
     output:
         table=paths.QC_TABLE,
         summary=paths.QC_SUMMARY,
@@ -95,6 +95,6 @@ rule write_qc_table:
     conda:
         "../envs/defaceaudit.yaml"
     params:
-        expected=expected_qc_records,
+        expected=JOBS.expected_qc_records,
     script:
         "../workflow_scripts/write_qc_table.py"

@@ -6,11 +6,11 @@
 # working folder (mri_deface's log) never stay beside the results.
 
 
-if "fsl_deface" in with_backend(DEFACERS, "container"):
+if "fsl_deface" in with_backend(JOBS.defacers, "container"):
 
     rule deface_container_fsl_deface:
         input:
-            t1w=prepared_files("{subject}")["t1w"],
+            t1w=paths.prepared_files("{subject}")["t1w"],
         output:
             t1w=temp(paths.container_raw("fsl_deface", "{subject}")["t1w"]),
             removed=temp(paths.container_raw("fsl_deface", "{subject}")["removed"]),
@@ -26,17 +26,17 @@ if "fsl_deface" in with_backend(DEFACERS, "container"):
             mem_mb=4000,
             runtime=30,
         params:
-            command=fsl_deface_shell,
+            command=JOBS.fsl_deface_shell,
             image=config["deface"]["containers"]["fsl_deface"],
         shell:
             "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
-if "mri_deface" in with_backend(DEFACERS, "container"):
+if "mri_deface" in with_backend(JOBS.defacers, "container"):
 
     rule deface_container_mri_deface:
         input:
-            t1w=prepared_files("{subject}")["t1w"],
+            t1w=paths.prepared_files("{subject}")["t1w"],
         output:
             t1w=temp(paths.container_raw("mri_deface", "{subject}")["t1w"]),
         log:
@@ -51,17 +51,17 @@ if "mri_deface" in with_backend(DEFACERS, "container"):
             mem_mb=4000,
             runtime=30,
         params:
-            command=mri_deface_shell,
+            command=JOBS.mri_deface_shell,
             image=config["deface"]["containers"]["mri_deface"],
         shell:
             "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
-if "pydeface" in with_backend(DEFACERS, "container"):
+if "pydeface" in with_backend(JOBS.defacers, "container"):
 
     rule deface_container_pydeface:
         input:
-            t1w=prepared_files("{subject}")["t1w"],
+            t1w=paths.prepared_files("{subject}")["t1w"],
         output:
             t1w=temp(paths.container_raw("pydeface", "{subject}")["t1w"]),
             removed=temp(paths.container_raw("pydeface", "{subject}")["removed"]),
@@ -77,18 +77,18 @@ if "pydeface" in with_backend(DEFACERS, "container"):
             mem_mb=4000,
             runtime=30,
         params:
-            command=pydeface_shell,
+            command=JOBS.pydeface_shell,
             image=config["deface"]["containers"]["pydeface"],
         shell:
             "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
-if "quickshear" in with_backend(DEFACERS, "container"):
+if "quickshear" in with_backend(JOBS.defacers, "container"):
 
     rule deface_container_quickshear:
         input:
-            t1w=prepared_files("{subject}")["t1w"],
-            brain_mask=prepared_files("{subject}")["brain_mask"],
+            t1w=paths.prepared_files("{subject}")["t1w"],
+            brain_mask=paths.prepared_files("{subject}")["brain_mask"],
         output:
             t1w=temp(paths.container_raw("quickshear", "{subject}")["t1w"]),
         log:
@@ -103,17 +103,17 @@ if "quickshear" in with_backend(DEFACERS, "container"):
             mem_mb=2000,
             runtime=10,
         params:
-            command=quickshear_shell,
+            command=JOBS.quickshear_shell,
             image=config["deface"]["containers"]["quickshear"],
         shell:
             "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"
 
 
-if "mri_reface" in with_backend(DEFACERS, "container"):
+if "mri_reface" in with_backend(JOBS.defacers, "container"):
 
     rule deface_container_mri_reface:
         input:
-            t1w=prepared_files("{subject}")["t1w"],
+            t1w=paths.prepared_files("{subject}")["t1w"],
         output:
             t1w=temp(paths.container_raw("mri_reface", "{subject}")["t1w"]),
         log:
@@ -128,7 +128,7 @@ if "mri_reface" in with_backend(DEFACERS, "container"):
             mem_mb=16000,
             runtime=90,
         params:
-            command=mri_reface_shell,
+            command=JOBS.mri_reface_shell,
             image=config["deface"]["containers"]["mri_reface"],
         shell:
             "( echo 'image: {params.image}'; {params.command} ) > {log} 2>&1"

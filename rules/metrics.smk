@@ -4,8 +4,8 @@
 
 rule align_face_to_template:
     input:
-        t1w=prepared_files("{subject}")["t1w"],
-        head_mask=prepared_files("{subject}")["head_mask"],
+        t1w=paths.prepared_files("{subject}")["t1w"],
+        head_mask=paths.prepared_files("{subject}")["head_mask"],
         template=paths.FACE_TEMPLATE["template"],
     output:
         **paths.template_alignment_files("{subject}"),
@@ -26,7 +26,7 @@ rule align_face_to_template:
 
 rule align_gallery_face:
     input:
-        unpack(gallery_alignment_inputs),
+        unpack(JOBS.gallery_alignment_inputs),
     output:
         **paths.gallery_alignment_files("{subject}"),
     log:
@@ -34,7 +34,7 @@ rule align_gallery_face:
     benchmark:
         benchmark_file("align_gallery_face")
     wildcard_constraints:
-        subject=gallery_subject_pattern(),
+        subject=JOBS.gallery_subject_pattern(),
     conda:
         "../envs/defaceaudit.yaml"
     resources:
@@ -48,7 +48,7 @@ rule align_gallery_face:
 
 rule build_face_region:
     input:
-        unpack(face_region_inputs),
+        unpack(JOBS.face_region_inputs),
     output:
         mask=paths.FACE_REGION["mask"],
         sidecar=paths.FACE_REGION["sidecar"],
@@ -62,8 +62,8 @@ rule build_face_region:
         mem_mb=3000,
         runtime=20,
     params:
-        subjects=face_region_subjects,
-        defacers=list(REID_PLAN.region_defacers),
+        subjects=JOBS.face_region_subjects,
+        defacers=list(JOBS.reid.region_defacers),
         dilation_mm=config["metrics"]["reidentification_dilation_mm"],
     script:
         "../workflow_scripts/build_face_region.py"
@@ -71,7 +71,7 @@ rule build_face_region:
 
 rule compute_face_metrics:
     input:
-        unpack(face_metric_inputs),
+        unpack(JOBS.face_metric_inputs),
     output:
         **paths.face_metric_files("{defacer}", "{subject}", "{desc}"),
     log:
@@ -79,16 +79,16 @@ rule compute_face_metrics:
     benchmark:
         benchmark_file("compute_face_metrics", "{defacer}_{subject}_{desc}")
     wildcard_constraints:
-        defacer=metric_defacer_pattern(),
+        defacer=JOBS.metric_defacer_pattern(),
     conda:
         "../envs/defaceaudit.yaml"
     resources:
         mem_mb=6000,
         runtime=20,
     params:
-        images=face_metric_images,
-        probes=face_metric_probes,
-        test_set=subject_split,
+        images=JOBS.face_metric_images,
+        probes=JOBS.face_metric_probes,
+        test_set=JOBS.subject_split,
         seed=config["metrics"]["seed"],
     script:
         "../workflow_scripts/compute_face_metrics.py"
@@ -96,8 +96,8 @@ rule compute_face_metrics:
 
 rule aggregate_face_metrics:
     input:
-        unpack(reface_verdicts),
-        rows=face_metric_rows,
+        unpack(JOBS.reface_verdicts),
+        rows=JOBS.face_metric_rows,
     output:
         **paths.FACE_TABLES,
         rows=paths.FACE_METRICS,
@@ -115,7 +115,7 @@ rule aggregate_face_metrics:
 
 rule reidentify_faces:
     input:
-        unpack(reidentification_files),
+        unpack(JOBS.reidentification_files),
     output:
         **paths.REIDENTIFICATION,
     log:
@@ -131,10 +131,10 @@ rule reidentify_faces:
         mem_mb=4000,
         runtime=60,
     params:
-        gallery=reidentification_gallery,
-        probes=reidentification_probe_list,
-        region=reidentification_region,
-        notes=reidentification_notes,
+        gallery=JOBS.reidentification_gallery,
+        probes=JOBS.reidentification_probe_list,
+        region=JOBS.reidentification_region,
+        notes=JOBS.reidentification_notes,
         n_bootstrap=config["metrics"]["n_bootstrap"],
         seed=config["metrics"]["seed"],
         probe_vertices=config["metrics"]["reidentification_vertices"],

@@ -3,12 +3,12 @@
 
 rule prepare_subject:
     input:
-        unpack(prepare_inputs),
+        unpack(JOBS.prepare_inputs),
     output:
-        t1w=prepared_files("{subject}")["t1w"],
-        head_mask=prepared_files("{subject}")["head_mask"],
-        brain_mask=prepared_files("{subject}")["brain_mask"],
-        summary=prepared_files("{subject}")["summary"],
+        t1w=paths.prepared_files("{subject}")["t1w"],
+        head_mask=paths.prepared_files("{subject}")["head_mask"],
+        brain_mask=paths.prepared_files("{subject}")["brain_mask"],
+        summary=paths.prepared_files("{subject}")["summary"],
     log:
         log_file("prepare_subject"),
     benchmark:

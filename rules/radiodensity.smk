@@ -5,7 +5,7 @@
 
 rule crop_radiodensity_face:
     input:
-        unpack(radiodensity_crop_inputs),
+        unpack(JOBS.radiodensity_crop_inputs),
     output:
         **paths.radiodensity_crop_files("{subject}"),
     log:
@@ -18,7 +18,7 @@ rule crop_radiodensity_face:
         mem_mb=4000,
         runtime=20,
     params:
-        images=radiodensity_images,
+        images=JOBS.radiodensity_images,
         shape=config["radiodensity"]["crop_shape"],
         voxel_mm=config["radiodensity"]["voxel_mm"],
         seed=config["radiodensity"]["seed"],
@@ -28,7 +28,7 @@ rule crop_radiodensity_face:
 
 rule radiodensity_targets:
     input:
-        phenotype=radiodensity_phenotype,
+        phenotype=JOBS.radiodensity_phenotype,
         cohort=paths.COHORT_TABLE,
     output:
         paths.RADIODENSITY_TARGETS,
@@ -46,7 +46,7 @@ rule radiodensity_targets:
 
 rule train_radiodensity:
     input:
-        unpack(radiodensity_training_inputs),
+        unpack(JOBS.radiodensity_training_inputs),
     output:
         **paths.radiodensity_model_files("{image_type}", "{body_part}"),
     log:
@@ -54,8 +54,8 @@ rule train_radiodensity:
     benchmark:
         benchmark_file("train_radiodensity", "{image_type}_{body_part}")
     wildcard_constraints:
-        image_type=radiodensity_pattern("image_types"),
-        body_part=radiodensity_pattern("body_parts"),
+        image_type=JOBS.radiodensity_pattern("image_types"),
+        body_part=JOBS.radiodensity_pattern("body_parts"),
     conda:
         "../envs/defaceaudit.yaml"
     # one thread: 18 small independent models (see sample_refaced)
@@ -66,7 +66,7 @@ rule train_radiodensity:
         runtime=120,
     # the device comes from the config in the script: moving the study to a GPU does not retrain
     params:
-        subjects=list(COHORT.subjects),
+        subjects=list(JOBS.cohort.subjects),
         settings=canonical(config["radiodensity"]["training"]),
     script:
         "../workflow_scripts/train_radiodensity.py"
@@ -74,7 +74,7 @@ rule train_radiodensity:
 
 rule evaluate_radiodensity:
     input:
-        predictions=radiodensity_predictions,
+        predictions=JOBS.radiodensity_predictions,
     output:
         table=paths.RADIODENSITY_TABLES["table"],
         markdown=paths.RADIODENSITY_TABLES["markdown"],

@@ -36,8 +36,8 @@ rule plot_face_figures:
 
 rule render_face_panel:
     input:
-        unpack(face_panel_inputs),
-        unpack(reface_verdicts),
+        unpack(JOBS.face_panel_inputs),
+        unpack(JOBS.reface_verdicts),
     output:
         report(
             paths.face_panel_file("{subject}"),
@@ -52,7 +52,7 @@ rule render_face_panel:
         mem_mb=4000,
         runtime=10,
     params:
-        columns=face_panel_columns,
+        columns=JOBS.face_panel_columns,
     script:
         "../workflow_scripts/render_face_panel.py"
 
@@ -62,7 +62,7 @@ rule write_tables_page:
         paths.QC_SUMMARY_MD,
         *[paths.FACE_TABLES[f"{name}_md"] for name in paths.FACE_TABLE_NAMES],
         paths.REIDENTIFICATION["markdown"],
-        *radiodensity_markdown(),
+        *JOBS.radiodensity_markdown(),
     output:
         report(paths.FACE_TABLES_HTML, caption="captions/tables.rst", category="Tables"),
     log:
@@ -77,4 +77,4 @@ rule write_tables_page:
 onerror:
     # With --keep-going a failed job leaves the aggregates without some inputs, so their rules
     # cannot run: write what the finished jobs allow, each table saying what it lacks.
-    on_failure()
+    JOBS.on_failure()

@@ -8,21 +8,21 @@ from scipy import ndimage
 from synthetic import sphere_head
 from torch import nn
 
-from defaceaudit.diffusion.cascade import (
+from defaceaudit.reface.cascade import (
     AttackTraining,
     PairSet,
     mask_channel,
     stage1_batches,
     stage2_batches,
 )
-from defaceaudit.diffusion.region import (
+from defaceaudit.reface.region import (
     attack_region,
     envelope_needed,
     remaining_head,
     removed_tissue_distances,
 )
-from defaceaudit.diffusion.schedule import DiffusionSchedule
-from defaceaudit.diffusion.volumes import downsample
+from defaceaudit.reface.schedule import DiffusionSchedule
+from defaceaudit.reface.volumes import downsample
 
 SPACING = (4.0, 4.0, 4.0)
 

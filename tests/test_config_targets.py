@@ -6,10 +6,10 @@ import yaml
 from conftest import REPO
 
 from defaceaudit import paths
-from defaceaudit.cohort import load_cohort
 from defaceaudit.config import canonical, load_config, validate_config
 from defaceaudit.errors import InputError
-from defaceaudit.targets import all_targets, prepared_files
+from defaceaudit.workflow.plan import load_cohort
+from defaceaudit.workflow.targets import all_targets
 
 
 def test_default_config_validates_and_gets_defaults():
@@ -51,7 +51,7 @@ def test_targets_cover_every_subject_and_the_demo_tables():
     assert targets == sorted(set(targets))
     assert cohort.ids() == ["tr01", "tr02", "in01", "ex01"]
     for subject in cohort.ids():
-        assert set(prepared_files(subject).values()) <= set(targets)
+        assert set(paths.prepared_files(subject).values()) <= set(targets)
     assert "results/demo/bids/internal/phenotype/ct_muscle.tsv" in targets
     assert "results/demo/bids/external/participants.tsv" in targets
     assert "results/cohort/subjects.tsv" in targets
@@ -72,7 +72,7 @@ def test_manifest_cohort_has_no_demo_tables(tmp_path):
 
 
 def test_defacer_plan_checks_backends_and_images():
-    from defaceaudit.defacers.plan import defacer_plan
+    from defaceaudit.workflow.deface_plan import defacer_plan
 
     default = validate_config({})["deface"]
     assert defacer_plan(default) == dict.fromkeys(
@@ -109,8 +109,8 @@ def test_targets_include_every_subject_and_defacer():
 
 def test_metric_targets_cover_every_test_subject_and_defacer_row():
     from defaceaudit import paths
-    from defaceaudit.defacers.plan import defacer_plan
-    from defaceaudit.metrics.plan import metric_plan
+    from defaceaudit.workflow.deface_plan import defacer_plan
+    from defaceaudit.workflow.metrics_plan import metric_plan
 
     config = validate_config({"demo": {"n_train": 2, "n_internal_test": 1, "n_external_test": 1}})
     cohort = load_cohort(config)
@@ -277,7 +277,7 @@ def test_training_stages_need_train_subjects(tmp_path):
 
 
 def test_radiodensity_needs_enough_subjects_for_its_train_split():
-    from defaceaudit.cohort import plan_run
+    from defaceaudit.workflow.plan import plan_run
 
     with pytest.raises(InputError, match=r"config radiodensity: its train split would hold 2 of"):
         plan_run(
@@ -292,9 +292,9 @@ def test_radiodensity_needs_enough_subjects_for_its_train_split():
 
 
 def _reid(config):
-    from defaceaudit.defacers.plan import defacer_plan
-    from defaceaudit.metrics.jobs import reidentification_plan
-    from defaceaudit.metrics.plan import metric_plan
+    from defaceaudit.workflow.deface_plan import defacer_plan
+    from defaceaudit.workflow.metrics_jobs import reidentification_plan
+    from defaceaudit.workflow.metrics_plan import metric_plan
 
     config = validate_config(config)
     cohort = load_cohort(config)
@@ -303,7 +303,7 @@ def _reid(config):
 
 
 def test_the_demo_gallery_is_a_second_session_of_each_test_subject():
-    from defaceaudit.metrics import jobs
+    from defaceaudit.workflow import metrics_jobs as jobs
 
     cohort, plan, reid = _reid({"demo": {"n_train": 2, "n_internal_test": 3, "n_external_test": 4}})
     assert reid.gallery == {
@@ -335,7 +335,7 @@ def test_the_demo_gallery_is_a_second_session_of_each_test_subject():
 
 
 def test_reidentification_is_off_without_enough_gallery_images_and_says_why():
-    from defaceaudit.metrics import jobs
+    from defaceaudit.workflow import metrics_jobs as jobs
 
     cohort, plan, reid = _reid({"demo": {"n_train": 2, "n_internal_test": 2, "n_external_test": 3}})
     assert list(reid.gallery) == ["external_test"]

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from defaceaudit.defacers.containers import (
+from defaceaudit.deface.containers import (
     check_image_reference,
     fsl_deface_command,
     mri_deface_command,

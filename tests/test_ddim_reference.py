@@ -18,9 +18,9 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
-from defaceaudit.diffusion.ddim import ddim_sample, ddim_timesteps, model_predictor
-from defaceaudit.diffusion.schedule import DiffusionSchedule
-from defaceaudit.diffusion.unet import unet_from_config
+from defaceaudit.reface.ddim import ddim_sample, ddim_timesteps, model_predictor
+from defaceaudit.reface.schedule import DiffusionSchedule
+from defaceaudit.reface.unet import unet_from_config
 
 T = 1000
 SHAPE = (2, 1, 6, 6, 6)  # [B, C, X, Y, Z]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from synthetic import synthetic_head
 
-from defaceaudit.deface import DefaceError, finalize_container_output
-from defaceaudit.prepare import prepare_to_files
+from defaceaudit.deface.run import DefaceError, finalize_container_deface
+from defaceaudit.prepare.subject import prepare_subject
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def prepared(tmp_path):
     nib.save(img, tmp_path / "in.nii.gz")
     nib.save(nib.Nifti1Image(brain.astype(np.uint8), img.affine), tmp_path / "mask.nii.gz")
     files = {k: tmp_path / f"{k}.nii.gz" for k in ("t1w", "head_mask", "brain_mask")}
-    prepare_to_files(
+    prepare_subject(
         tmp_path / "in.nii.gz", {**files, "summary": tmp_path / "s.json"}, tmp_path / "mask.nii.gz"
     )
     return files
@@ -43,7 +43,7 @@ def fake_pydeface(prepared, folder):
 def test_pydeface_output_is_finalised_with_its_inverted_mask(prepared, tmp_path):
     removed = fake_pydeface(prepared, tmp_path)
     out = outputs(tmp_path / "out")
-    record = finalize_container_output(
+    record = finalize_container_deface(
         "pydeface",
         prepared,
         tmp_path / "raw.nii.gz",
@@ -67,11 +67,11 @@ def test_output_on_another_grid_or_identical_is_a_failure(prepared, tmp_path):
     with pytest.raises(
         DefaceError, match=r"^mri_deface output .*small.nii.gz: output is not on the voxel grid"
     ):
-        finalize_container_output(
+        finalize_container_deface(
             "mri_deface", prepared, tmp_path / "small.nii.gz", outputs(tmp_path), "x.sif", {}
         )
     with pytest.raises(DefaceError, match="identical to its input"):
-        finalize_container_output(
+        finalize_container_deface(
             "mri_deface", prepared, prepared["t1w"], outputs(tmp_path), "x.sif", {}
         )
     assert not any(p.exists() for p in outputs(tmp_path).values())
@@ -86,7 +86,7 @@ def test_fsl_deface_removed_region_holds_every_voxel_the_tool_zeroed(prepared, t
     mask[tuple(edge.T)] = 0.3
     nib.save(nib.Nifti1Image(mask, img.affine), tmp_path / "defacing_mask.nii.gz")
     out = outputs(tmp_path / "out")
-    finalize_container_output(
+    finalize_container_deface(
         "fsl_deface",
         prepared,
         tmp_path / "raw.nii.gz",

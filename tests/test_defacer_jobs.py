@@ -3,8 +3,9 @@
 from pathlib import Path
 
 from defaceaudit import paths
-from defaceaudit.cohort import Cohort
-from defaceaudit.defacers.jobs import (
+from defaceaudit.cohort import Subject
+from defaceaudit.cohort.load import Cohort
+from defaceaudit.workflow.deface_jobs import (
     container_finalize_inputs,
     container_params,
     deface_jobs,
@@ -13,7 +14,6 @@ from defaceaudit.defacers.jobs import (
     native_params,
     qc_records,
 )
-from defaceaudit.inputs import Subject
 
 DEFACERS = {"quickshear": "native", "avgface": "native", "pydeface": "container"}
 DEFACE = {"quickshear_buffer": 7, "pydeface_cost": "mutualinfo", "mri_deface_atlas_dir": "/a"}

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from defaceaudit.demo.plan import (
+from defaceaudit.cohort.demo.plan import (
     BODY_PARTS,
     EXTERNAL_BASE,
     INTERNAL_BASES,
@@ -79,10 +79,10 @@ def test_phenotype_recovers_the_generative_coefficients():
 def test_demo_tables_writes_exactly_the_declared_files(tmp_path):
     """Every file of a demo dataset's tables is a declared output of write_demo_tables."""
     from defaceaudit import paths
-    from defaceaudit.demo.build import write_tables
+    from defaceaudit.cohort.demo.build import write_demo_tables
 
     subjects = [p.as_params() for p in plan_demo_cohort(2, 1, 1, seed=1)]
-    write_tables(subjects, "internal", tmp_path, seed=1)
+    write_demo_tables(subjects, "internal", tmp_path, seed=1)
     written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
     assert written == set(paths.DEMO_TABLES)
 
@@ -91,7 +91,7 @@ def test_a_killed_download_folder_is_removed_and_a_live_one_kept(tmp_path):
     import os
     import time
 
-    from defaceaudit.demo.sources import STALE_DOWNLOAD_S, _remove_stale_downloads
+    from defaceaudit.cohort.demo.sources import STALE_DOWNLOAD_S, _remove_stale_downloads
 
     killed, live = tmp_path / ".download-killed", tmp_path / ".download-live"
     for folder in (killed, live):
@@ -109,8 +109,8 @@ def test_a_broken_cached_brain_mask_is_extracted_again(tmp_path, monkeypatch):
     import numpy as np
     from synthetic import synthetic_head
 
-    from defaceaudit.demo import build
-    from defaceaudit.demo.sources import BASE_HEADS
+    from defaceaudit.cohort.demo import build
+    from defaceaudit.cohort.demo.sources import BASE_HEADS
 
     img, brain = synthetic_head()
     head_file = tmp_path / "head.nii.gz"
@@ -122,7 +122,7 @@ def test_a_broken_cached_brain_mask_is_extracted_again(tmp_path, monkeypatch):
     cached = tmp_path / f"robex_{spec.sha256[:12]}_desc-robex_mask.nii.gz"
     cached.write_bytes(b"not a NIfTI file")
     out = {k: tmp_path / f"{k}.nii.gz" for k in ("t1w", "brain", "head")}
-    build.prepare_base("robex", out["t1w"], out["brain"], out["head"], cache_dir=tmp_path)
+    build.fetch_demo_base("robex", out["t1w"], out["brain"], out["head"], cache_dir=tmp_path)
     assert calls == [1] and np.array_equal(nib.load(cached).get_fdata() > 0, brain)
-    build.prepare_base("robex", out["t1w"], out["brain"], out["head"], cache_dir=tmp_path)
+    build.fetch_demo_base("robex", out["t1w"], out["brain"], out["head"], cache_dir=tmp_path)
     assert calls == [1]  # the repaired cache serves the rerun

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from synthetic import synthetic_head
 
-from defaceaudit.demo.plan import DemoSubject
-from defaceaudit.demo.synth import BaseAnatomy, SynthParams, backward_map, synthesize_subject
-from defaceaudit.masks import head_mask
+from defaceaudit.cohort.demo.plan import DemoSubject
+from defaceaudit.cohort.demo.synth import BaseAnatomy, SynthParams, backward_map, synthesize_subject
+from defaceaudit.imaging.masks import head_mask
 
 STILL = SynthParams(
     voxel_size_mm=4.0,
@@ -78,7 +78,7 @@ def test_ventricle_expansion_grows_with_age(base):
 
 
 def test_tissue_on_the_grid_faces_is_counted_per_face():
-    from defaceaudit.demo.synth import tissue_on_grid_faces
+    from defaceaudit.cohort.demo.synth import tissue_on_grid_faces
 
     volume = np.abs(np.random.default_rng(0).normal(0, 1, (20, 24, 22))).astype(np.float32)
     volume[5:15, 5:20, 0:18] = 100.0  # a "head" cut by the inferior face only
@@ -95,7 +95,7 @@ def test_tissue_on_the_grid_faces_is_counted_per_face():
 
 
 def test_the_field_of_view_warning_says_whether_the_face_is_cut():
-    from defaceaudit.demo.build import field_of_view_warning
+    from defaceaudit.cohort.demo.build import field_of_view_warning
 
     edges = {"left": 0, "right": 0, "posterior": 0, "anterior": 0, "inferior": 900, "superior": 0}
     assert field_of_view_warning("tr01", edges) is None  # the neck is always cut
@@ -109,7 +109,7 @@ def test_the_field_of_view_warning_says_whether_the_face_is_cut():
 
 
 def test_a_second_session_is_the_same_anatomy_in_its_own_acquisition(base):
-    from defaceaudit.demo.synth import SessionParams
+    from defaceaudit.cohort.demo.synth import SessionParams
 
     first = synthesize_subject(*base, SUBJECT, STILL)
     assert all(

@@ -9,21 +9,21 @@ import math
 import pytest
 import torch
 
-from defaceaudit.diffusion.ddim import (
+from defaceaudit.reface.ddim import (
     ddim_sample,
     ddim_step,
     ddim_timesteps,
     model_predictor,
     paste_known_hook,
 )
-from defaceaudit.diffusion.schedule import DiffusionSchedule
-from defaceaudit.diffusion.slabs import (
+from defaceaudit.reface.schedule import DiffusionSchedule
+from defaceaudit.reface.slabs import (
     extract_slabs,
     merge_slabs,
     slab_predictor,
     slab_starts,
 )
-from defaceaudit.diffusion.unet import (
+from defaceaudit.reface.unet import (
     randomise_output_layer,
     randomise_zero_initialised,
     required_multiple,

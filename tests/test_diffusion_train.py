@@ -8,23 +8,23 @@ import torch
 from torch import nn
 
 from defaceaudit.devices import device_from_config
-from defaceaudit.diffusion import checkpoint as ckpt_mod
-from defaceaudit.diffusion.checkpoint import (
+from defaceaudit.errors import InputError
+from defaceaudit.reface import checkpoint as ckpt_mod
+from defaceaudit.reface.checkpoint import (
     REQUIRED_KEYS,
     CheckpointError,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
-from defaceaudit.diffusion.train import (
+from defaceaudit.reface.train import (
     EMA,
     default_resume_path,
     train,
     training_settings,
 )
-from defaceaudit.errors import InputError
 
-LOGGER = "defaceaudit.diffusion.train"
+LOGGER = "defaceaudit.reface.train"
 
 
 def make_config(steps=12, **training):

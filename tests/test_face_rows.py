@@ -10,11 +10,11 @@ import pytest
 from synthetic import synthetic_head
 
 from defaceaudit.errors import ImageError, InputError
-from defaceaudit.masks import head_mask
-from defaceaudit.metrics.face_rows import COLUMNS, face_area, measure_face_metrics
-from defaceaudit.metrics.plan import metric_plan
+from defaceaudit.imaging.masks import head_mask
+from defaceaudit.imaging.nifti import voxel_sizes_mm
+from defaceaudit.metrics.face_rows import COLUMNS, compute_face_metrics, face_area
 from defaceaudit.metrics.template_space import apply_transform, load_faces, to_world
-from defaceaudit.nifti import voxel_sizes_mm
+from defaceaudit.workflow.metrics_plan import metric_plan
 
 
 def test_face_area_is_the_intersection_of_the_four_masks():
@@ -70,7 +70,7 @@ def test_rows_of_one_subject_have_the_paper_columns_and_sane_values(tmp_path):
     files = _write_subject(tmp_path, shift_vox=1)
     out = tmp_path / "rows.tsv"
     faces = tmp_path / "faces.npz"
-    rows = measure_face_metrics(
+    rows = compute_face_metrics(
         "s1",
         "internal_test",
         "cutter",
@@ -95,7 +95,7 @@ def test_rows_of_one_subject_have_the_paper_columns_and_sane_values(tmp_path):
 def test_an_unchanged_image_has_zero_distance_and_infinite_psnr(tmp_path):
     files = _write_subject(tmp_path)
     images = {"defaced": {"image": "none", "t1w": files["t1w"], "removed": files["removed"]}}
-    rows = measure_face_metrics(
+    rows = compute_face_metrics(
         "s1", "external_test", "none", {"t1w": files["t1w"], "head_mask": files["head"]}, images
     )
     row = rows.iloc[0]
@@ -111,7 +111,7 @@ def test_an_image_on_another_grid_is_refused_with_both_names(tmp_path):
     nib.save(nib.Nifti1Image(img.get_fdata()[:-1], img.affine), other)
     images = {"defaced": {"image": "x", "t1w": other, "removed": files["removed"]}}
     with pytest.raises(ImageError, match="not on the voxel grid of the original") as err:
-        measure_face_metrics(
+        compute_face_metrics(
             "s1", "internal_test", "x", {"t1w": files["t1w"], "head_mask": files["head"]}, images
         )
     assert str(other) in str(err.value) and str(files["t1w"]) in str(err.value)
@@ -194,7 +194,7 @@ def test_partial_tables_after_failed_jobs_say_what_they_lack(tmp_path):
 
 
 def test_the_shared_population_average_is_registered_in_one_row_only(tmp_path):
-    from defaceaudit.metrics.jobs import probe_types
+    from defaceaudit.workflow.metrics_jobs import probe_types
 
     plan = metric_plan(
         {"quickshear": "native", "facemask": "native", "avgface": "native"},
@@ -204,7 +204,7 @@ def test_the_shared_population_average_is_registered_in_one_row_only(tmp_path):
     assert "population_average" not in probe_types(plan, "facemask")
     files = _write_subject(tmp_path, shift_vox=1)
     faces = tmp_path / "faces.npz"
-    measure_face_metrics(
+    compute_face_metrics(
         "s1",
         "internal_test",
         "cutter",
@@ -221,9 +221,9 @@ def test_each_rows_file_knows_the_files_its_job_read():
     from pathlib import Path
 
     from defaceaudit import paths
-    from defaceaudit.cohort import Cohort
-    from defaceaudit.inputs import Subject
-    from defaceaudit.metrics.jobs import face_metric_row_inputs
+    from defaceaudit.cohort import Subject
+    from defaceaudit.cohort.load import Cohort
+    from defaceaudit.workflow.metrics_jobs import face_metric_row_inputs
 
     def subject(name, split):
         return Subject(name, Path(f"/d/{name}.nii.gz"), split, 40.0, "M", "d")

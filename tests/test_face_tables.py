@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from defaceaudit import face_tables, tables
-from defaceaudit.face_tables import (
+from defaceaudit import tables
+from defaceaudit.metrics import face_tables
+from defaceaudit.metrics.face_tables import (
     FACE_METRIC_COLUMNS,
     FEW_MARK,
     TABLE_NAMES,

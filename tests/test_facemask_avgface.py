@@ -7,10 +7,10 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from synthetic import synthetic_head
 
-from defaceaudit.defacers.avgface import build_average_head, reface_avgface
-from defaceaudit.defacers.facemask import METHOD, deface_facemask
+from defaceaudit.deface.avgface import average_head, reface_avgface
+from defaceaudit.deface.facemask import METHOD, deface_facemask
 from defaceaudit.errors import ImageError
-from defaceaudit.register import resample
+from defaceaudit.imaging.register import resample
 
 
 def world(img):
@@ -59,7 +59,7 @@ def test_bad_average_head_subject_cancels_pending_registrations(template, tmp_pa
     """A headless first subject ends the job before the queued subjects are registered."""
     import time
 
-    import defaceaudit.defacers.avgface as avgface
+    import defaceaudit.deface.avgface as avgface
 
     calls = []
 
@@ -74,7 +74,7 @@ def test_bad_average_head_subject_cancels_pending_registrations(template, tmp_pa
     negative = -np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)
     nib.save(nib.Nifti1Image(negative, tpl.affine), headless)
     with pytest.raises(ImageError, match="sub-headless_T1w.nii.gz: no head"):
-        build_average_head([headless] + [tpl] * 6, tpl, seed=0, workers=1)
+        average_head([headless] + [tpl] * 6, tpl, seed=0, workers=1)
     # the worker may have started the next subject before the error reached the caller; the
     # other five never start (without cancellation all six would be registered)
     assert len(calls) <= 1
@@ -114,15 +114,15 @@ def test_build_average_and_reface(template, tmp_path):
         heads.append(moved)
     path = tmp_path / "sub-a_T1w.nii.gz"
     nib.save(heads[1], path)
-    average = build_average_head([heads[0], path], tpl, seed=0)
+    average = average_head([heads[0], path], tpl, seed=0)
     assert average.shape == tpl.shape  # template already 4 mm: no coarsening
-    in_workers = build_average_head([heads[0], path], tpl, seed=0, workers=2)
+    in_workers = average_head([heads[0], path], tpl, seed=0, workers=2)
     np.testing.assert_array_equal(in_workers.get_fdata(), average.get_fdata())
     headless = tmp_path / "sub-headless_T1w.nii.gz"
     negative = -np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)
     nib.save(nib.Nifti1Image(negative, heads[1].affine), headless)  # no head to find
     with pytest.raises(ImageError, match="sub-headless_T1w.nii.gz: no head"):
-        build_average_head([headless, path, heads[0]], tpl, seed=0, workers=2)
+        average_head([headless, path, heads[0]], tpl, seed=0, workers=2)
     avg = average.get_fdata()
     assert average.get_data_dtype() == np.float32
     assert 0.5 < np.median(avg[brain]) < 1.5  # head-median units

@@ -10,8 +10,8 @@ import pytest
 from synthetic import synthetic_head
 
 from defaceaudit.errors import DefaceAuditError
-from defaceaudit.face_panels import frontal_rendering, render_face_panel
-from defaceaudit.figures import (
+from defaceaudit.report.face_panels import draw_face_panel, frontal_rendering
+from defaceaudit.report.figures import (
     plot_masd,
     plot_qc,
     plot_reidentification,
@@ -213,9 +213,9 @@ def test_render_face_panel(tmp_path):
         ("facemask", [("original", str(original)), ("population average", None)]),
         ("skullstrip", [("DPM-refaced", None)]),
     ]
-    render_face_panel(rows, out, title="synthetic subject")
+    draw_face_panel(rows, out, title="synthetic subject")
     _assert_png(out)
-    render_face_panel([], tmp_path / "none.png")
+    draw_face_panel([], tmp_path / "none.png")
     _assert_png(tmp_path / "none.png", min_bytes=1_000)
 
 

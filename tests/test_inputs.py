@@ -1,4 +1,4 @@
-"""Tests for defaceaudit.inputs: BIDS datasets, manifests and the merged cohort."""
+"""Tests for defaceaudit.cohort: BIDS datasets, manifests and the merged cohort."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from defaceaudit.errors import InputError
-from defaceaudit.inputs import (
+from defaceaudit.cohort import (
     SPLITS,
     Subject,
     check_cohort,
@@ -19,6 +18,7 @@ from defaceaudit.inputs import (
     read_bids_dataset,
     read_manifest,
 )
+from defaceaudit.errors import InputError
 
 PARTICIPANTS_HEADER = ("participant_id", "age", "sex")
 
@@ -252,7 +252,7 @@ def test_bids_missing_mask_is_a_warning_naming_the_subject_and_folders(
     )
     masks = root / "derivatives/masks"
     touch(masks / "sub-02/anat/sub-02_desc-brain_mask.nii.gz")
-    with caplog.at_level(logging.WARNING, logger="defaceaudit.inputs"):
+    with caplog.at_level(logging.WARNING, logger="defaceaudit.cohort"):
         subjects = read_bids_dataset(root, "train", brain_mask_dir=masks)
     assert [s.brain_mask is None for s in subjects] == [True, False]
     [record] = caplog.records
@@ -444,7 +444,7 @@ def test_bids_sessions_in_the_error_only_when_images_span_sessions(tmp_path: Pat
 
 def test_bids_exclude_subjects(runs: Path, caplog: pytest.LogCaptureFixture) -> None:
     touch(runs / "sub-03/anat/sub-03_T2w.nii.gz")  # no T1w and no participants row: skipped
-    with caplog.at_level(logging.WARNING, logger="defaceaudit.inputs"):
+    with caplog.at_level(logging.WARNING, logger="defaceaudit.cohort"):
         [kept] = read_bids_dataset(runs, "train", exclude_subjects=["sub-01", "03", "sub-09"])
     assert kept.subject == "02"
     assert f"BIDS dataset {runs}: exclude_subjects leaves out sub-01, sub-03" in caplog.text
@@ -457,8 +457,8 @@ def test_bids_exclude_subjects_is_before_the_prefix(runs: Path) -> None:
 
 
 def test_bids_selection_keys_from_the_config(runs: Path) -> None:
-    from defaceaudit.cohort import load_cohort
     from defaceaudit.config import validate_config
+    from defaceaudit.workflow.plan import load_cohort
 
     entry = {"path": str(runs), "role": "train", "run": "highest", "exclude_subjects": ["02"]}
     config = validate_config({"input": {"source": "bids", "bids": [entry]}})

@@ -5,8 +5,8 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from synthetic import synthetic_head
 
-from defaceaudit import masks
-from defaceaudit.masks import face_volume_ml, head_mask, largest_component
+from defaceaudit.imaging import masks
+from defaceaudit.imaging.masks import face_volume_ml, head_mask, largest_component
 
 
 def dice(a, b):

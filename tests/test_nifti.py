@@ -6,7 +6,7 @@ import pytest
 from synthetic import synthetic_head
 
 from defaceaudit.errors import ImageError
-from defaceaudit.nifti import (
+from defaceaudit.imaging.nifti import (
     GRID_ATOL_MM,
     load_mask,
     load_t1w,

@@ -6,7 +6,7 @@ import pytest
 from synthetic import synthetic_head
 
 from defaceaudit.errors import ImageError
-from defaceaudit.prepare import prepare_to_files
+from defaceaudit.prepare.subject import prepare_subject
 
 
 def lia_copy(img, data):
@@ -34,7 +34,7 @@ def test_prepare_reorients_and_writes_everything(tmp_path):
     nib.save(lia_copy(img, img.get_fdata().astype(np.float32)), t1w)
     nib.save(lia_copy(img, brain.astype(np.uint8)), mask)
     out = outputs_in(tmp_path / "out")
-    summary = prepare_to_files(t1w, out, brain_mask_path=mask)
+    summary = prepare_subject(t1w, out, brain_mask_path=mask)
     prepared = nib.load(out["t1w"])
     assert nib.aff2axcodes(prepared.affine) == ("R", "A", "S")
     assert np.allclose(prepared.affine, img.affine)
@@ -55,7 +55,7 @@ def test_mask_on_another_grid_leaves_nothing(tmp_path):
     nib.save(nib.Nifti1Image(brain[:-2].astype(np.uint8), img.affine), mask)
     out = outputs_in(tmp_path / "out")
     with pytest.raises(ImageError, match=r"mask is not on the voxel grid .*: shape \(46, 60, 52\)"):
-        prepare_to_files(t1w, out, brain_mask_path=mask)
+        prepare_subject(t1w, out, brain_mask_path=mask)
     assert not any(p.exists() for p in out.values())
 
 
@@ -65,14 +65,14 @@ def test_empty_brain_mask_is_refused(tmp_path):
     nib.save(img, t1w)
     nib.save(nib.Nifti1Image(np.zeros(brain.shape, np.uint8), img.affine), mask)
     with pytest.raises(ImageError, match="in_mask.nii.gz: brain mask of 0 mL"):
-        prepare_to_files(t1w, outputs_in(tmp_path / "out"), brain_mask_path=mask)
+        prepare_subject(t1w, outputs_in(tmp_path / "out"), brain_mask_path=mask)
 
 
 @pytest.mark.parametrize("failure", ["empty", "raises"])
 def test_a_failed_robex_extraction_names_the_image_and_leaves_nothing(
     tmp_path, monkeypatch, failure
 ):
-    from defaceaudit import prepare
+    from defaceaudit.prepare import subject as prepare
 
     def robex(img):
         if failure == "raises":
@@ -89,5 +89,5 @@ def test_a_failed_robex_extraction_names_the_image_and_leaves_nothing(
         "raises": r"in_T1w.nii.gz: ROBEX brain extraction failed \(RuntimeError: registration",
     }[failure]
     with pytest.raises(ImageError, match=expected):
-        prepare_to_files(t1w, out)
+        prepare_subject(t1w, out)
     assert not any(p.exists() for p in out.values())

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from synthetic import synthetic_head
 
-from defaceaudit.masks import head_mask
-from defaceaudit.qc import (
+from defaceaudit.deface.qc import (
     face_region_box,
     facial_surface,
     qc_record,
     qc_summary,
     qc_table,
 )
+from defaceaudit.imaging.masks import head_mask
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_table_and_summary():
 
 
 def test_failure_reason_points_at_the_step_that_failed(tmp_path):
-    from defaceaudit.qc_report import failure_reason
+    from defaceaudit.deface.qc_report import failure_reason
 
     own, prepare = tmp_path / "deface.log", tmp_path / "prepare.log"
     upstream = [str(prepare)]

@@ -16,7 +16,8 @@ from scipy import stats
 from synthetic import synthetic_head
 
 from defaceaudit.errors import DefaceAuditError, ImageError, InputError
-from defaceaudit.radiodensity.crop import CropGeometry, subject_face_crops
+from defaceaudit.imaging.register import resample
+from defaceaudit.radiodensity.crop import CropGeometry, crop_radiodensity_face
 from defaceaudit.radiodensity.evaluate import (
     radiodensity_findings,
     radiodensity_table,
@@ -28,15 +29,14 @@ from defaceaudit.radiodensity.figure import difference_mark, plot_radiodensity
 from defaceaudit.radiodensity.model import load_medicalnet, resnet10
 from defaceaudit.radiodensity.sampler import balanced_sampler, subject_balanced_weights
 from defaceaudit.radiodensity.splits import assign_subject_splits
-from defaceaudit.radiodensity.study import evaluate_models, write_targets
+from defaceaudit.radiodensity.study import evaluate_radiodensity, radiodensity_targets
 from defaceaudit.radiodensity.targets import lme_residual_targets
 from defaceaudit.radiodensity.train import (
     EarlyStopping,
     TrainingDivergedError,
-    run_training,
+    fit_radiodensity,
     train_radiodensity,
 )
-from defaceaudit.register import resample
 
 torch.set_num_threads(2)
 
@@ -284,7 +284,7 @@ def test_subject_face_crops_register_mask_and_normalise(tmp_path):
     d_path = _save(defaced, affine, tmp_path / "defaced.nii.gz")
     stripped = _save(data * (np.asarray(brain) > 0), affine, tmp_path / "stripped.nii.gz")
     shape = (40, 16, 44)
-    crops = subject_face_crops(
+    crops = crop_radiodensity_face(
         o_path,
         b_path,
         {"defaced": d_path, "skullstrip": stripped},
@@ -329,17 +329,17 @@ def test_subject_face_crops_register_mask_and_normalise(tmp_path):
     assert np.all(crops["defaced"][gone] == 0) and (crops["original"][gone] != 0).sum() > 20
 
     # even inside the original's head mask, no voxel with any brain in it survives
-    rim = subject_face_crops(
+    rim = crop_radiodensity_face(
         o_path, b_path, {"skullstrip": stripped}, t_path, shape, 4.0, head_region="original"
     )
     assert not rim["skullstrip"].any()
 
     other = _save(data[:-2], affine, tmp_path / "other_grid.nii.gz")
     with pytest.raises(ImageError, match="other_grid.nii.gz"):
-        subject_face_crops(o_path, b_path, {"x": other}, t_path, shape, 4.0)
+        crop_radiodensity_face(o_path, b_path, {"x": other}, t_path, shape, 4.0)
     empty = _save(np.zeros_like(data), affine, tmp_path / "empty.nii.gz")
     with pytest.raises(ImageError, match="empty.nii.gz"):
-        subject_face_crops(o_path, b_path, {"x": empty}, t_path, shape, 4.0)
+        crop_radiodensity_face(o_path, b_path, {"x": empty}, t_path, shape, 4.0)
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -386,9 +386,7 @@ SETTINGS = {
 def test_train_learns_a_blob_and_restores_the_best_epoch():
     crops, index, targets, subjects, splits = _blob_problem()
     args = (crops, targets, subjects, splits)
-    model, history, pred = train_radiodensity(
-        *args, SETTINGS, crop_index=index, build_model=TinyNet
-    )
+    model, history, pred = fit_radiodensity(*args, SETTINGS, crop_index=index, build_model=TinyNet)
     assert list(history.columns) == ["epoch", "train_loss", "validation_loss", "seconds"]
     test = splits == "test"
     assert stats.spearmanr(pred[test], targets[test])[0] > 0.7
@@ -400,7 +398,7 @@ def test_train_learns_a_blob_and_restores_the_best_epoch():
         history["validation_loss"].min(), rel=1e-5
     )
     # a rerun that simply ends at the best epoch gives the same weights: restoration is exact
-    _, short, again = train_radiodensity(
+    _, short, again = fit_radiodensity(
         *args, {**SETTINGS, "epochs": best}, crop_index=index, build_model=TinyNet
     )
     np.testing.assert_array_equal(again, pred)
@@ -413,7 +411,7 @@ def test_training_sees_only_train_rows_and_samples_them_by_subject(monkeypatch):
     from defaceaudit.radiodensity import train as train_module
 
     crops, index, targets, subjects, splits = _blob_problem()
-    _, history, pred = train_radiodensity(
+    _, history, pred = fit_radiodensity(
         crops, targets, subjects, splits, SETTINGS, crop_index=index, build_model=TinyNet
     )
     # new test-split targets (and crops) change nothing: neither is ever trained on
@@ -422,7 +420,7 @@ def test_training_sees_only_train_rows_and_samples_them_by_subject(monkeypatch):
     shuffled[test] = np.random.default_rng(9).permutation(targets[test]) + 100.0
     noisy = crops.copy()
     noisy[index[test]] = np.random.default_rng(10).normal(size=noisy[index[test]].shape)
-    _, again, pred_again = train_radiodensity(
+    _, again, pred_again = fit_radiodensity(
         noisy, shuffled, subjects, splits, SETTINGS, crop_index=index, build_model=TinyNet
     )
     pd.testing.assert_frame_equal(again.drop(columns="seconds"), history.drop(columns="seconds"))
@@ -436,7 +434,7 @@ def test_training_sees_only_train_rows_and_samples_them_by_subject(monkeypatch):
         return real(row_subjects, n_samples, seed)
 
     monkeypatch.setattr(train_module, "balanced_sampler", spy)
-    train_radiodensity(
+    fit_radiodensity(
         crops, targets, subjects, splits, SETTINGS, crop_index=index, build_model=TinyNet
     )
     train = np.asarray(splits) == "train"
@@ -455,7 +453,7 @@ def test_resnet10_with_medicalnet_weights_trains_one_epoch(tmp_path):
     rng = np.random.default_rng(0)
     crops = rng.normal(size=(4, 16, 16, 16)).astype(np.float32)
     settings = {**SETTINGS, "epochs": 1, "batch_size": 2, "medicalnet_weights": str(weights)}
-    model, history, pred = train_radiodensity(
+    model, history, pred = fit_radiodensity(
         crops,
         np.array([0.0, 1.0, -1.0, 0.5]),
         ["a", "a", "b", "c"],
@@ -466,7 +464,7 @@ def test_resnet10_with_medicalnet_weights_trains_one_epoch(tmp_path):
     assert len(history) == 1 and pred.shape == (4,) and np.all(np.isfinite(pred))
     # the encoder started from the file: with a negligible learning rate it is still there
     state = _medicalnet_file(weights)
-    model, _, _ = train_radiodensity(
+    model, _, _ = fit_radiodensity(
         crops,
         np.array([0.0, 1.0, -1.0, 0.5]),
         ["a", "a", "b", "c"],
@@ -485,7 +483,7 @@ def test_train_raises_when_no_epoch_has_a_finite_validation_loss(tmp_path):
 
     crops, index, targets, subjects, splits = _blob_problem()
     with pytest.raises(TrainingDivergedError, match="no epoch of 2 had a finite validation loss"):
-        train_radiodensity(
+        fit_radiodensity(
             crops,
             targets,
             subjects,
@@ -497,7 +495,7 @@ def test_train_raises_when_no_epoch_has_a_finite_validation_loss(tmp_path):
     files, split_of = _training_files(tmp_path)
     outputs = [tmp_path / "pred.tsv", tmp_path / "history.tsv", tmp_path / "model.pt"]
     with pytest.raises(TrainingDivergedError, match="^original model of the abdomen: no epoch"):
-        run_training(
+        train_radiodensity(
             files,
             "original",
             tmp_path / "targets.tsv",
@@ -518,7 +516,7 @@ def test_validation_loss_weighs_every_subject_equally():
     drop = np.isin(subjects, val_subjects[:3]) & (np.arange(index.size) % 3 > 0)
     keep = ~drop  # three validation subjects keep one visit, three keep all three
     index, targets, subjects, splits = index[keep], targets[keep], subjects[keep], splits[keep]
-    _, history, pred = train_radiodensity(
+    _, history, pred = fit_radiodensity(
         crops,
         targets,
         subjects,
@@ -558,7 +556,7 @@ def _training_files(tmp_path):
 
 def test_run_training_writes_predictions_history_and_model(tmp_path):
     files, split_of = _training_files(tmp_path)
-    out = run_training(
+    out = train_radiodensity(
         files,
         "original",
         tmp_path / "targets.tsv",
@@ -590,7 +588,7 @@ def test_run_training_writes_predictions_history_and_model(tmp_path):
     table = pd.read_csv(tmp_path / "targets.tsv", sep="\t", dtype={"participant_id": str})
     table["split"] = table["participant_id"].map(split_of).fillna("test")
     table.to_csv(tmp_path / "targets_split.tsv", sep="\t", index=False)
-    from_table = run_training(
+    from_table = train_radiodensity(
         files,
         "original",
         tmp_path / "targets_split.tsv",
@@ -603,7 +601,7 @@ def test_run_training_writes_predictions_history_and_model(tmp_path):
     )
     pd.testing.assert_frame_equal(from_table, out)
     with pytest.raises(DefaceAuditError, match="no column"):
-        run_training(
+        train_radiodensity(
             files,
             "original",
             tmp_path / "targets.tsv",
@@ -615,7 +613,7 @@ def test_run_training_writes_predictions_history_and_model(tmp_path):
             build_model=TinyNet,
         )
     with pytest.raises(DefaceAuditError, match="no 'avgface' crop"):
-        run_training(
+        train_radiodensity(
             files,
             "avgface",
             tmp_path / "targets.tsv",
@@ -635,7 +633,7 @@ def test_run_training_names_unreadable_crop_and_target_files(tmp_path):
     def fails(pattern):
         args = (files, "original", targets, "abdomen", split_of, SETTINGS)
         with pytest.raises(DefaceAuditError, match=pattern):
-            run_training(*args, tmp_path / "p.tsv", tmp_path / "h.tsv", build_model=TinyNet)
+            train_radiodensity(*args, tmp_path / "p.tsv", tmp_path / "h.tsv", build_model=TinyNet)
 
     crop = files["05"]
     crop.write_bytes(b"")  # empty: numpy raises EOFError
@@ -658,7 +656,7 @@ def test_write_targets_fits_on_the_study_train_split_and_labels_every_subject(tm
     cohort = people.assign(subject=people["participant_id"].str.removeprefix("sub-"))
     cohort[["subject", "sex"]].to_csv(tmp_path / "subjects.tsv", sep="\t", index=False)
     split = {**FRACTIONS, "seed": 5}
-    out = write_targets(
+    out = radiodensity_targets(
         [tmp_path / "phen.tsv"], tmp_path / "subjects.tsv", ["abdomen"], split, tmp_path / "t.tsv"
     )
     subjects = sorted(people["participant_id"])
@@ -685,15 +683,15 @@ def test_study_steps_name_unreadable_tables(tmp_path):
     split = {**FRACTIONS, "seed": 0}
     targets = tmp_path / "targets.tsv"
     with pytest.raises(InputError, match=r"empty\.tsv: cannot read the phenotype table"):
-        write_targets([empty], tmp_path / "subjects.tsv", ["abdomen"], split, targets)
+        radiodensity_targets([empty], tmp_path / "subjects.tsv", ["abdomen"], split, targets)
     with pytest.raises(InputError, match=r"empty\.tsv: cannot read the cohort table"):
-        write_targets([tmp_path / "phen.tsv"], empty, ["abdomen"], split, targets)
+        radiodensity_targets([tmp_path / "phen.tsv"], empty, ["abdomen"], split, targets)
     ragged = tmp_path / "ragged.tsv"
     ragged.write_text("participant_id\tprediction\nsub-00\t0.1\nsub-01\t0.2\t7\n")
     outputs = [tmp_path / name for name in ("t.tsv", "t.md", "b.tsv", "p.tsv", "f.png")]
     for bad in (empty, ragged):
         with pytest.raises(DefaceAuditError, match=rf"{bad.name}: cannot read the predictions"):
-            evaluate_models([bad], *outputs, n_resamples=10)
+            evaluate_radiodensity([bad], *outputs, n_resamples=10)
 
 
 # --- statistics, table, figure --------------------------------------------------------------------

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 
 from defaceaudit import paths
-from defaceaudit.cohort import load_cohort
 from defaceaudit.config import validate_config
-from defaceaudit.defacers.plan import defacer_plan
 from defaceaudit.errors import InputError
-from defaceaudit.radiodensity.plan import radiodensity_plan
-from defaceaudit.targets import all_targets
+from defaceaudit.workflow.deface_plan import defacer_plan
+from defaceaudit.workflow.plan import load_cohort
+from defaceaudit.workflow.radiodensity_plan import radiodensity_plan
+from defaceaudit.workflow.targets import all_targets
 
 TINY = {"n_train": 2, "n_internal_test": 1, "n_external_test": 1}
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 from synthetic import sphere_head
 
-from defaceaudit.diffusion.cascade import (
+from defaceaudit.errors import ImageError, InputError
+from defaceaudit.imaging.nifti import load_t1w, to_ras
+from defaceaudit.reface.cascade import (
     AttackTraining,
     PairSet,
     SamplingSettings,
@@ -20,22 +22,22 @@ from defaceaudit.diffusion.cascade import (
     stage1_batches,
     stage2_batches,
 )
-from defaceaudit.diffusion.checkpoint import CheckpointError, load_checkpoint
-from defaceaudit.diffusion.refacing import (
+from defaceaudit.reface.checkpoint import CheckpointError, load_checkpoint
+from defaceaudit.reface.refacing import (
     known_voxels,
     load_pairs,
     load_sampler,
-    reface_subject,
+    sample_refaced,
     train_refacing_stage,
     training_envelope,
 )
-from defaceaudit.diffusion.region import attack_region
-from defaceaudit.diffusion.schedule import DiffusionSchedule
-from defaceaudit.diffusion.sizing import LOAD_WORKING_VOLUMES, training_job_mb, training_memory_mb
-from defaceaudit.diffusion.slabs import SLAB_SIZE
-from defaceaudit.diffusion.train import default_resume_path, train
-from defaceaudit.diffusion.unet import build_unet, randomise_zero_initialised, required_multiple
-from defaceaudit.diffusion.volumes import (
+from defaceaudit.reface.region import attack_region
+from defaceaudit.reface.schedule import DiffusionSchedule
+from defaceaudit.reface.sizing import LOAD_WORKING_VOLUMES, training_job_mb, training_memory_mb
+from defaceaudit.reface.slabs import SLAB_SIZE
+from defaceaudit.reface.train import default_resume_path, train
+from defaceaudit.reface.unet import build_unet, randomise_zero_initialised, required_multiple
+from defaceaudit.reface.volumes import (
     crop_volume,
     downsample,
     from_unit,
@@ -46,8 +48,6 @@ from defaceaudit.diffusion.volumes import (
     upsample,
     upsample_window,
 )
-from defaceaudit.errors import ImageError, InputError
-from defaceaudit.nifti import load_t1w, to_ras
 
 TINY = {
     "channels": [8, 8],
@@ -125,7 +125,7 @@ def test_sampling_is_seeded_and_pastes_back_the_untouched_voxels():
 def test_stage_2_is_conditioned_as_in_training_on_the_stage_1_sample(monkeypatch):
     """Sampling feeds stage 2 [upsampled stage-1 SAMPLE, defaced] in that order, the order of
     stage2_batches' [coarse target, input] (not the downsampled input, not swapped)."""
-    from defaceaudit.diffusion import cascade
+    from defaceaudit.reface import cascade
 
     real, calls = cascade.ddim_sample, []
 
@@ -158,7 +158,7 @@ def test_stage_2_is_conditioned_as_in_training_on_the_stage_1_sample(monkeypatch
 def test_sampling_shows_the_region_to_networks_trained_with_it(monkeypatch):
     """With mask channels, stage 1 gets [downsampled defaced, coarse region] and stage 2
     [coarse sample, defaced, region], the region as +1 / -1 (AttackTraining's batches)."""
-    from defaceaudit.diffusion import cascade
+    from defaceaudit.reface import cascade
 
     real, calls = cascade.ddim_sample, []
 
@@ -209,7 +209,7 @@ def test_overfitting_one_pair_lowers_the_loss_and_moves_the_sample_to_the_target
         losses.append(float(loss.detach()))
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
     net.eval()
-    from defaceaudit.diffusion.ddim import ddim_sample, model_predictor
+    from defaceaudit.reface.ddim import ddim_sample, model_predictor
 
     sample = ddim_sample(
         model_predictor(net),
@@ -302,7 +302,7 @@ def test_train_then_reface_files(tmp_path, caplog, monkeypatch):
     test = _write_pair(tmp_path, "test", 9)
     outputs = _outputs(tmp_path)
     sampling = {"steps": 2, "eta": 0.0, "seed": 0, "paste_back": True, "slab_batch": 4}
-    reface_subject(test["defaced"], checkpoints[1], checkpoints[2], outputs, sampling, "cpu")
+    sample_refaced(test["defaced"], checkpoints[1], checkpoints[2], outputs, sampling, "cpu")
     refaced = nib.load(outputs["t1w"]).get_fdata()
     defaced = nib.load(test["defaced"]).get_fdata()
     # the defacer's own mask, which sampling never reads: here (no zero background) it is the
@@ -320,25 +320,25 @@ def test_train_then_reface_files(tmp_path, caplog, monkeypatch):
     free = _outputs(tmp_path, "free")
     sampling["paste_back"] = False
     args = (checkpoints[1], checkpoints[2], free, sampling)
-    reface_subject(test["defaced"], *args, device="cpu")
+    sample_refaced(test["defaced"], *args, device="cpu")
     assert (nib.load(free["removed"]).get_fdata() == 1).all()
 
     # a stage 2 trained on another stage-1 grid is no pair for this stage 1
     other = tmp_path / "stage2_factor1.pt"
     _train(2, pairs, {**reface_config(steps=1), "downsample_factor": 1}, other)
     with pytest.raises(CheckpointError, match=f"{other}.*downsample_factor 1.*{checkpoints[1]}"):
-        reface_subject(test["defaced"], checkpoints[1], other, free, sampling)
+        sample_refaced(test["defaced"], checkpoints[1], other, free, sampling)
 
     # the cascade's [-1, 1] output goes back to the defaced image's units: a cascade that
     # returns 0 everywhere gives half the scale (the 99.5th percentile of its positive voxels)
-    from defaceaudit.diffusion import refacing
+    from defaceaudit.reface import refacing
 
     monkeypatch.setattr(
         refacing, "sample_cascade", lambda *args, **kwargs: torch.zeros_like(args[4])
     )
     zeros = _outputs(tmp_path, "zeros")
     sampling["paste_back"] = True
-    reface_subject(test["defaced"], checkpoints[1], checkpoints[2], zeros, sampling)
+    sample_refaced(test["defaced"], checkpoints[1], checkpoints[2], zeros, sampling)
     scale = json.loads(zeros["sidecar"].read_text())["intensity_scale"]
     assert scale == pytest.approx(np.percentile(defaced[defaced > 0], 99.5), rel=1e-6)
     refaced = nib.load(zeros["t1w"]).get_fdata()
@@ -353,7 +353,7 @@ def test_train_then_reface_files(tmp_path, caplog, monkeypatch):
     affine = nib.load(test["defaced"]).affine
     nib.save(nib.Nifti1Image(flat, affine), tmp_path / "flat.nii.gz")
     flat_out = _outputs(tmp_path, "flat")
-    reface_subject(tmp_path / "flat.nii.gz", *checkpoints.values(), flat_out, sampling)
+    sample_refaced(tmp_path / "flat.nii.gz", *checkpoints.values(), flat_out, sampling)
     generated = nib.load(flat_out["removed"]).get_fdata() > 0
     assert np.array_equal(generated, attack_region(flat, (4.0, 4.0, 4.0), envelope))
     assert generated[cap].all() and (generated & (original == 0)).any()  # not the silhouette
@@ -364,7 +364,7 @@ def test_train_then_reface_files(tmp_path, caplog, monkeypatch):
 
 
 def test_padding_is_known_and_the_window_stays_off_the_padded_end():
-    from defaceaudit.diffusion.cascade import generation_window
+    from defaceaudit.reface.cascade import generation_window
 
     generated = np.zeros((40, 44, 36), dtype=bool)
     generated[10:20, 30:40, 0:10] = True  # the removed region, far from the grid's end
@@ -386,7 +386,7 @@ def test_a_defaced_image_without_positive_voxels_is_named(tmp_path):
         load_pairs([pair["original"]], [empty], reface_config())
     missing = tmp_path / "none.pt"  # the image is checked before the checkpoints are read
     with pytest.raises(ImageError, match=f"{empty}: no positive voxel"):
-        reface_subject(empty, missing, missing, _outputs(tmp_path), {})
+        sample_refaced(empty, missing, missing, _outputs(tmp_path), {})
 
 
 def test_resume_needs_the_same_pairs_but_not_the_same_version(tmp_path, caplog, monkeypatch):
@@ -405,7 +405,7 @@ def test_resume_needs_the_same_pairs_but_not_the_same_version(tmp_path, caplog, 
     stale.rename(resume)  # the killed run's file again, for the same pairs
     checkpoint.unlink()
     caplog.clear()
-    monkeypatch.setattr("defaceaudit.diffusion.refacing.__version__", "99.0")
+    monkeypatch.setattr("defaceaudit.reface.refacing.__version__", "99.0")
     with caplog.at_level(logging.INFO):
         summary = _train(1, pairs[:2], reface_config(steps=4), checkpoint)
     assert summary["start_step"] == 2 and "resuming from" in caplog.text
@@ -427,7 +427,7 @@ def test_stage2_sizes_are_checked_before_pairs_are_loaded(tmp_path):
 
 
 def test_generation_window_covers_the_removed_region_on_valid_sizes():
-    from defaceaudit.diffusion.cascade import generation_window
+    from defaceaudit.reface.cascade import generation_window
 
     keep = torch.ones(32, 48, 40, dtype=torch.bool)
     keep[20:27, 30:44, 3:9] = False

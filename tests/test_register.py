@@ -8,7 +8,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from synthetic import synthetic_head
 
-from defaceaudit.register import (
+from defaceaudit.imaging.register import (
     affine_register,
     coarse_grid,
     downsample,

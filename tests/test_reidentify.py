@@ -12,7 +12,7 @@ import pytest
 from defaceaudit.metrics.reidentify import (
     rank_of_own,
     rank_probes,
-    reidentify_files,
+    reidentify_faces,
     reported_rank,
     summarise_ranks,
 )
@@ -204,7 +204,7 @@ def test_reidentify_files_ranks_originals_as_the_ceiling_and_shared_images_once(
     region_mask = tmp_path / "region.nii.gz"
     nib.save(nib.Nifti1Image(REGION.mask.astype(np.uint8), REGION.affine), region_mask)
     out = {k: tmp_path / f"{k}.out" for k in ("ranks", "summary", "markdown")}
-    summary = reidentify_files(
+    summary = reidentify_faces(
         {"internal_test": gallery},
         probes,
         out,
@@ -226,7 +226,7 @@ def test_reidentify_files_ranks_originals_as_the_ceiling_and_shared_images_once(
 
 def test_reidentification_off_writes_empty_tables_that_say_why(tmp_path):
     out = {k: tmp_path / f"{k}.out" for k in ("ranks", "summary", "markdown")}
-    summary = reidentify_files({}, [], out, notes=["internal_test: off: no gallery image"])
+    summary = reidentify_faces({}, [], out, notes=["internal_test: off: no gallery image"])
     assert summary.empty and "rank1_rate" in summary.columns
     assert "chance_rank1" in pd.read_csv(out["summary"], sep="\t").columns
     assert "rank" in pd.read_csv(out["ranks"], sep="\t").columns
@@ -239,4 +239,4 @@ def test_a_gallery_file_without_a_gallery_face_is_refused(tmp_path):
     save_faces(old, {"original": np.zeros((3, 3))})
     out = {k: tmp_path / f"{k}.out" for k in ("ranks", "summary", "markdown")}
     with pytest.raises(ValueError, match="holds no gallery face"):
-        reidentify_files({"t": {"a": old}}, [], out)
+        reidentify_faces({"t": {"a": old}}, [], out)

@@ -3,7 +3,7 @@
 import numpy as np
 from synthetic import synthetic_head
 
-from defaceaudit.render import depth_map, render_qc_png, shade_depth
+from defaceaudit.imaging.render import depth_map, render_qc_png, shade_depth
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

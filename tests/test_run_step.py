@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from defaceaudit.errors import ImageError
-from defaceaudit.workflow import run_step
+from defaceaudit.workflow.run_step import run_step
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The Snakemake process's scheduling work stays bounded (defaceaudit.scheduler_patch).
+"""The Snakemake process's scheduling work stays bounded (defaceaudit.workflow.scheduler_patch).
 
 Unit tests of the replacements on stand-in objects, and real runs of a trivial workflow through
 the project's set-up (benchmarks/bench_scheduler.py): plain Snakemake shows the bug (one more
@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import REPO
 
-from defaceaudit import scheduler_patch as sp
+from defaceaudit.workflow import scheduler_patch as sp
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_scheduler  # noqa: E402 - the benchmark's runs, one implementation
@@ -226,8 +226,8 @@ def test_opt_out(monkeypatch):
 
 def test_the_benchmark_runs_the_snakefiles_hooks_and_make_demos_flags():
     imports, top, onstart = bench_scheduler.project_hooks()
-    assert "bound_scheduler_work()" in top and "resume_full_collections()" in onstart
-    assert any("defaceaudit.scheduler_patch" in line for line in imports)
+    assert "install_hooks()" in top and "resume_full_collections()" in onstart
+    assert any("defaceaudit.workflow.snakemake_hooks" in line for line in imports)
     flags = bench_scheduler.demo_flags()
     assert flags[flags.index("--scheduler") + 1] == "greedy"
     assert "--scheduler" not in bench_scheduler.without_scheduler(flags)
@@ -250,7 +250,7 @@ def runs() -> dict[str, dict]:
 def test_plain_snakemake_piles_up_wake_up_threads(runs):
     """The bug, reproduced: without the patch the process holds dozens of live threads (one
     self-renewing wake-up per finished job). If this fails, Snakemake fixed it upstream:
-    check whether defaceaudit.scheduler_patch is still needed."""
+    check whether defaceaudit.workflow.scheduler_patch is still needed."""
     plain = runs["plain"]
     assert "error" not in plain, plain
     assert plain["peak_threads"] > 32, plain

@@ -4,8 +4,8 @@ and refaced images never carry that fill marker."""
 import numpy as np
 import torch
 
-from defaceaudit.diffusion.cascade import _gamma, _zoom
 from defaceaudit.metrics.surface import FaceCrop, face_vertices, fill_mask, skin_vertices
+from defaceaudit.reface.cascade import _gamma, _zoom
 
 SPACING = (2.0, 2.0, 2.0)
 

@@ -116,7 +116,7 @@ def test_bootstrap_drops_nans_and_handles_tiny_samples():
     one = bootstrap_mean_ci([np.nan, 2.5])
     assert one["n"] == 1 and one["mean"] == 2.5  # one value: no interval
     assert np.isnan(one["ci_low"]) and np.isnan(one["ci_high"])
-    from defaceaudit.face_tables import format_ci
+    from defaceaudit.metrics.face_tables import format_ci
 
     assert format_ci(one["mean"], one["ci_low"], one["ci_high"]) == "2.50 [n/a]"
 

@@ -12,13 +12,12 @@ from synthetic import synthetic_head
 from test_refacing import TINY
 
 from defaceaudit import paths
-from defaceaudit.cohort import load_cohort
 from defaceaudit.config import validate_config
-from defaceaudit.defacers.plan import defacer_plan
-from defaceaudit.diffusion import jobs, validation
-from defaceaudit.diffusion.checkpoint import load_checkpoint
-from defaceaudit.diffusion.refacing import train_refacing_stage
-from defaceaudit.diffusion.validation import (
+from defaceaudit.imaging.masks import head_mask
+from defaceaudit.reface import validation
+from defaceaudit.reface.checkpoint import load_checkpoint
+from defaceaudit.reface.refacing import train_refacing_stage
+from defaceaudit.reface.validation import (
     CURVE_COLUMNS,
     NOT_CONVERGED,
     learning_curve,
@@ -26,8 +25,10 @@ from defaceaudit.diffusion.validation import (
     validate_refacing,
     verdict,
 )
-from defaceaudit.masks import head_mask
-from defaceaudit.metrics.plan import metric_plan
+from defaceaudit.workflow import reface_jobs as jobs
+from defaceaudit.workflow.deface_plan import defacer_plan
+from defaceaudit.workflow.metrics_plan import metric_plan
+from defaceaudit.workflow.plan import load_cohort
 
 # -- the verdict ---------------------------------------------------------------------------
 
@@ -245,7 +246,7 @@ def test_validation_subjects_never_take_every_train_subject(n_train, held_out):
     # the models train on the training subjects only, and are validated on the others
     for model in jobs.models_needed(plan):
         originals = jobs.training_inputs(cohort, plan, model, held_out)["originals"]
-        assert originals == [jobs.prepared_files(s)["t1w"] for s in training]
+        assert originals == [paths.prepared_files(s)["t1w"] for s in training]
         pairs = jobs.validation_pairs(cohort, plan, model, held_out)
         assert {p["subject"] for p in pairs} == set(held)
         inputs = jobs.validation_inputs(cohort, plan, model, held_out)

@@ -23,7 +23,7 @@ from conftest import (
 from synthetic import synthetic_head
 
 from defaceaudit import paths
-from defaceaudit.masks import face_volume_ml
+from defaceaudit.imaging.masks import face_volume_ml
 
 pytestmark = pytest.mark.workflow
 
@@ -362,7 +362,7 @@ def test_killed_training_job_resumes_from_its_checkpoint(workdir):
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes()
-            if b"train_refacing_stage" in cmdline and os.getpgid(int(proc.name)) == first.pid:
+            if b".train_stage" in cmdline and os.getpgid(int(proc.name)) == first.pid:
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed += 1
         except (ValueError, OSError):

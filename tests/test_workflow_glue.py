@@ -1,8 +1,8 @@
-"""What the Snakefile does to Snakemake's process (defaceaudit.workflow)."""
+"""What the Snakefile does to Snakemake's process (defaceaudit.workflow.run_step)."""
 
 import importlib
 
-from defaceaudit.workflow import URI_PARSING_MODULES, memoize_uri_parsing
+from defaceaudit.workflow.snakemake_hooks import URI_PARSING_MODULES, memoize_uri_parsing
 
 
 def test_uri_parsing_is_memoised_once_and_answers_as_before():

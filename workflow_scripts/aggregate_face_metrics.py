@@ -1,8 +1,8 @@
 """Snakemake adapter: all metric rows, and Tables 1-3 (metrics.aggregate)."""
 
-from defaceaudit.diffusion.jobs import verdicts_by_defacer
 from defaceaudit.metrics.aggregate import aggregate_face_metrics
-from defaceaudit.workflow import run_step
+from defaceaudit.workflow.reface_jobs import verdicts_by_defacer
+from defaceaudit.workflow.run_step import run_step
 
 outputs = dict(snakemake.output.items())
 run_step(

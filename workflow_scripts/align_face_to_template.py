@@ -1,11 +1,11 @@
 """Snakemake adapter: rigid registration to the face template (metrics.template_space)."""
 
-from defaceaudit.metrics.template_space import align_to_template
-from defaceaudit.workflow import run_step
+from defaceaudit.metrics.template_space import align_face_to_template
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    align_to_template,
+    align_face_to_template,
     t1w=snakemake.input.t1w,
     head_mask=snakemake.input.head_mask,
     template=snakemake.input.template,

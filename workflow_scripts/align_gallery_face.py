@@ -1,7 +1,7 @@
 """Snakemake adapter: a gallery image's face in template space (metrics.template_space)."""
 
 from defaceaudit.metrics.template_space import align_gallery_face
-from defaceaudit.workflow import run_step
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],

@@ -1,11 +1,11 @@
 """Snakemake adapter: the training split's average head (defacers.templates)."""
 
-from defaceaudit.defacers.templates import build_average_head_file
-from defaceaudit.workflow import run_step
+from defaceaudit.deface.templates import build_average_head
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    build_average_head_file,
+    build_average_head,
     t1w=list(snakemake.input.t1w),
     template=snakemake.input.template,
     out=snakemake.output[0],

@@ -2,7 +2,7 @@
 (metrics.template_space)."""
 
 from defaceaudit.metrics.template_space import build_face_region
-from defaceaudit.workflow import run_step
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],

@@ -1,11 +1,11 @@
 """Snakemake adapter: face metrics of one test subject and defacer (metrics.face_rows)."""
 
-from defaceaudit.metrics.face_rows import measure_face_metrics
-from defaceaudit.workflow import run_step
+from defaceaudit.metrics.face_rows import compute_face_metrics
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    measure_face_metrics,
+    compute_face_metrics,
     subject=snakemake.wildcards.subject,
     test_set=snakemake.params.test_set,
     defacer=snakemake.wildcards.defacer,

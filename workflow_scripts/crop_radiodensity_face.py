@@ -1,11 +1,11 @@
 """Snakemake adapter: one subject's face crops in template space (radiodensity.crop)."""
 
-from defaceaudit.radiodensity.crop import subject_face_crops
-from defaceaudit.workflow import run_step
+from defaceaudit.radiodensity.crop import crop_radiodensity_face
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    subject_face_crops,
+    crop_radiodensity_face,
     original=snakemake.input.t1w,
     brain_mask=snakemake.input.brain_mask,
     images=dict(snakemake.params.images),

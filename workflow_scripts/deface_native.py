@@ -1,7 +1,7 @@
 """Snakemake adapter: one native defacer on one subject (deface.deface_native)."""
 
-from defaceaudit.deface import deface_native
-from defaceaudit.workflow import run_step
+from defaceaudit.deface.run import deface_native
+from defaceaudit.workflow.run_step import run_step
 
 inputs = dict(snakemake.input.items())
 run_step(

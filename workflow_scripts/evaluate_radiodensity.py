@@ -1,11 +1,11 @@
 """Snakemake adapter: Spearman table, bootstrap and figure (radiodensity.study)."""
 
-from defaceaudit.radiodensity.study import evaluate_models
-from defaceaudit.workflow import run_step
+from defaceaudit.radiodensity.study import evaluate_radiodensity
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    evaluate_models,
+    evaluate_radiodensity,
     prediction_files=list(snakemake.input.predictions),
     out_table=snakemake.output.table,
     out_markdown=snakemake.output.markdown,

@@ -1,11 +1,11 @@
 """Snakemake adapter: fetch one real base head and its ROBEX brain mask (demo.build)."""
 
-from defaceaudit.demo.build import prepare_base
-from defaceaudit.workflow import run_step
+from defaceaudit.cohort.demo.build import fetch_demo_base
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    prepare_base,
+    fetch_demo_base,
     name=snakemake.wildcards.base,
     out_t1w=snakemake.output.t1w,
     out_brain=snakemake.output.brain_mask,

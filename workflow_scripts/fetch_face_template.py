@@ -1,7 +1,7 @@
 """Snakemake adapter: pydeface's template and face mask (defacers.templates)."""
 
-from defaceaudit.defacers.templates import fetch_face_template
-from defaceaudit.workflow import run_step
+from defaceaudit.deface.templates import fetch_face_template
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],

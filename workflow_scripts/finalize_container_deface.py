@@ -1,11 +1,11 @@
-"""Snakemake adapter: finalise a container defacer's output (deface.finalize_container_output)."""
+"""Snakemake adapter: finalise a container defacer's output (deface.finalize_container_deface)."""
 
-from defaceaudit.deface import finalize_container_output
-from defaceaudit.workflow import run_step
+from defaceaudit.deface.run import finalize_container_deface
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    finalize_container_output,
+    finalize_container_deface,
     defacer=snakemake.wildcards.defacer,
     prepared={k: snakemake.input[k] for k in ("t1w", "head_mask", "brain_mask")},
     raw=snakemake.input.raw,

@@ -1,11 +1,12 @@
-"""Snakemake adapter: residual targets and study splits (radiodensity.study.write_targets)."""
+"""Snakemake adapter: residual targets and study splits
+(radiodensity.study.radiodensity_targets)."""
 
-from defaceaudit.radiodensity.study import write_targets
-from defaceaudit.workflow import run_step
+from defaceaudit.radiodensity.study import radiodensity_targets
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    write_targets,
+    radiodensity_targets,
     phenotype=list(snakemake.input.phenotype),
     cohort_table=snakemake.input.cohort,
     body_parts=list(snakemake.params.body_parts),

@@ -1,11 +1,11 @@
 """Snakemake adapter: re-identification ranks and rates (metrics.reidentify)."""
 
-from defaceaudit.metrics.reidentify import reidentify_files
-from defaceaudit.workflow import run_step
+from defaceaudit.metrics.reidentify import reidentify_faces
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    reidentify_files,
+    reidentify_faces,
     gallery=snakemake.params.gallery,
     probes=snakemake.params.probes,
     region=snakemake.params.region,

@@ -1,13 +1,13 @@
 """Snakemake adapter: side-by-side face renderings of one test subject (report_figures)."""
 
-from defaceaudit.diffusion.jobs import verdicts_by_defacer
-from defaceaudit.report_figures import write_face_panel
-from defaceaudit.workflow import run_step
+from defaceaudit.report.face_figures import render_face_panel
+from defaceaudit.workflow.reface_jobs import verdicts_by_defacer
+from defaceaudit.workflow.run_step import run_step
 
 inputs = dict(snakemake.input.items())
 run_step(
     snakemake.log[0],
-    write_face_panel,
+    render_face_panel,
     subject=snakemake.wildcards.subject,
     original=inputs["original"],
     columns=snakemake.params.columns,

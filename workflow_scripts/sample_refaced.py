@@ -1,11 +1,11 @@
 """Snakemake adapter: reface one test subject's defaced image (diffusion.refacing)."""
 
-from defaceaudit.diffusion.refacing import reface_subject
-from defaceaudit.workflow import run_step
+from defaceaudit.reface.refacing import sample_refaced
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    reface_subject,
+    sample_refaced,
     defaced=snakemake.input.defaced,
     stage1=snakemake.input.stage1,
     stage2=snakemake.input.stage2,

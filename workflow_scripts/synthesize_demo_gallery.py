@@ -1,11 +1,11 @@
 """Snakemake adapter: a demo test subject's second session, its gallery image (demo.build)."""
 
-from defaceaudit.demo.build import build_gallery_image
-from defaceaudit.workflow import run_step
+from defaceaudit.cohort.demo.build import synthesize_demo_gallery
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    build_gallery_image,
+    synthesize_demo_gallery,
     base_t1w=snakemake.input.t1w,
     base_brain=snakemake.input.brain_mask,
     base_head=snakemake.input.head_mask,

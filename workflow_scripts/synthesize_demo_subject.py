@@ -1,11 +1,11 @@
 """Snakemake adapter: one synthetic demo subject from its base head (demo.build)."""
 
-from defaceaudit.demo.build import build_subject
-from defaceaudit.workflow import run_step
+from defaceaudit.cohort.demo.build import synthesize_demo_subject
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    build_subject,
+    synthesize_demo_subject,
     base_t1w=snakemake.input.t1w,
     base_brain=snakemake.input.brain_mask,
     base_head=snakemake.input.head_mask,

@@ -1,11 +1,11 @@
 """Snakemake adapter: train one ResNet10 of the radiodensity study (radiodensity.train)."""
 
-from defaceaudit.radiodensity.train import run_training
-from defaceaudit.workflow import run_step
+from defaceaudit.radiodensity.train import train_radiodensity
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],
-    run_training,
+    train_radiodensity,
     crop_files=dict(zip(snakemake.params.subjects, snakemake.input.crops, strict=True)),
     image_type=snakemake.wildcards.image_type,
     targets_tsv=snakemake.input.targets,

@@ -1,8 +1,8 @@
 """Snakemake adapter: a refacing model pair's learning curve and convergence verdict
 (diffusion.validation)."""
 
-from defaceaudit.diffusion.validation import validate_refacing
-from defaceaudit.workflow import run_step
+from defaceaudit.reface.validation import validate_refacing
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],

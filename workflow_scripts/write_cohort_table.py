@@ -1,7 +1,7 @@
 """Snakemake adapter: the cohort table, one row per subject (inputs.write_cohort_table)."""
 
-from defaceaudit.inputs import write_cohort_table
-from defaceaudit.workflow import run_step
+from defaceaudit.cohort import write_cohort_table
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],

@@ -1,7 +1,7 @@
 """Snakemake adapter: every table of the run on one HTML page (metrics.aggregate)."""
 
 from defaceaudit.metrics.aggregate import write_tables_page
-from defaceaudit.workflow import run_step
+from defaceaudit.workflow.run_step import run_step
 
 run_step(
     snakemake.log[0],

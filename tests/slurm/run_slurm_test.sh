@@ -14,7 +14,7 @@
 # 5. Runs a few hundred trivial jobs (benchmarks/bench_scheduler.py: the Snakefile's hooks,
 #    `make demo`'s flags; in grouped chains, one SLURM job per chain) through the same profiles
 #    and checks that the Snakemake process stayed bounded (check_runs.py master: few live
-#    threads, little CPU per job, a prompt exit; defaceaudit.scheduler_patch).
+#    threads, little CPU per job, a prompt exit; defaceaudit.workflow.scheduler_patch).
 # 6. Runs the same pipeline locally (--cores 2) in a second copy and compares the outputs
 #    (check_runs.py compare: byte-identical, or numerically equal; sidecars but for timings).
 # 7. Stops only the daemons it started (by the pids it recorded), on any exit.

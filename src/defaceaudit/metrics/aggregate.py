@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from defaceaudit.face_tables import read_face_metrics, write_face_tables
 from defaceaudit.metrics.face_rows import COLUMNS
+from defaceaudit.metrics.face_tables import read_face_metrics, write_face_tables
 from defaceaudit.tables import atomic_path, write_tsv
 
 
@@ -38,7 +38,7 @@ def aggregate_face_metrics(
 ) -> pd.DataFrame:
     """Concatenate the per-job rows, write them and the tables. ``verdicts``: defacer -> the
     verdict JSON of the refacing models that refaced its images
-    (:func:`defaceaudit.diffusion.validation.validate_refacing`); a defacer whose models did
+    (:func:`defaceaudit.reface.validation.validate_refacing`); a defacer whose models did
     not converge gets its DPM cells marked (:func:`attack_notes`)."""
     rows = read_face_metrics(row_files)
     rows = rows[list(COLUMNS)].sort_values(["test_set", "defacer", "subject", "image_type"])

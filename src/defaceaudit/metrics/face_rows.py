@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from defaceaudit.errors import ImageError
-from defaceaudit.face_tables import FACE_METRIC_COLUMNS
-from defaceaudit.masks import head_mask
-from defaceaudit.metrics.plan import IMAGE_TYPES
+from defaceaudit.imaging.masks import head_mask
+from defaceaudit.imaging.nifti import load_mask, load_t1w, require_grid, to_ras, voxel_sizes_mm
+from defaceaudit.metrics import IMAGE_TYPES
+from defaceaudit.metrics.face_tables import FACE_METRIC_COLUMNS
 from defaceaudit.metrics.similarity import similarity
 from defaceaudit.metrics.surface import (
     FaceCrop,
@@ -41,7 +42,6 @@ from defaceaudit.metrics.template_space import (
     save_faces,
     to_world,
 )
-from defaceaudit.nifti import load_mask, load_t1w, require_grid, to_ras, voxel_sizes_mm
 from defaceaudit.tables import write_tsv
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def _load_on_grid(path: str | os.PathLike, reference, reference_path):
     return img, np.asarray(img.dataobj, dtype=np.float32)
 
 
-def measure_face_metrics(
+def compute_face_metrics(
     subject: str,
     test_set: str,
     defacer: str,
@@ -103,7 +103,7 @@ def measure_face_metrics(
     Returns a DataFrame with :data:`COLUMNS`, one row per image type, in paper order.
     """
     if "defaced" not in images:
-        raise ValueError("measure_face_metrics needs the defaced image")
+        raise ValueError("compute_face_metrics needs the defaced image")
     original_img = to_ras(load_t1w(prepared["t1w"]))
     original = np.asarray(original_img.dataobj, dtype=np.float32)
     original_head = load_mask(

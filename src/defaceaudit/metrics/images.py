@@ -7,10 +7,10 @@ import os
 import nibabel as nib
 import numpy as np
 
-from defaceaudit.masks import head_mask
+from defaceaudit.imaging.masks import head_mask
+from defaceaudit.imaging.nifti import load_mask, load_t1w, require_grid, to_ras, voxel_sizes_mm
 from defaceaudit.metrics.similarity import similarity
 from defaceaudit.metrics.surface import masd
-from defaceaudit.nifti import load_mask, load_t1w, require_grid, to_ras, voxel_sizes_mm
 
 
 def load_pair(original: str | os.PathLike, other: str | os.PathLike):

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from defaceaudit.face_tables import format_ci
+from defaceaudit.metrics.face_tables import format_ci
 from defaceaudit.metrics.template_space import FaceRegion, load_faces
 from defaceaudit.stats.bootstrap import bootstrap_mean_ci
 from defaceaudit.tables import atomic_path, write_tsv
@@ -319,7 +319,7 @@ def _region_note(sidecar: str | os.PathLike | None) -> list[str]:
     ]
 
 
-def reidentify_files(
+def reidentify_faces(
     gallery: dict[str, dict[str, str | os.PathLike]],
     probes: list[dict],
     out: dict[str, str | os.PathLike],
@@ -339,7 +339,7 @@ def reidentify_files(
             is off, and ``notes`` say why.
         probes: ``{"subject", "test_set", "faces": npz}``; every array in the npz is a probe
             (:func:`_probe_entries`): the originals' faces of
-            :func:`~defaceaudit.metrics.template_space.align_to_template` (the ceiling) and
+            :func:`~defaceaudit.metrics.template_space.align_face_to_template` (the ceiling) and
             each metric job's faces.
         out: paths ``ranks`` (TSV, one row per probe), ``summary`` (TSV), ``markdown``.
         region: ``{"mask": NIfTI, "sidecar": JSON}`` of the face region (None: whole faces).

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from defaceaudit.masks import available_threads, bounding_box, in_slabs, percentile
+from defaceaudit.imaging.masks import available_threads, bounding_box, in_slabs, percentile
 
 #: percentile of the original's intensities (inside the scale mask) that becomes 1
 SCALE_PERCENTILE = 99.5

@@ -29,7 +29,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
-from defaceaudit.masks import bounding_box, gaussian_filter
+from defaceaudit.imaging.masks import bounding_box, gaussian_filter
 
 #: Gaussian smoothing of the binary mask before marching cubes, in voxels
 SMOOTHING_VOXELS = 1.0

@@ -30,10 +30,10 @@ import numpy as np
 from scipy import ndimage
 
 from defaceaudit.errors import ImageError
-from defaceaudit.masks import head_mask
+from defaceaudit.imaging.masks import head_mask
+from defaceaudit.imaging.nifti import load_mask, load_t1w, save_nifti, to_ras, voxel_sizes_mm
+from defaceaudit.imaging.register import coarse_grid, downsample, resample, rigid_register
 from defaceaudit.metrics.surface import FaceCrop, face_vertices
-from defaceaudit.nifti import load_mask, load_t1w, save_nifti, to_ras, voxel_sizes_mm
-from defaceaudit.register import coarse_grid, downsample, resample, rigid_register
 from defaceaudit.tables import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def register_to_template(
     img: nib.Nifti1Image, template: nib.Nifti1Image, seed: int = 0
 ) -> np.ndarray:
     """Rigid transform (4x4, RAS mm) from ``img``'s world to ``template``'s world: fixed = the
-    image, moving = the template (:func:`defaceaudit.register.rigid_register`)."""
+    image, moving = the template (:func:`defaceaudit.imaging.register.rigid_register`)."""
     return rigid_register(img, template, seed=seed)
 
 
@@ -114,7 +114,7 @@ def _write_transform(transform: np.ndarray, template, seed: int, out_transform) 
     )
 
 
-def align_to_template(
+def align_face_to_template(
     t1w: str | os.PathLike,
     head_mask: str | os.PathLike,
     template: str | os.PathLike,
@@ -150,7 +150,7 @@ def align_gallery_face(
 ) -> np.ndarray:
     """A gallery image (an independent acquisition of a test subject, not prepared: any
     orientation and grid) reoriented to RAS, its head mask found, registered rigidly to
-    ``template`` on its own like :func:`align_to_template`; ``out_faces`` holds
+    ``template`` on its own like :func:`align_face_to_template`; ``out_faces`` holds
     ``vertices_gallery`` ``[N, 3]`` (template world, mm). Returns the 4x4 matrix."""
     img = to_ras(load_t1w(t1w))
     spacing = voxel_sizes_mm(img.affine)
@@ -166,7 +166,7 @@ def align_gallery_face(
 
 
 def read_transform(path: str | os.PathLike) -> np.ndarray:
-    """The 4x4 subject -> template matrix of a transform file of :func:`align_to_template`."""
+    """The 4x4 subject -> template matrix of a transform file of :func:`align_face_to_template`."""
     with open(path) as handle:
         return np.asarray(json.load(handle)[TRANSFORM_KEY], dtype=float)
 
@@ -217,7 +217,7 @@ def face_region(
     Args:
         removed: ``(mask bool [X, Y, Z], its affine 4x4, subject -> template 4x4[, defacer])``
             per subject and defacer (the mask on the subject's grid, the transform of
-            :func:`align_to_template`); with the defacer's name, each defacer's union is also
+            :func:`align_face_to_template`); with the defacer's name, each defacer's union is also
             kept as a layer of the region (:meth:`FaceRegion.layer`).
         grid: ``(shape, affine)`` of the template grid.
         dilation_mm: every template voxel within this distance (mm, Euclidean) of the union is
@@ -263,7 +263,7 @@ def build_face_region(
     :data:`TEMPLATE_VOXEL_MM`, from files.
 
     Args:
-        subjects: ``subject -> {"transform": JSON of align_to_template, "removed": [masks of
+        subjects: ``subject -> {"transform": JSON of align_face_to_template, "removed": [masks of
             the subject's defaced images]}``.
         defacers: their names, for the sidecar.
     Writes ``out_mask`` (uint8 NIfTI, template world) and ``out_sidecar`` (JSON: defacers,

@@ -9,3 +9,6 @@ correlations with paired bootstrap replicates (:mod:`.evaluate`) and the figure
 The package imports nothing itself, so that building the DAG never loads torch or statsmodels;
 import the modules.
 """
+
+#: the image type of the untouched, prepared T1w (the reference of every comparison)
+ORIGINAL = "original"

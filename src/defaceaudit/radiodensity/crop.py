@@ -8,7 +8,7 @@ is masked out, and the remaining head voxels are z-normalised.
 
 Conventions: RAS world coordinates in mm; arrays ``[X, Y, Z]`` with axis 0 towards Right, 1
 Anterior, 2 Superior. The registration result ``T`` (4x4) maps a template-world point ``p`` to the
-subject-world point ``T @ p`` (:func:`defaceaudit.register.affine_register` with fixed =
+subject-world point ``T @ p`` (:func:`defaceaudit.imaging.register.affine_register` with fixed =
 template, moving = original), which is exactly what pulling subject intensities onto a grid in
 template world needs.
 """
@@ -25,9 +25,9 @@ import nibabel as nib
 import numpy as np
 
 from defaceaudit.errors import ImageError
-from defaceaudit.masks import head_mask
-from defaceaudit.nifti import load_mask, load_t1w, require_grid, voxel_sizes_mm
-from defaceaudit.register import affine_register, downsample, resample
+from defaceaudit.imaging.masks import head_mask
+from defaceaudit.imaging.nifti import load_mask, load_t1w, require_grid, voxel_sizes_mm
+from defaceaudit.imaging.register import affine_register, downsample, resample
 from defaceaudit.tables import atomic_path, write_json
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
     "MIN_REGISTRATION_VOXEL_MM",
     "CropGeometry",
     "normalise_region",
-    "subject_face_crops",
+    "crop_radiodensity_face",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 #: The template is anti-aliased down to at least this voxel size (mm) for the registration:
 #: an affine needs no finer detail, and ITK's pyramid on a 1 mm template costs time for nothing.
 MIN_REGISTRATION_VOXEL_MM = 2.0
-#: Which head mask bounds the voxels that are z-normalised (see :func:`subject_face_crops`).
+#: Which head mask bounds the voxels that are z-normalised (see :func:`crop_radiodensity_face`).
 HEAD_REGIONS = ("own", "original")
 #: Air kept in front of the template's face (mm): after an affine alignment a subject's face can
 #: reach further forward than the template's. With no margin, 11 of the 24 demo subjects' faces
@@ -85,7 +85,7 @@ class CropGeometry:
     ) -> CropGeometry:
         """A grid of ``shape`` voxels of ``voxel_mm`` mm placed on the template's head.
 
-        The head is :func:`defaceaudit.masks.head_mask` of the template (Otsu threshold plus
+        The head is :func:`defaceaudit.imaging.masks.head_mask` of the template (Otsu threshold plus
         morphology; isolated bright noise cannot stretch its box). Its world bounding box (voxel
         centres of the head mask mapped through the template affine) gives the placement: the
         grid is centred on the box in x and z; in y its anterior face lies ``anterior_margin_mm``
@@ -147,7 +147,7 @@ def _head(path: Path, img: nib.Nifti1Image) -> np.ndarray:
         raise ImageError(f"{path}: no head found ({err})") from err
 
 
-def subject_face_crops(
+def crop_radiodensity_face(
     original: str | os.PathLike,
     brain_mask: str | os.PathLike,
     images: Mapping[str, str | os.PathLike],

@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import stats
 
 from defaceaudit.errors import DefaceAuditError
-from defaceaudit.face_tables import FEW_MARK, format_ci, format_p
+from defaceaudit.metrics.face_tables import FEW_MARK, format_ci, format_p
 from defaceaudit.stats.bootstrap import few_for_percentile, percentile_note
 from defaceaudit.stats.paired import wilcoxon_paired
 from defaceaudit.tables import atomic_path, write_tsv

@@ -1,7 +1,7 @@
 """Figure 6 analog: bootstrap distributions of Spearman's rho per body part and image type.
 
 Drawn on matplotlib's Agg canvas without pyplot (no global state, no window), like
-:mod:`defaceaudit.figures`, and written atomically.
+:mod:`defaceaudit.report.figures`, and written atomically.
 """
 
 from __future__ import annotations

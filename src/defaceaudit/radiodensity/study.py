@@ -1,8 +1,9 @@
 """File-level steps of the radiodensity study that the workflow runs once per cohort.
 
-* :func:`write_targets`: the phenotype tables and the cohort's age and sex -> the long table of
+* :func:`radiodensity_targets`: the phenotype tables and the cohort's age and sex -> the long table
+  of
   residual targets (eq. 2) with every subject's study split (``results/radiodensity/targets.tsv``).
-* :func:`evaluate_models`: every model's predictions -> the Spearman table with bootstrap CIs
+* :func:`evaluate_radiodensity`: every model's predictions -> the Spearman table with bootstrap CIs
   and Wilcoxon tests against the original (TSV and Markdown), the bootstrap replicates and the
   Figure 6 analog.
 """
@@ -16,9 +17,9 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from defaceaudit.errors import InputError
+from defaceaudit.radiodensity import ORIGINAL
 from defaceaudit.radiodensity.evaluate import radiodensity_table, write_radiodensity_tables
 from defaceaudit.radiodensity.figure import plot_radiodensity
-from defaceaudit.radiodensity.plan import ORIGINAL
 from defaceaudit.radiodensity.splits import study_splits
 from defaceaudit.radiodensity.targets import lme_residual_targets
 from defaceaudit.tables import read_tsv, write_tsv
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 ID = {"participant_id": str}
 
 
-def write_targets(
+def radiodensity_targets(
     phenotype: Sequence[str | os.PathLike],
     cohort_table: str | os.PathLike,
     body_parts: Sequence[str],
@@ -74,7 +75,7 @@ def write_targets(
     return targets
 
 
-def evaluate_models(
+def evaluate_radiodensity(
     prediction_files: Sequence[str | os.PathLike],
     out_table: str | os.PathLike,
     out_markdown: str | os.PathLike,

@@ -41,8 +41,8 @@ __all__ = [
     "SETTINGS_KEYS",
     "EarlyStopping",
     "TrainingDivergedError",
-    "run_training",
     "train_radiodensity",
+    "fit_radiodensity",
     "training_settings",
 ]
 
@@ -133,7 +133,7 @@ def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return batches
 
 
-def train_radiodensity(
+def fit_radiodensity(
     crops: np.ndarray,
     targets: np.ndarray,
     subjects: Sequence[str],
@@ -292,7 +292,7 @@ def _participant(label: str) -> str:
 
 def _load_crop(path: str | os.PathLike, image_type: str) -> np.ndarray:
     """The ``image_type`` crop ``[X, Y, Z]`` float32 from an npz of
-    :func:`~.crop.subject_face_crops`. A missing, empty, truncated or corrupt file, or one
+    :func:`~.crop.crop_radiodensity_face`. A missing, empty, truncated or corrupt file, or one
     without that crop, raises :class:`DefaceAuditError` naming the file."""
     try:
         with np.load(path) as data:
@@ -309,7 +309,7 @@ def _load_crop(path: str | os.PathLike, image_type: str) -> np.ndarray:
     return crop
 
 
-def run_training(
+def train_radiodensity(
     crop_files: Mapping[str, str | os.PathLike],
     image_type: str,
     targets_tsv: str | os.PathLike,
@@ -325,17 +325,17 @@ def run_training(
 ) -> pd.DataFrame:
     """Train the network of one image type and body part from files; write its outputs.
 
-    ``crop_files``: subject -> npz of :func:`~.crop.subject_face_crops` (the ``image_type``
+    ``crop_files``: subject -> npz of :func:`~.crop.crop_radiodensity_face` (the ``image_type``
     crop is used); ``targets_tsv``: the long table of :func:`~.targets.lme_residual_targets`
     (its ``body_part`` rows); ``splits``: subject -> "train"/"validation"/"test", or None to
     take each subject's from the table's ``split`` column (as
-    :func:`~.study.write_targets` writes it). Subjects may be given with or without ``sub-``.
+    :func:`~.study.radiodensity_targets` writes it). Subjects may be given with or without ``sub-``.
     Every target row of a subject with a crop is used (the one image serves all visits); rows of
     subjects without a crop, or with a missing target, are left out (logged). Writes,
     atomically: ``out_predictions`` (TSV, :data:`PREDICTION_COLUMNS`), ``out_history`` (TSV,
     :data:`HISTORY_COLUMNS`) and, when given, ``out_model`` (torch.save of ``state_dict``,
     resolved ``settings``, architecture, image type, body part, crop shape, best epoch, package
-    version). ``build_model`` as in :func:`train_radiodensity`. Returns the predictions table.
+    version). ``build_model`` as in :func:`fit_radiodensity`. Returns the predictions table.
     Unreadable inputs raise :class:`DefaceAuditError` naming the file; a
     diverged training :class:`TrainingDivergedError` naming the image type and body part
     (nothing is written then).
@@ -370,7 +370,7 @@ def run_training(
         raise DefaceAuditError(f"{image_type} crops differ in shape: {sorted(shapes)}")
     position = {p: i for i, p in enumerate(order)}
     try:
-        model, history, predictions = train_radiodensity(
+        model, history, predictions = fit_radiodensity(
             np.stack(crops),
             rows["target"].to_numpy(dtype=float),
             rows["participant_id"].tolist(),
