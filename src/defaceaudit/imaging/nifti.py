@@ -336,3 +336,17 @@ def save_nifti(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def load_on_grid(
+    path: str | os.PathLike,
+    reference: nib.Nifti1Image | None = None,
+    reference_path: str | os.PathLike | None = None,
+) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The T1w at ``path`` reoriented to RAS (:func:`load_t1w`, :func:`to_ras`) and its voxels
+    ``[X, Y, Z]`` float32; with ``reference`` (an image in RAS), refused by
+    :func:`require_grid` (ImageError naming both files) unless on ``reference``'s grid."""
+    img = to_ras(load_t1w(path))
+    if reference is not None:
+        require_grid(path, img.shape, img.affine, reference, f"the original {reference_path}")
+    return img, np.asarray(img.dataobj, dtype=np.float32)

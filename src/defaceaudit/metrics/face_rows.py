@@ -25,7 +25,13 @@ import pandas as pd
 
 from defaceaudit.errors import ImageError
 from defaceaudit.imaging.masks import head_mask
-from defaceaudit.imaging.nifti import load_mask, load_t1w, require_grid, to_ras, voxel_sizes_mm
+from defaceaudit.imaging.nifti import (
+    load_mask,
+    load_on_grid,
+    load_t1w,
+    to_ras,
+    voxel_sizes_mm,
+)
 from defaceaudit.metrics import IMAGE_TYPES
 from defaceaudit.metrics.face_tables import FACE_METRIC_COLUMNS
 from defaceaudit.metrics.similarity import similarity
@@ -62,14 +68,6 @@ def face_area(
         if mask is not None:
             area &= np.asarray(mask, bool)
     return area
-
-
-def _load_on_grid(path: str | os.PathLike, reference, reference_path):
-    """The image (RAS) at ``path`` and its voxels ``[X, Y, Z]`` float32, refused unless on
-    ``reference``'s grid."""
-    img = to_ras(load_t1w(path))
-    require_grid(path, img.shape, img.affine, reference, f"the original {reference_path}")
-    return img, np.asarray(img.dataobj, dtype=np.float32)
 
 
 def compute_face_metrics(
@@ -115,7 +113,7 @@ def compute_face_metrics(
 
     loaded, data, heads = {}, {}, {}
     for kind, entry in images.items():
-        loaded[kind], data[kind] = _load_on_grid(entry["t1w"], original_img, prepared["t1w"])
+        loaded[kind], data[kind] = load_on_grid(entry["t1w"], original_img, prepared["t1w"])
         try:
             heads[kind] = head_mask(data[kind], spacing)
         except ValueError as err:

@@ -32,7 +32,11 @@ from matplotlib.figure import Figure
 
 from defaceaudit.devices import device_from_config
 from defaceaudit.imaging.masks import head_mask
-from defaceaudit.imaging.nifti import load_mask, load_t1w, require_grid, to_ras, voxel_sizes_mm
+from defaceaudit.imaging.nifti import (
+    load_mask,
+    load_on_grid,
+    voxel_sizes_mm,
+)
 from defaceaudit.metrics.surface import (
     FaceCrop,
     face_vertices,
@@ -83,13 +87,6 @@ def _face_masd(original_faces: np.ndarray, image: np.ndarray, crop, spacing) -> 
         return {"masd_mm": np.nan, "masd_symmetric_mm": np.nan}
 
 
-def _load(path: str | os.PathLike, reference=None, reference_path=None):
-    img = to_ras(load_t1w(path))
-    if reference is not None:
-        require_grid(path, img.shape, img.affine, reference, f"the original {reference_path}")
-    return img, np.asarray(img.dataobj, dtype=np.float32)
-
-
 def learning_curve(
     model: str,
     stage1: str | os.PathLike,
@@ -116,14 +113,14 @@ def learning_curve(
     settings = SamplingSettings(**sampling)
     loaded = []
     for pair in pairs:
-        original_img, original = _load(pair["original"])
+        original_img, original = load_on_grid(pair["original"])
         spacing = voxel_sizes_mm(original_img.affine)
         head = load_mask(
             pair["head_mask"], original_img, canonical=True, reference_name=pair["original"]
         )
         crop = FaceCrop.from_head(head, spacing)
         faces = face_vertices(head, crop, spacing)
-        _, defaced = _load(pair["defaced"], original_img, pair["original"])
+        _, defaced = load_on_grid(pair["defaced"], original_img, pair["original"])
         loaded.append((pair, spacing, crop, faces, defaced, scale_of(defaced, pair["defaced"])))
     rows = []
     for k, ((step1, state1), (step2, state2)) in enumerate(zip(states1, states2, strict=True)):
