@@ -8,8 +8,10 @@ import subprocess
 import pytest
 
 from defaceaudit.deface.containers import (
+    afni_refacer2_command,
     check_image_reference,
     fsl_deface_command,
+    mideface_command,
     mri_deface_command,
     mri_reface_command,
     pydeface_command,
@@ -95,6 +97,40 @@ def test_mri_reface_command_form():
     assert cmd.endswith(f'gzip -c "$wd/t1w_deFaced.nii" > {OUT}')
 
 
+def test_mideface_documented_form():
+    cmd = mideface_command(IN, OUT, MASK, "work/md", "/opt/fs licence/license.txt", threads=4)
+    _bash_parses(cmd)
+    assert cmd.startswith("set -euo pipefail; export FS_LICENSE='/opt/fs licence/license.txt'; ")
+    assert (
+        f"mideface --i '{IN}' --o {OUT} --facemask work/md/face.mask.mgz --odir work/md/qa "
+        "--threads 4; "
+    ) in cmd
+    assert f"if ! test -s {OUT}; then" in cmd
+    assert cmd.endswith(f"mri_convert work/md/face.mask.mgz '{MASK}'")
+    options = mideface_command(IN, OUT, MASK, "w", "l.txt", ears=False, samseg=False)
+    assert "--odir w/qa --no-ears --no-samseg --threads 1;" in options
+    with pytest.raises(ValueError):
+        mideface_command(IN, OUT, MASK, "w", "l.txt", threads=0)
+
+
+def test_afni_refacer2_documented_form_names_its_shell():
+    cmd = afni_refacer2_command(IN, OUT, "work/afni")
+    _bash_parses(cmd)
+    assert (
+        f"afni_refacer2 -input '{IN}' -mode_deface -shell afni_refacer_shell_sym_2.1.nii.gz "
+        "-prefix work/afni/t1w_deface.nii.gz;"
+    ) in cmd
+    assert cmd.endswith(f"cp -f work/afni/t1w_deface.nii.gz {OUT}")
+    older = afni_refacer2_command(
+        IN, OUT, "w", shell="afni_refacer_shell_sym_1.0.nii.gz", mode="reface"
+    )
+    assert (
+        "-mode_reface -shell afni_refacer_shell_sym_1.0.nii.gz -prefix w/t1w_reface.nii.gz" in older
+    )
+    with pytest.raises(ValueError):
+        afni_refacer2_command(IN, OUT, "w", mode="all")  # four outputs: not one defaced image
+
+
 def _stub(bindir, name, body):
     path = bindir / name
     path.write_text("#!/bin/bash\n" + body)
@@ -153,6 +189,46 @@ def test_pydeface_runs_with_stub_and_moves_mask(tmp_path):
     assert (tmp_path / "o.nii.gz").read_text() == "defaced\n"
     assert (tmp_path / "removed mask.nii.gz").read_text() == "mask\n"
     assert not (tmp_path / "t1w in_pydeface_mask.nii.gz").exists()
+
+
+def test_mideface_runs_with_stubs_and_detects_missing_output(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (tmp_path / "license.txt").write_text("licence")
+    # mideface stub: needs the licence; writes the output and the face mask it was asked for
+    _stub(
+        bindir,
+        "mideface",
+        'test -s "$FS_LICENSE"; while [ $# -gt 0 ]; do case "$1" in --o) o="$2";; '
+        '--facemask) m="$2";; esac; shift; done; echo defaced > "$o"; echo mask > "$m"\n',
+    )
+    _stub(bindir, "mri_convert", 'cp "$1" "$2"\n')
+    cmd = mideface_command("t1w.nii.gz", "o.nii.gz", "fm.nii.gz", "work/md", "license.txt")
+    proc = _run(cmd, tmp_path, bindir)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "o.nii.gz").read_text() == "defaced\n"
+    assert (tmp_path / "fm.nii.gz").read_text() == "mask\n"
+    # a run that writes nothing (e.g. no licence) fails with a message
+    _stub(bindir, "mideface", "exit 0\n")
+    cmd = mideface_command("t1w.nii.gz", "o2.nii.gz", "fm2.nii.gz", "work/m2", "license.txt")
+    proc = _run(cmd, tmp_path, bindir)
+    assert proc.returncode != 0 and "mideface wrote no output" in proc.stderr
+
+
+def test_afni_refacer2_runs_with_a_stub(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    # stub: writes the prefix and a QC folder beside it, as afni_refacer2 does
+    _stub(
+        bindir,
+        "afni_refacer2",
+        'while [ $# -gt 0 ]; do case "$1" in -prefix) p="$2";; esac; shift; done; '
+        'echo refaced > "$p"; mkdir -p "${p%.nii.gz}_QC"\n',
+    )
+    proc = _run(afni_refacer2_command("t1w.nii.gz", "o.nii.gz", "work/a"), tmp_path, bindir)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "o.nii.gz").read_text() == "refaced\n"
+    assert (tmp_path / "work/a/t1w_deface_QC").is_dir()  # left in the (shadow) work folder
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
-"""Shell command lines for the five real defacers, run inside Apptainer images by Snakemake.
+"""Shell command lines of the real defacers, run inside Apptainer images by Snakemake.
 
 A rule names its image with the ``container:`` directive and Snakemake runs the ``shell:`` command
-inside it with ``apptainer exec``, which skips the image's entrypoint (``/work/shared/NOTES.md``,
-"Defacers (real tools)"). Every function here is pure: it returns one bash command string, every
-path passed through :func:`shlex.quote`, following the tool's documented usage:
+inside it with ``apptainer exec``, which skips the image's entrypoint: a command sets up itself
+what the entrypoint would have (FSL's environment, :func:`_fsl_env`). Every function here is
+pure: it returns one bash command string, every path passed through :func:`shlex.quote`,
+following the tool's documented usage:
 
 ========== ===================================================================================
 tool       documented usage
@@ -13,6 +14,10 @@ mri_deface ``mri_deface in talairach_mixed_with_skull.gca face.gca out`` (FreeSu
 pydeface   ``pydeface in --outfile out [--cost C] [--nocleanup] [--force]`` (2.1.0)
 quickshear ``quickshear anat mask out [buffer]`` (1.2.0)
 mri_reface ``run_mri_reface.sh in.nii outdir -imType T1`` -> ``outdir/<stem>_deFaced.nii``
+mideface   ``mideface --i in --o out --facemask fm.mgz --odir qa [--no-ears] [--threads n]``
+           (FreeSurfer >= 7.4.1; needs a licence file, ``FS_LICENSE``)
+afni_refac ``afni_refacer2 -input in -mode_deface -shell SHELL -prefix out`` (AFNI, v2.7;
+er2        the shell is always named: since v2.6 the default is afni_refacer_shell_sym_2.1)
 ========== ===================================================================================
 
 All images are NIfTI volumes ``[X, Y, Z]`` reoriented to RAS before defacing; the defaced output
@@ -36,8 +41,11 @@ import shlex
 from os import PathLike
 
 __all__ = [
+    "AFNI_REFACER2_MODES",
+    "afni_refacer2_command",
     "check_image_reference",
     "fsl_deface_command",
+    "mideface_command",
     "mri_deface_command",
     "mri_reface_command",
     "pydeface_command",
@@ -46,6 +54,9 @@ __all__ = [
 ]
 
 StrPath = str | PathLike[str]
+#: afni_refacer2's modes: zeros in the face and ears (deface), a generic face there (reface),
+#: a generic face over face, ears and outer skull (reface_plus)
+AFNI_REFACER2_MODES = ("deface", "reface", "reface_plus")
 
 _DIGEST_RE = re.compile(
     r"^docker://"
@@ -282,5 +293,89 @@ def mri_reface_command(t1w: StrPath, out: StrPath, workdir: StrPath, mcr_cache: 
             f'if ! test -s {result}; then echo "mri_reface wrote no output {result}" >&2; '
             "exit 1; fi",
             finish,
+        ]
+    )
+
+
+def mideface_command(
+    t1w: StrPath,
+    out: StrPath,
+    facemask: StrPath,
+    workdir: StrPath,
+    license_file: StrPath,
+    threads: int = 1,
+    ears: bool = True,
+    samseg: bool = True,
+) -> str:
+    """FreeSurfer mideface (7.4.1 or later): ``mideface --i in --o out --facemask fm.mgz
+    --odir qa [--no-ears] [--no-samseg] --threads n``, then its face mask as NIfTI.
+
+    Documented usage: ``mideface --i invol --o defacedvol --facemask facemask --odir qadir``;
+    ``--no-ears`` keeps the ears (they are defaced by default), ``--no-samseg`` skips the full
+    SAMSEG segmentation of the brain exclusion mask (about 14 GB and 20-40 min; SAMSEG still
+    registers), ``--threads`` its threads. 7.4.0 under-segmented the head; 7.3.2 wrote
+    ``--facemask`` only with ``--odir`` (freesurfer/freesurfer#1107), hence both here.
+
+    Steps (``set -euo pipefail``): ``export FS_LICENSE=<license_file>`` (the file must be
+    visible in the container: the workflow binds it read-only at the same path); make
+    ``workdir``; run mideface with ``--facemask <workdir>/face.mask.mgz --odir <workdir>/qa``;
+    fail with a message unless ``out`` exists and is non-empty; ``mri_convert`` the face mask
+    (labels on the input's grid, > 0 = removed) to ``facemask`` (NIfTI).
+    """
+    threads = int(threads)
+    if threads < 1:
+        raise ValueError(f"mideface --threads must be >= 1, got {threads}")
+    wd = str(workdir).rstrip("/") or "/"
+    mgz = f"{wd}/face.mask.mgz"
+    parts = ["mideface", "--i", _q(t1w), "--o", _q(out), "--facemask", _q(mgz)]
+    parts += ["--odir", _q(f"{wd}/qa")]
+    if not ears:
+        parts.append("--no-ears")
+    if not samseg:
+        parts.append("--no-samseg")
+    parts += ["--threads", str(threads)]
+    return "; ".join(
+        [
+            "set -euo pipefail",
+            f"export FS_LICENSE={_q(license_file)}",
+            f"mkdir -p {_q(wd)}",
+            " ".join(parts),
+            f'if ! test -s {_q(out)}; then echo "mideface wrote no output {out}" >&2; exit 1; fi',
+            f"mri_convert {_q(mgz)} {_q(facemask)}",
+        ]
+    )
+
+
+def afni_refacer2_command(
+    t1w: StrPath,
+    out: StrPath,
+    workdir: StrPath,
+    shell: str = "afni_refacer_shell_sym_2.1.nii.gz",
+    mode: str = "deface",
+) -> str:
+    """AFNI afni_refacer2 (v2.7): ``afni_refacer2 -input in -mode_<mode> -shell SHELL -prefix
+    <workdir>/t1w_<mode>.nii.gz``, then that file copied to ``out``.
+
+    Documented usage: ``afni_refacer2 -input DSET -mode_{deface,reface,reface_plus,all}
+    -prefix PREFIX [-shell SHELL]``; ``-mode_deface`` writes zeros in the face and ears region,
+    ``-mode_reface`` a smoothed generic face there, ``-mode_reface_plus`` also over the outer
+    skull. ``-shell`` names the refacing shell among AFNI's atlases: since afni_refacer2 v2.6
+    the default is ``afni_refacer_shell_sym_2.1``, which removes more face, forehead and ears
+    than the 1.0/2.0 shells most published evaluations used, so the shell is always written out
+    (and recorded in the sidecar). The prefix lies in ``workdir`` because the tool writes its
+    QC images and auxiliary volumes beside it. Raises ValueError for an unknown ``mode``.
+    """
+    if mode not in AFNI_REFACER2_MODES:
+        raise ValueError(f"afni_refacer2 mode must be one of {AFNI_REFACER2_MODES}, got {mode!r}")
+    wd = str(workdir).rstrip("/") or "/"
+    prefix = f"{wd}/t1w_{mode}.nii.gz"
+    return "; ".join(
+        [
+            "set -euo pipefail",
+            f"mkdir -p {_q(wd)}",
+            f"afni_refacer2 -input {_q(t1w)} -mode_{mode} -shell {_q(shell)} -prefix {_q(prefix)}",
+            f'if ! test -s {_q(prefix)}; then echo "afni_refacer2 wrote no output {prefix}" >&2; '
+            "exit 1; fi",
+            f"cp -f {_q(prefix)} {_q(out)}",
         ]
     )
