@@ -425,3 +425,28 @@ def test_empty_input_gives_empty_tables():
     assert tests.empty
     assert all(t.empty for t in out.values())
     assert "Refaced with DPMs" in out["table1_masd"].columns
+
+
+def test_a_dpm_row_no_closer_than_defaced_is_marked_as_a_weak_attack():
+    """One defacer's DPM faces made 0.5 mm further from the originals than its defaced input on
+    the external set only: only those Table 1 cells carry the mark, and the Markdown says why."""
+    rows = face_rows(image_types=tuple(LEVELS), n_internal=4, n_external=4)
+    defacer = DEFACERS[0]
+    weak = (rows["defacer"] == defacer) & (rows["test_set"] == "external_test")
+    defaced = rows[weak & (rows["image_type"] == "defaced")].set_index("subject")["masd_mm"]
+    target = weak & (rows["image_type"] == "dpm_refaced")
+    rows.loc[target, "masd_mm"] = defaced.reindex(rows.loc[target, "subject"]).to_numpy() + 0.5
+    summary, tests, out = _all_tables(rows)
+    t1 = out["table1_masd"].set_index(["Testing set", "Defaced by"])
+    marked = t1["Refaced with DPMs"].str.endswith(face_tables.NO_BETTER_MARK)
+    assert marked.loc[("External (N=4)", defacer)]
+    assert marked.sum() == 1
+    text = face_tables.table_markdown("table1_masd", out["table1_masd"], summary, tests)
+    assert "not that the defacer protects" in text
+    clean = face_tables.table_markdown(
+        "table1_masd",
+        _all_tables(face_rows(image_types=tuple(LEVELS)))[2]["table1_masd"],
+        summary,
+        tests,
+    )
+    assert face_tables.NO_BETTER_MARK not in clean

@@ -414,6 +414,36 @@ def _row_start(test_set: str, defacer: str, sizes: dict[str, int]) -> dict[str, 
     return {"Testing set": _test_set_label(test_set, sizes[test_set]), "Defaced by": defacer}
 
 
+#: what a Table 1 DPM cell carries when the refaced faces are on average no closer to the
+#: originals than the defaced input they were made from (:func:`_attack_no_better`)
+NO_BETTER_MARK = " [attack no better than defaced]"
+
+
+def _attack_no_better(cells: dict, key: tuple) -> bool:
+    """Whether the mean DPM-refaced MASD of ``key`` (test_set, defacer, metric) is at least the
+    defaced one's: the attack did not move the face toward the original on that row."""
+    defaced, refaced = cells.get((*key, "defaced")), cells.get((*key, "dpm_refaced"))
+    if defaced is None or refaced is None:
+        return False
+    return bool(np.isfinite(refaced["mean"]) and refaced["mean"] >= defaced["mean"])
+
+
+def _no_better_note(table: pd.DataFrame) -> str | None:
+    """The footnote for :data:`NO_BETTER_MARK`, when a cell of ``table`` carries it."""
+    column = _MASD_COLUMNS["dpm_refaced"]
+    if (
+        column not in table
+        or not table[column].astype(str).str.contains(NO_BETTER_MARK, regex=False).any()
+    ):
+        return None
+    return (
+        f"{NO_BETTER_MARK.strip()}: on this row the DPM-refaced faces are on average no closer to "
+        "the originals than the defaced input. The attack failed there (for example on a person "
+        "the models never saw, when they were trained on few people): that shows a weak attack, "
+        "not that the defacer protects the face."
+    )
+
+
 def _masd_table(summary: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Table 1 layout for ``metric``: three mean [CI] columns, then per tested pair the median
     difference [CI] and the p-value (or why it cannot be small)."""
@@ -423,6 +453,8 @@ def _masd_table(summary: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd.D
         record = _row_start(test_set, defacer, sizes)
         for image_type, column in _MASD_COLUMNS.items():
             record[column] = _ci_cell(cells, (test_set, defacer, metric, image_type), 2)
+        if _attack_no_better(cells, (test_set, defacer, metric)):
+            record[_MASD_COLUMNS["dpm_refaced"]] += NO_BETTER_MARK
         for pair, column in _P_COLUMNS.items():
             key = (test_set, defacer, metric, *pair)
             record[_DIFF_COLUMNS[pair]] = _diff_cell(by_key, key, 2)
@@ -637,7 +669,8 @@ def table_markdown(
 ) -> str:
     """Title line, the table, and footnotes (bootstrap, test, regions, population average)."""
     notes = _footnotes(name, summary, tests, n_resamples, seed)
-    parts = [_TITLES[name], _markdown_body(table), *notes]
+    no_better = _no_better_note(table)
+    parts = [_TITLES[name], _markdown_body(table), *([no_better] if no_better else []), *notes]
     return "\n\n".join(parts) + "\n"
 
 
