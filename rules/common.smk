@@ -5,7 +5,11 @@ from defaceaudit.config import canonical, validate_config
 from defaceaudit.errors import DefaceAuditError
 from defaceaudit.paths import benchmark_file, log_file
 from defaceaudit.workflow import reface_jobs
-from defaceaudit.workflow.deface_plan import with_backend
+from defaceaudit.workflow.deface_plan import (
+    freesurfer_license,
+    license_bind,
+    with_backend,
+)
 from defaceaudit.workflow.jobs import CONTAINER_WORK, RunJobs
 from defaceaudit.workflow.plan import plan_run
 

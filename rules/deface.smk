@@ -82,6 +82,22 @@ rule finalize_container_deface:
         "../workflow_scripts/finalize_container_deface.py"
 
 
+rule describe_defaced_dataset:
+    output:
+        paths.deface_dataset_description("{defacer}"),
+    log:
+        log_file("describe_defaced_dataset", "{defacer}"),
+    wildcard_constraints:
+        defacer=JOBS.defacer_pattern(),
+    localrule: True
+    conda:
+        "../envs/defaceaudit.yaml"
+    params:
+        provenance=JOBS.deface_description_params,
+    script:
+        "../workflow_scripts/describe_defaced_dataset.py"
+
+
 rule write_qc_table:
     input:
         JOBS.qc_records,

@@ -11,6 +11,7 @@ run_step(
     raw=snakemake.input.raw,
     raw_removed=snakemake.input.get("raw_removed"),
     benchmark=snakemake.input.benchmark,
+    command_file=snakemake.input.command,
     outputs=dict(snakemake.output.items()),
     image=snakemake.params.image,
     params=snakemake.params.params,

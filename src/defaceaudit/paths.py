@@ -117,9 +117,19 @@ def defaced_files(defacer: str, subject: str, desc: str | None = None) -> dict[s
 
 
 def container_raw(defacer: str, subject: str) -> dict[str, str]:
-    """Raw output of a container tool, before finalising (removed after use)."""
+    """Raw output of a container tool, before finalising (removed after use): the image, the
+    tool's own mask (for the tools that write one) and the exact command the job ran."""
     root = f"{RESULTS}/deface/{defacer}/raw/sub-{subject}"
-    return {"t1w": f"{root}_T1w.nii.gz", "removed": f"{root}_removed.nii.gz"}
+    return {
+        "t1w": f"{root}_T1w.nii.gz",
+        "removed": f"{root}_removed.nii.gz",
+        "command": f"{root}_command.txt",
+    }
+
+
+def deface_dataset_description(defacer: str) -> str:
+    """BIDS ``dataset_description.json`` of one defacer's derivative folder (``GeneratedBy``)."""
+    return f"{RESULTS}/deface/{defacer}/dataset_description.json"
 
 
 FACE_TEMPLATE = {

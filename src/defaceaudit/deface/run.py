@@ -2,7 +2,8 @@
 
 Finalising is common to every backend: header scrubbed of free text, the removed/altered-region
 mask (the tool's own where it writes one, else the changed voxels), a JSON sidecar (tool,
-backend, version or image digest, parameters, seconds), a QC record and a PNG. An empty output or
+version, backend, package version or image digest, command, parameters, seconds:
+:mod:`defaceaudit.deface.provenance`), a QC record and a PNG. An empty output or
 one identical to its input is a failure of that job (:class:`DefaceError`).
 """
 
@@ -18,28 +19,26 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from defaceaudit import __version__
 from defaceaudit.deface.base import DefaceResult
+from defaceaudit.deface.provenance import refuse_overwrite, sidecar
 from defaceaudit.errors import DefaceAuditError
 from defaceaudit.imaging.nifti import load_mask, load_t1w, require_grid, save_nifti
 from defaceaudit.tables import write_json
 
 log = logging.getLogger(__name__)
 
-NATIVE_DEFACERS = ("quickshear", "facemask", "avgface", "skullstrip")
-CONTAINER_DEFACERS = ("fsl_deface", "mri_deface", "pydeface", "quickshear", "mri_reface")
-DESCRIPTIONS = {
-    "quickshear": "Quickshear 1.2.0 (PyPI package) with the prepared brain mask",
-    "facemask": "pydeface 2.1.0's template and face mask, SimpleITK affine registration "
-    "(not pydeface itself)",
-    "avgface": "population-average face from the training split, affinely aligned, replaces "
-    "the face (mri_reface's principle, not mri_reface)",
-    "skullstrip": "brain mask applied: everything outside the brain set to 0",
-    "fsl_deface": "FSL fsl_deface (container)",
-    "mri_deface": "FreeSurfer mri_deface 1.22 (container)",
-    "pydeface": "pydeface 2.1.0 (container)",
-    "mri_reface": "mri_reface (container, user-supplied image)",
-}
+NATIVE_DEFACERS = ("quickshear", "facemask", "avgface", "skullstrip", "niimath")
+CONTAINER_DEFACERS = (
+    "fsl_deface",
+    "mri_deface",
+    "pydeface",
+    "quickshear",
+    "mri_reface",
+    "mideface",
+    "afni_refacer2",
+)
+#: container tools that write their own mask of the region they removed (or, pydeface, kept)
+WRITES_REMOVED_MASK = ("fsl_deface", "pydeface", "mideface")
 
 
 class DefaceError(DefaceAuditError):
@@ -72,8 +71,9 @@ class PreparedSubject:
 def run_native(defacer: str, t1w: nib.Nifti1Image, brain: np.ndarray, **extra) -> DefaceResult:
     """Dispatch to a native defacer. ``extra`` holds the files a defacer needs (paths).
 
-    quickshear: ``buffer``; facemask: ``template``, ``facemask``; avgface: ``average``,
-    ``facemask_in_average`` (face mask on the average's grid).
+    quickshear: ``buffer``; facemask and niimath: ``template``, ``facemask`` (niimath also
+    ``threads``, None: OMP_NUM_THREADS); avgface: ``average``, ``facemask`` (face mask on the
+    average's grid).
     """
     if defacer == "quickshear":
         from defaceaudit.deface.simple import deface_quickshear
@@ -92,6 +92,12 @@ def run_native(defacer: str, t1w: nib.Nifti1Image, brain: np.ndarray, **extra) -
 
         average, facemask = nib.load(extra["average"]), nib.load(extra["facemask"])
         return reface_avgface(t1w, average, facemask)
+    if defacer == "niimath":
+        from defaceaudit.deface.niimath import deface_niimath
+
+        return deface_niimath(
+            t1w, extra["template"], extra["facemask"], threads=extra.get("threads")
+        )
     raise ValueError(f"no native backend for {defacer}")
 
 
@@ -112,12 +118,16 @@ def finalize(
     seconds: float,
     image: str | None = None,
     qc_params: dict | None = None,
+    command: str | None = None,
 ) -> dict:
     """Write the defaced image, removed mask, sidecar, QC record and PNG of one subject.
 
     Args:
-        subject: the prepared images the defacer started from.
+        subject: the prepared images the defacer started from (never written:
+            :func:`~defaceaudit.deface.provenance.refuse_overwrite`).
         outputs: paths t1w, removed, sidecar, qc, png.
+        image, command: the container image and the exact command a container tool ran (the
+            sidecar's provenance; a native tool's comes from its parameters).
     Returns the QC record.
     """
     from defaceaudit.deface.qc import face_region_box, qc_record
@@ -125,6 +135,7 @@ def finalize(
 
     original, data, head, brain = subject.img, subject.data, subject.head, subject.brain
     check_output(result.defaced, data, str(outputs["t1w"]))
+    refuse_overwrite(outputs, [subject.path])
     written = []
     try:
         written.append(save_nifti(result.defaced, outputs["t1w"], original.affine, np.float32))
@@ -138,17 +149,16 @@ def finalize(
         title = f"{Path(outputs['t1w']).name}: {record['status']}"
         render_qc_png(data, result.defaced, None, original.affine, outputs["png"], title)
         written.append(Path(outputs["png"]))
-        sidecar = {
-            "tool": defacer,
-            "Description": DESCRIPTIONS.get(defacer, defacer),
-            "backend": backend,
-            "image": image,
-            "parameters": result.params,
-            "seconds": round(seconds, 2),
-            "source": str(subject.path),
-            "defaceaudit_version": __version__,
-        }
-        write_json(sidecar, outputs["sidecar"])
+        provenance = sidecar(
+            defacer,
+            backend,
+            result.params,
+            image=image,
+            command=command,
+            seconds=seconds,
+            source=subject.path,
+        )
+        write_json(provenance, outputs["sidecar"])
     except BaseException:
         for path in written:
             Path(path).unlink(missing_ok=True)
@@ -185,8 +195,14 @@ def finalize_container_deface(
     benchmark: str | os.PathLike | None = None,
     raw_removed: str | os.PathLike | None = None,
     qc_params: dict | None = None,
+    command_file: str | os.PathLike | None = None,
 ) -> dict:
-    """Finalise a container tool's output ``raw`` (resampled tools are refused: same grid)."""
+    """Finalise a container tool's output ``raw`` (resampled tools are refused: same grid).
+
+    ``raw_removed``: the tool's own mask (fsl_deface: removed; pydeface: kept; mideface: its
+    face label volume, > 0 removed); ``command_file``: the exact command the container job ran
+    (written by the job, recorded in the sidecar); ``benchmark``: the job's Snakemake benchmark.
+    """
     subject = PreparedSubject.load(prepared)
     original, data = subject.img, subject.data
     try:
@@ -212,9 +228,23 @@ def finalize_container_deface(
         removed = removed | zeroed
     else:
         removed = zeroed
-    if defacer == "mri_reface":
+    if replaces_face(defacer, params):
         removed = removed | (np.abs(defaced - data) > 1e-6 * float(np.abs(data).max()))
     # the container rule's Snakemake benchmark file: column "s" is the wall-clock seconds
     seconds = float(pd.read_csv(benchmark, sep="\t")["s"].iloc[0]) if benchmark else float("nan")
+    command = Path(command_file).read_text().strip() if command_file else None
     result = DefaceResult(defaced, removed, params)
-    return finalize(defacer, "container", subject, result, outputs, seconds, image, qc_params)
+    return finalize(
+        defacer, "container", subject, result, outputs, seconds, image, qc_params, command
+    )
+
+
+def replaces_face(defacer: str, params: dict) -> bool:
+    """Whether a container tool fills the region it removes with something other than 0, so
+    that every voxel it changed counts as removed: mri_reface (an average face), mideface (the
+    background's mode unless told to fill zeros) and afni_refacer2 in a reface mode."""
+    if defacer == "mri_reface":
+        return True
+    if defacer == "mideface":
+        return not params.get("fill_zero", False)
+    return defacer == "afni_refacer2" and params.get("mode", "deface") != "deface"

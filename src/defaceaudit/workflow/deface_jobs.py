@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from defaceaudit import paths
+from defaceaudit.deface.run import WRITES_REMOVED_MASK
 
 if TYPE_CHECKING:
     from defaceaudit.cohort.load import Cohort
@@ -19,8 +20,6 @@ PRODUCER_LOGS = {
     paths.FACE_TEMPLATE["facemask"]: paths.log_file("fetch_face_template", "pydeface"),
     paths.AVERAGE_HEAD: paths.log_file("build_average_head", "train"),
 }
-#: container defacers whose tool also writes the mask of what it removed (or kept)
-WRITES_REMOVED_MASK = ("fsl_deface", "pydeface")
 
 
 def prepared_inputs(subject: str) -> dict[str, str]:
@@ -31,9 +30,9 @@ def prepared_inputs(subject: str) -> dict[str, str]:
 
 def native_inputs(defacer: str, subject: str) -> dict[str, str]:
     """Every file a native deface job reads: the prepared images, plus the face template
-    (facemask) or the average head and its face mask (avgface)."""
+    (facemask, niimath) or the average head and its face mask (avgface)."""
     files = prepared_inputs(subject)
-    if defacer == "facemask":
+    if defacer in ("facemask", "niimath"):
         files.update(paths.FACE_TEMPLATE)
     elif defacer == "avgface":
         files["average"] = paths.AVERAGE_HEAD
@@ -56,16 +55,28 @@ def container_params(defacer: str, deface: dict) -> dict:
         "mri_deface": {"atlas_dir": deface["mri_deface_atlas_dir"]},
         "mri_reface": {"imType": "T1"},
         "fsl_deface": {},
+        "mideface": {
+            "ears": deface["mideface_ears"],
+            "samseg": deface["mideface_samseg"],
+            "fill_zero": False,
+            "freesurfer_license": "bound read-only (deface.freesurfer_license)",
+        },
+        "afni_refacer2": {
+            "mode": deface["afni_refacer2_mode"],
+            "shell": deface["afni_refacer2_shell"],
+        },
     }
     return params[defacer]
 
 
 def container_finalize_inputs(defacer: str, subject: str) -> dict[str, str]:
     """Every file finalize_container_deface reads: the prepared images, the tool's raw output
-    (and its mask, for the tools that write one) and the tool job's benchmark (seconds)."""
+    (and its mask, for the tools that write one), the command it ran and the tool job's
+    benchmark (seconds)."""
     files = prepared_inputs(subject)
     raw = paths.container_raw(defacer, subject)
     files["raw"] = raw["t1w"]
+    files["command"] = raw["command"]
     if defacer in WRITES_REMOVED_MASK:
         files["raw_removed"] = raw["removed"]
     files["benchmark"] = paths.benchmark_file(f"deface_container_{defacer}", subject)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import shutil
 
 from defaceaudit import paths
@@ -19,7 +20,7 @@ from defaceaudit.cohort import cohort_frame
 from defaceaudit.deface import containers
 from defaceaudit.workflow import deface_jobs, reface_jobs
 from defaceaudit.workflow import metrics_jobs as metric_jobs
-from defaceaudit.workflow.deface_plan import with_backend
+from defaceaudit.workflow.deface_plan import freesurfer_license, with_backend
 from defaceaudit.workflow.plan import RunPlan
 from defaceaudit.workflow.radiodensity_plan import image_files
 
@@ -76,9 +77,10 @@ class RunJobs:
     def cohort_records(self, wildcards):
         return cohort_frame(self.cohort.subjects.values()).to_dict(orient="records")
 
-    def defacer_pattern(self, backend):
-        """Wildcard regex of the defacers run with ``backend`` (one that never matches if none)."""
-        names = with_backend(self.defacers, backend)
+    def defacer_pattern(self, backend=None):
+        """Wildcard regex of the defacers run with ``backend`` (None: every backend; one that
+        never matches if none)."""
+        names = with_backend(self.defacers, backend) if backend else list(self.defacers)
         return "|".join(names) if names else "(?!x)x"
 
     def native_deface_inputs(self, wildcards):
@@ -121,6 +123,46 @@ class RunJobs:
         return containers.mri_reface_command(
             input.t1w, output.t1w, CONTAINER_WORK, f"{CONTAINER_WORK}/mcr_cache"
         )
+
+    def mideface_shell(self, wildcards, input, output, threads):
+        deface = self.config["deface"]
+        return containers.mideface_command(
+            input.t1w,
+            output.t1w,
+            output.removed,
+            CONTAINER_WORK,
+            freesurfer_license(deface),
+            threads=threads,
+            ears=deface["mideface_ears"],
+            samseg=deface["mideface_samseg"],
+        )
+
+    def afni_refacer2_shell(self, wildcards, input, output):
+        deface = self.config["deface"]
+        return containers.afni_refacer2_command(
+            input.t1w,
+            output.t1w,
+            CONTAINER_WORK,
+            shell=deface["afni_refacer2_shell"],
+            mode=deface["afni_refacer2_mode"],
+        )
+
+    def quoted_shell(self, defacer):
+        """A params function giving ``defacer``'s container command quoted for the shell: the
+        job writes it to its ``command`` output, which the sidecar records."""
+        method = getattr(self, f"{defacer}_shell")
+
+        def quoted(wildcards, input, output, threads):
+            extra = {"threads": threads} if defacer == "mideface" else {}
+            return shlex.quote(method(wildcards, input, output, **extra))
+
+        return quoted
+
+    def deface_description_params(self, wildcards):
+        """Backend and image of a defacer, for its dataset_description.json."""
+        backend = self.defacers[wildcards.defacer]
+        image = self.config["deface"]["containers"].get(wildcards.defacer)
+        return {"backend": backend, "image": image if backend == "container" else None}
 
     def container_finalize_inputs(self, wildcards):
         return deface_jobs.container_finalize_inputs(wildcards.defacer, wildcards.subject)

@@ -15,8 +15,10 @@ def demo_targets(cohort: Cohort) -> list[str]:
 
 
 def deface_targets(cohort: Cohort, defacers: dict[str, str]) -> list[str]:
-    """Every subject x defacer output, and the QC table and summary."""
+    """Every subject x defacer output, each defacer's dataset_description.json, and the QC
+    table and summary."""
     targets = [paths.QC_TABLE, paths.QC_SUMMARY, paths.QC_SUMMARY_MD] if defacers else []
+    targets += [paths.deface_dataset_description(d) for d in defacers]
     for subject in cohort.subjects:
         for defacer in defacers:
             targets += paths.defaced_files(defacer, subject).values()
