@@ -78,6 +78,23 @@ def plan_lines(plan, config: dict) -> list[str]:
     ]
 
 
+def scan_lines(subjects) -> list[str]:
+    """Warnings about the input images (already defaced, no brain where one is expected), each
+    naming its file, and a line saying how many were scanned
+    (:func:`defaceaudit.prepare.scan.scan_cohort`; a subject's brain mask is its own, else the
+    prepared one of an earlier run in this directory)."""
+    from defaceaudit import paths
+    from defaceaudit.prepare.scan import scan_cohort
+
+    subjects = list(subjects)
+    report = scan_cohort(subjects, lambda s: paths.prepared_files(s)["brain_mask"])
+    lines = [f"warning: {warning}" for warning in report.warnings]
+    scanned = f"{'images':<14} {report.scanned} of {len(subjects)} scanned for faces and brains"
+    if report.not_scanned:
+        scanned += f" ({len(report.not_scanned)} without an image or a brain mask yet)"
+    return [*lines, scanned]
+
+
 def _check_inputs(args: argparse.Namespace) -> int:
     from defaceaudit.cohort import cohort_frame
     from defaceaudit.workflow.plan import plan_run
@@ -89,6 +106,8 @@ def _check_inputs(args: argparse.Namespace) -> int:
         frame.to_csv(sys.stdout, sep="\t", index=False)
     else:
         print("\n".join(plan_lines(plan, config)))
+        if args.scan_images:
+            print("\n".join(scan_lines(plan.cohort.subjects.values())))
         counts = frame.groupby(["split", "dataset"], sort=False).size()
         for (split, dataset), n in counts.items():
             print(f"{split:<14} {dataset:<24} {_subjects(n)}")
@@ -100,6 +119,13 @@ def _targets(args: argparse.Namespace) -> int:
     from defaceaudit.workflow.plan import plan_run
 
     print("\n".join(plan_run(run_config(args.config)).targets()))
+    return 0
+
+
+def _pin_images(args: argparse.Namespace) -> int:
+    from defaceaudit.deface.pinning import pin_images
+
+    print("\n".join(pin_images(args.config, write=not args.dry_run)))
     return 0
 
 
@@ -168,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", type=Path, default=WORKFLOW_CONFIG, help=on_top)
     check.add_argument("--tsv", action="store_true", help="print the subject table as TSV")
+    check.add_argument(
+        "--no-scan",
+        dest="scan_images",
+        action="store_false",
+        help="do not read the images (by default each T1w with a brain mask is checked for a "
+        "face left and a brain where its mask has one)",
+    )
     check.set_defaults(func=_check_inputs)
 
     targets = commands.add_parser(
@@ -175,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     targets.add_argument("--config", type=Path, default=WORKFLOW_CONFIG, help=on_top)
     targets.set_defaults(func=_targets)
+
+    pin = commands.add_parser(
+        "pin-images",
+        help="pin the config's deface.containers images by digest (skopeo inspect; apptainer "
+        "reads a .sif's source) and write them into the config file",
+    )
+    pin.add_argument("--config", type=Path, required=True, help="the config file to edit")
+    pin.add_argument("--dry-run", action="store_true", help="print, do not write")
+    pin.set_defaults(func=_pin_images)
 
     fetch = commands.add_parser("fetch-bases", help="fetch and verify the demo's real heads")
     fetch.add_argument("--cache-dir", type=Path, default=None)
