@@ -216,7 +216,7 @@ def child(spec: dict) -> dict:
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"]
         )
-        ema = EMA(model, decay=settings["ema_decay"])
+        ema = EMA(model, decay=settings["ema_decay"], warmup=settings["ema_warmup"])
         # static shapes: an automatic recompilation with symbolic shapes failed in inductor
         # (ValueRangeError, torch 2.13 on the CPU); every shape here is fixed anyway
         net = torch.compile(model, dynamic=False) if compiled else model

@@ -1,6 +1,8 @@
 """The refacing attack's training beyond the paper's recipe: the region it generates (from the
 defaced image alone), the weighted x0 loss, and the stage batches of AttackTraining."""
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,8 @@ from scipy import ndimage
 from synthetic import sphere_head
 from torch import nn
 
+from defaceaudit.config import validate_config
+from defaceaudit.errors import InputError
 from defaceaudit.reface.cascade import (
     AttackTraining,
     PairSet,
@@ -258,5 +262,13 @@ def test_no_attack_is_the_papers_recipe():
     two = next(stage2_batches(pairs, 2, 8)(np.random.default_rng(0)))
     assert one["cond"].shape[1] == 1 and two["cond"].shape[1] == 2
     assert (one["weight"] == 1).all() and (two["weight"] == 1).all()
-    assert AttackTraining.from_config({}) == AttackTraining()
-    assert AttackTraining.from_config({"attack": {"flip": True}}).flip
+    assert AttackTraining() == AttackTraining(mask_channel=False, region_weight=1.0, focus=0.0)
+
+
+def test_the_configured_attack_takes_the_config_schemas_defaults():
+    schema = validate_config({})["reface"]["attack"]
+    assert asdict(AttackTraining.from_config({})) == schema
+    flipless = AttackTraining.from_config({"attack": {"flip": False}})
+    assert asdict(flipless) == {**schema, "flip": False}
+    with pytest.raises(InputError, match=r"^config reface\.attack\.focus: 2 is greater than the"):
+        AttackTraining.from_config({"attack": {"focus": 2}})

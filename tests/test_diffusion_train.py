@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from defaceaudit.config import validate_config
 from defaceaudit.devices import device_from_config
 from defaceaudit.errors import InputError
 from defaceaudit.reface import checkpoint as ckpt_mod
@@ -41,7 +42,7 @@ def make_config(steps=12, **training):
             "log_every": 4,
             "seed": 7,
             "bf16": False,
-            "batch_size": 2,  # the caller's: passed through untouched
+            "batch_size": 2,  # the caller's batches use it
             **training,
         },
     }
@@ -181,7 +182,7 @@ def test_checkpoint_holds_every_key_and_the_config(tmp_path):
     assert set(REQUIRED_KEYS) <= set(checkpoint)
     assert checkpoint["step"] == 4
     expected = make_config(steps=4)
-    expected["training"]["ema_warmup"] = True  # default filled into the resolved config
+    expected["training"]["ema_warmup"] = True  # the schema's default, in the resolved config
     assert checkpoint["config"] == expected
     assert checkpoint["torch_version"] == torch.__version__
     assert isinstance(checkpoint["defaceaudit_version"], str)
@@ -226,7 +227,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     config = make_config()
     model = build_model(config)
     optimizer = torch.optim.AdamW(model.parameters())
-    ema = EMA(model)
+    ema = EMA(model, decay=0.9, warmup=True)
     path = tmp_path / "c.pt"
     save_checkpoint(path, model=model, ema=ema, optimizer=optimizer, step=1, config=config)
     before = path.read_bytes()
@@ -308,7 +309,7 @@ def test_ema_matches_hand_computation():
     assert ema.num_updates == 4
     assert not ema.module.training and not ema.shadow.weight.requires_grad
     # state round trip and copy_to
-    restored = EMA(model, decay=0.9)
+    restored = EMA(model, decay=0.9, warmup=True)
     restored.load_state_dict(ema.state_dict())
     assert restored.num_updates == 4
     restored.copy_to(model)
@@ -332,16 +333,26 @@ def test_device_from_config(monkeypatch):
         device_from_config("cuda:2")
 
 
-def test_training_settings_are_checked():
+def test_training_settings_are_the_config_schemas(tmp_path):
+    # a key left out takes the schema's default; a bad value fails in one line naming the key
+    # (the stage's, from config["stage"]), as in a config file
+    schema = validate_config({})["reface"]["stage1"]["training"]
     config = make_config()
     del config["training"]["grad_clip"]
-    with pytest.raises(InputError, match="lacks: grad_clip"):
-        training_settings(config)
-    with pytest.raises(InputError, match=r"\['steps'\] must be an integer >= 1"):
+    assert training_settings(config)["grad_clip"] == schema["grad_clip"]
+    assert training_settings(make_config())["ema_warmup"] is schema["ema_warmup"] is True
+    steps = r"^config reface\.stage1\.training\.steps: 0 is less than the minimum of 1$"
+    with pytest.raises(InputError, match=steps):
         training_settings(make_config(steps=0))
-    with pytest.raises(InputError, match=r"\['ema_decay'\] must be a number in \[0, 1\)"):
-        training_settings(make_config(ema_decay=1.0))
-    assert training_settings(make_config())["ema_warmup"] is True
+    decay = r"^config reface\.stage2\.training\.ema_decay: 1\.0 is greater than or equal to the"
+    with pytest.raises(InputError, match=decay):
+        training_settings({**make_config(ema_decay=1.0), "stage": 2})
+    with pytest.raises(InputError, match=r"^config reface\.stage1\.training: Additional prop"):
+        training_settings(make_config(ema=0.9))
+    # gradient clipping off: 0 or None
+    for off in (0, None):
+        assert training_settings(make_config(grad_clip=off))["grad_clip"] == off
+    assert run(tmp_path, make_config(steps=2, grad_clip=None))["steps"] == 2
 
 
 def test_bf16_autocast_only_on_gpus_with_bf16_tensor_cores(monkeypatch):

@@ -111,14 +111,18 @@ def test_sampling_is_seeded_and_pastes_back_the_untouched_voxels():
     schedule = DiffusionSchedule()
     defaced, _ = volumes(n=1)
     keep = defaced > -1
-    settings = SamplingSettings(steps=3, eta=0.5, seed=7, paste_back=True, slab_batch=2)
+    settings = SamplingSettings.from_config(
+        dict(steps=3, eta=0.5, seed=7, paste_back=True, slab_batch=2)
+    )
     args = (tiny_net(2), tiny_net(3, seed=1), schedule, schedule, defaced, keep, 2)
     first = sample_cascade(*args, settings, multiple=2)
     again = sample_cascade(*args, settings, multiple=2)
     assert first.shape == defaced.shape and torch.equal(first, again)
     assert torch.equal(first[keep], defaced[keep])  # paste-back: untouched voxels are exact
     assert not torch.equal(first[~keep], defaced[~keep])  # the removed region is generated
-    free = sample_cascade(*args, SamplingSettings(steps=3, seed=7, paste_back=False), multiple=2)
+    free = sample_cascade(
+        *args, SamplingSettings.from_config(dict(steps=3, seed=7, paste_back=False)), multiple=2
+    )
     assert not torch.equal(free[keep], defaced[keep])
 
 
@@ -138,7 +142,7 @@ def test_stage_2_is_conditioned_as_in_training_on_the_stage_1_sample(monkeypatch
     schedule = DiffusionSchedule()
     defaced, _ = volumes(n=1)
     keep = defaced > -1
-    settings = SamplingSettings(steps=2, seed=3, paste_back=False, slab_batch=2)
+    settings = SamplingSettings.from_config(dict(steps=2, seed=3, paste_back=False, slab_batch=2))
     sample_cascade(
         tiny_net(2), tiny_net(3, seed=1), schedule, schedule, defaced, keep, 2, settings, multiple=2
     )
@@ -170,7 +174,7 @@ def test_sampling_shows_the_region_to_networks_trained_with_it(monkeypatch):
     schedule = DiffusionSchedule()
     defaced, _ = volumes(n=1)
     keep = defaced > -1
-    settings = SamplingSettings(steps=2, seed=3, paste_back=False, slab_batch=2)
+    settings = SamplingSettings.from_config(dict(steps=2, seed=3, paste_back=False, slab_batch=2))
     out = sample_cascade(
         tiny_net(3),
         tiny_net(4, seed=1),
@@ -260,6 +264,8 @@ def reface_config(steps=4):
         "schedule": {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
         "stage1": stage,
         "stage2": stage,
+        "envelope_mm": None,
+        "validation": {"snapshots": 0},
     }
 
 
@@ -709,7 +715,9 @@ def test_a_toy_attack_learns_to_fill_a_removed_sphere_and_keeps_the_known_voxels
     defaced, original = sphere_pairs(1, seed=99)
     keep = defaced > -1
     schedule = DiffusionSchedule()
-    settings = SamplingSettings(steps=10, eta=0.0, seed=0, paste_back=True, slab_batch=4)
+    settings = SamplingSettings.from_config(
+        dict(steps=10, eta=0.0, seed=0, paste_back=True, slab_batch=4)
+    )
 
     def reface(nets):
         return sample_cascade(

@@ -125,6 +125,7 @@ def tiny_reface(snapshots, steps=4):
         "stage1": stage,
         "stage2": stage,
         "slab_patch": 16,
+        "envelope_mm": None,
         "attack": {"region_weight": 5.0, "focus": 0.5},
         "validation": {"snapshots": snapshots},
     }

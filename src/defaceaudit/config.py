@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 
@@ -31,6 +33,26 @@ def validate_config(config: dict) -> dict:
             reason = [line for line in str(err).splitlines() if line.startswith("ValidationError")]
             message = (reason or [str(err)])[0]
         raise InputError(f"config{' ' + key if key else ''}: {message}") from err
+    return config
+
+
+def section_settings(path: str, values: Mapping) -> dict:
+    """``values`` validated as the config section at the dotted ``path`` (e.g.
+    ``"reface.stage1.training"``) and returned as a new dict, each key it lacks filled with the
+    schema's default.
+
+    The settings a library function takes from a Python caller go through the same schema, with
+    the same one-line :class:`InputError` naming the key (``config reface.stage1.training.
+    ema_decay: ...``), as a config file: the schema is the only validator and the only source
+    of defaults. Raises InputError.
+    """
+    keys = path.split(".")
+    config: dict = copy.deepcopy(dict(values))
+    for key in reversed(keys):
+        config = {key: config}
+    validate_config(config)
+    for key in keys:
+        config = config[key]
     return config
 
 

@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from defaceaudit import __version__
+from defaceaudit.config import section_settings
 from defaceaudit.devices import bf16_autocast, device_from_config, use_bf16
-from defaceaudit.errors import DefaceAuditError, InputError
+from defaceaudit.errors import DefaceAuditError
 from defaceaudit.radiodensity.model import load_medicalnet, resnet10
 from defaceaudit.radiodensity.sampler import balanced_sampler, subject_balanced_weights
 from defaceaudit.radiodensity.splits import SPLITS
@@ -37,8 +38,6 @@ from defaceaudit.tables import atomic_path, read_tsv, write_tsv
 __all__ = [
     "HISTORY_COLUMNS",
     "PREDICTION_COLUMNS",
-    "SETTINGS_DEFAULTS",
-    "SETTINGS_KEYS",
     "EarlyStopping",
     "TrainingDivergedError",
     "train_radiodensity",
@@ -48,10 +47,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-#: settings every run must give
-SETTINGS_KEYS = ("epochs", "batch_size", "learning_rate", "weight_decay", "patience", "seed")
-#: optional settings and their values when absent
-SETTINGS_DEFAULTS = {"device": "auto", "medicalnet_weights": None, "bf16": False}
 HISTORY_COLUMNS = ("epoch", "train_loss", "validation_loss", "seconds")
 PREDICTION_COLUMNS = (
     "participant_id",
@@ -73,32 +68,23 @@ class TrainingDivergedError(DefaceAuditError):
 
 
 def training_settings(settings: Mapping) -> dict:
-    """``settings`` checked (:data:`SETTINGS_KEYS`, types, bounds) with
-    :data:`SETTINGS_DEFAULTS` filled in. Raises :class:`InputError` naming the key."""
-    missing = [k for k in SETTINGS_KEYS if k not in settings]
-    if missing:
-        raise InputError(f"radiodensity training settings lack: {', '.join(missing)}")
-    out = {**SETTINGS_DEFAULTS, **settings}
+    """``settings``: the config's ``radiodensity.training`` keys and ``device``
+    (``radiodensity.device``), validated against the config schema, each key they lack filled
+    with the schema's default; returned as one dict. A path may be an ``os.PathLike`` and a
+    number a numpy scalar (as Python code passes them). Raises
+    :class:`~defaceaudit.errors.InputError` naming the key, as for a config file."""
 
-    def check(key: str, ok: bool, what: str) -> None:
-        if not ok:
-            raise InputError(f"radiodensity setting '{key}' must be {what}, got {out[key]!r}")
+    def plain(value):
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        return value.item() if isinstance(value, np.generic) else value
 
-    def is_int(v) -> bool:
-        return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-    def is_number(v) -> bool:
-        return isinstance(v, int | float | np.number) and not isinstance(v, bool)
-
-    for key in ("epochs", "batch_size", "patience"):
-        check(key, is_int(out[key]) and out[key] >= 1, "an integer >= 1")
-    check("seed", is_int(out["seed"]) and out["seed"] >= 0, "an integer >= 0")
-    check("learning_rate", is_number(out["learning_rate"]) and out["learning_rate"] > 0, "> 0")
-    check("weight_decay", is_number(out["weight_decay"]) and out["weight_decay"] >= 0, ">= 0")
-    check("bf16", isinstance(out["bf16"], bool), "true or false")
-    weights = out["medicalnet_weights"]
-    check("medicalnet_weights", weights is None or isinstance(weights, str | os.PathLike), "a path")
-    return out
+    training = {key: plain(value) for key, value in settings.items() if key != "device"}
+    section = {"training": training}
+    if "device" in settings:
+        section["device"] = settings["device"]
+    resolved = section_settings("radiodensity", section)
+    return {**resolved["training"], "device": resolved["device"]}
 
 
 @dataclass

@@ -23,13 +23,14 @@ Tensors are [B, C, X, Y, Z], intensities in [-1, 1] (:mod:`defaceaudit.reface.vo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from defaceaudit.config import section_settings
 from defaceaudit.reface.ddim import ddim_sample, model_predictor, paste_known_hook
 from defaceaudit.reface.schedule import DiffusionSchedule
 from defaceaudit.reface.slabs import SLAB_SIZE, SLAB_STRIDE, slab_predictor
@@ -187,9 +188,12 @@ class AttackTraining:
     - ``gamma``: input and target (and stage 2's coarse condition) go through one intensity
       curve ``u ** g``, ``u`` in [0, 1], ``log g`` drawn in [-gamma, gamma] (zero stays zero):
       robustness to another scanner's contrast and bias field.
+
+    A field left out is off: ``AttackTraining()`` is the paper's recipe. The configured attack,
+    with the config schema's defaults, is :meth:`from_config`.
     """
 
-    mask_channel: bool = True
+    mask_channel: bool = False
     region_weight: float = 1.0
     focus: float = 0.0
     flip: bool = False
@@ -198,9 +202,11 @@ class AttackTraining:
     gamma: float = 0.0
 
     @classmethod
-    def from_config(cls, reface: dict) -> AttackTraining:
-        """From a ``reface`` config section's ``attack`` keys (absent: the defaults)."""
-        return cls(**dict(reface.get("attack", {})))
+    def from_config(cls, reface: Mapping) -> AttackTraining:
+        """From a ``reface`` config section's ``attack`` keys, validated against the config
+        schema (``reface.attack``), each key it lacks (or the whole section) taking the
+        schema's default. Raises :class:`~defaceaudit.errors.InputError` naming the key."""
+        return cls(**section_settings("reface.attack", reface.get("attack", {})))
 
 
 def mask_channel(region: torch.Tensor) -> torch.Tensor:
@@ -256,7 +262,7 @@ def stage1_batches(
     (C = 2), and the loss weights (:class:`AttackTraining`; default: the paper's recipe)."""
     if pairs.low_inputs is None:
         raise ValueError("stage 1 needs the downsampled inputs (pairs loaded for stage 2)")
-    attack = AttackTraining(mask_channel=False) if attack is None else attack
+    attack = AttackTraining() if attack is None else attack
     if pairs.low_regions is None and (attack.mask_channel or attack.region_weight != 1):
         raise ValueError("a mask channel or region weight needs the pairs' regions")
 
@@ -322,7 +328,7 @@ def stage2_batches(
     and, with ``attack.mask_channel``, of the region (C = 3; else 2)."""
     if pairs.inputs is None or pairs.originals is None:
         raise ValueError("stage 2 needs the full-resolution volumes (pairs loaded for stage 1)")
-    attack = AttackTraining(mask_channel=False) if attack is None else attack
+    attack = AttackTraining() if attack is None else attack
     if pairs.regions is None and (
         attack.mask_channel or attack.region_weight != 1 or attack.focus > 0
     ):
@@ -387,17 +393,25 @@ def diffusion_loss(schedule: DiffusionSchedule):
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """DDIM settings chosen at sampling time (not training time). ``bf16``: the networks run
-    under bf16 autocast on a CUDA device (the DDIM arithmetic and slab averaging stay fp32;
-    ignored on the CPU); the caller applies it
+    """DDIM settings chosen at sampling time (not training time), the config's
+    ``reface.sampling`` (:meth:`from_config`, which fills the schema's defaults). ``bf16``: the
+    networks run under bf16 autocast on a CUDA device (the DDIM arithmetic and slab averaging
+    stay fp32; ignored on the CPU); the caller applies it
     (:func:`~defaceaudit.reface.refacing.sample_refaced`)."""
 
-    steps: int = 10
-    eta: float = 0.0
-    seed: int = 0
-    paste_back: bool = True
-    slab_batch: int = 8
-    bf16: bool = True
+    steps: int
+    eta: float
+    seed: int
+    paste_back: bool
+    slab_batch: int
+    bf16: bool
+
+    @classmethod
+    def from_config(cls, sampling: Mapping) -> SamplingSettings:
+        """From ``reface.sampling`` config keys, validated against the config schema, each key
+        it lacks taking the schema's default. Raises :class:`~defaceaudit.errors.InputError`
+        naming the key."""
+        return cls(**section_settings("reface.sampling", sampling))
 
 
 #: voxels of context kept around the region to generate (stage 2 sees them as known voxels)

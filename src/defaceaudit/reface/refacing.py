@@ -293,7 +293,7 @@ def train_refacing_stage(
     """
     key = f"stage{stage}"
     check_stage2_sizes(config)
-    envelope = config.get("envelope_mm")
+    envelope = config["envelope_mm"]
     envelope = training_envelope(originals, defaced) if envelope is None else float(envelope)
     pairs = load_pairs(originals, defaced, config, stage, envelope_mm=envelope)
     factor = factor_of(config)
@@ -307,7 +307,7 @@ def train_refacing_stage(
     # image) + the region
     in_channels = (2 if stage == 1 else 3) + int(attack.mask_channel)
     steps = int(config[key]["training"]["steps"])
-    count = int(config.get("validation", {}).get("snapshots", 0))
+    count = int(config["validation"]["snapshots"])
     snapshot_steps = sorted({max(1, round(steps * k / count)) for k in range(1, count + 1)})
     stage_config = {
         "stage": stage,
@@ -472,7 +472,8 @@ def sample_refaced(
         outputs: paths ``t1w`` (refaced image, the defaced image's units), ``removed`` (the
             voxels the cascade generated: the attack region with paste-back, every voxel
             without), ``sidecar`` (JSON).
-        sampling: :class:`~defaceaudit.reface.cascade.SamplingSettings` fields.
+        sampling: the config's ``reface.sampling`` keys
+            (:meth:`~defaceaudit.reface.cascade.SamplingSettings.from_config`).
     Raises :class:`ImageError` naming ``defaced`` when it has no positive voxel.
     """
     torch_device = device_from_config(device)
@@ -480,7 +481,7 @@ def sample_refaced(
     data = np.asarray(img.dataobj, dtype=np.float32)
     scale = scale_of(data, defaced)
     sampler = load_model_pair(stage1, stage2, torch_device)
-    settings = SamplingSettings(**sampling)
+    settings = SamplingSettings.from_config(sampling)
     bf16 = use_bf16(settings.bf16, torch_device, log)
     log.info(
         "sampling on %s (%s), %d DDIM steps", torch_device, precision_name(bf16), settings.steps

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from defaceaudit.config import section_settings
 from defaceaudit.devices import bf16_autocast, device_from_config, precision_name, use_bf16
 from defaceaudit.errors import InputError
 from defaceaudit.reface.checkpoint import (
@@ -50,8 +51,6 @@ from defaceaudit.reface.checkpoint import (
 __all__ = [
     "EMA",
     "PROVENANCE_KEYS",
-    "TRAINING_DEFAULTS",
-    "TRAINING_KEYS",
     "default_resume_path",
     "train",
     "training_settings",
@@ -59,20 +58,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-#: keys ``config["training"]`` must hold (other keys, e.g. batch settings, are the caller's)
-TRAINING_KEYS = (
-    "steps",
-    "lr",
-    "weight_decay",
-    "grad_clip",
-    "ema_decay",
-    "checkpoint_every",
-    "log_every",
-    "seed",
-    "bf16",
-)
-#: optional training keys and their values when absent
-TRAINING_DEFAULTS = {"ema_warmup": True}
 #: config keys recorded in checkpoints but not compared on resume (provenance, not settings)
 PROVENANCE_KEYS = ("defaceaudit_version",)
 
@@ -90,7 +75,8 @@ class EMA:
     the model's device: call it directly to sample with the averaged weights.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
+    def __init__(self, model: nn.Module, *, decay: float, warmup: bool):
+        # the config schema bounds reface.stage<N>.training.ema_decay alike
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
@@ -152,39 +138,15 @@ def default_resume_path(checkpoint_path: str | os.PathLike) -> Path:
 
 
 def training_settings(config: Mapping[str, Any]) -> dict:
-    """``config["training"]`` checked (:data:`TRAINING_KEYS`, types and bounds) with
-    :data:`TRAINING_DEFAULTS` filled in. Raises :class:`InputError` naming the key."""
+    """``config["training"]`` validated against the config schema's
+    ``reface.stage<N>.training`` (``N`` = ``config["stage"]``, 1 when absent: both stages share
+    the section), each key it lacks filled with the schema's default. Raises
+    :class:`InputError` naming the key, as for a config file."""
     training = config.get("training")
     if not isinstance(training, Mapping):
         raise InputError("config has no 'training' section")
-    missing = [key for key in TRAINING_KEYS if key not in training]
-    if missing:
-        raise InputError(f"config['training'] lacks: {', '.join(missing)}")
-    settings = {**TRAINING_DEFAULTS, **training}
-
-    def check(key: str, ok: bool, what: str) -> None:
-        if not ok:
-            raise InputError(f"config['training']['{key}'] must be {what}, got {settings[key]!r}")
-
-    def is_int(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    def is_number(value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-
-    for key in ("steps", "checkpoint_every", "log_every"):
-        check(key, is_int(settings[key]) and settings[key] >= 1, "an integer >= 1")
-    check("seed", is_int(settings["seed"]) and settings["seed"] >= 0, "an integer >= 0")
-    check("lr", is_number(settings["lr"]) and settings["lr"] > 0, "a number > 0")
-    wd = settings["weight_decay"]
-    check("weight_decay", is_number(wd) and wd >= 0, "a number >= 0")
-    clip = settings["grad_clip"]
-    check("grad_clip", clip is None or (is_number(clip) and clip >= 0), "a number >= 0 or null")
-    decay = settings["ema_decay"]
-    check("ema_decay", is_number(decay) and 0 <= decay < 1, "a number in [0, 1)")
-    for key in ("bf16", "ema_warmup"):
-        check(key, isinstance(settings[key], bool), "true or false")
-    return settings
+    stage = config.get("stage", 1)
+    return section_settings(f"reface.stage{stage}.training", training)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -294,7 +256,7 @@ def train(
     ----------
     build_model
         Network factory; called with the resolved config (plain dict, ``training`` defaults
-        filled in), which is also what checkpoints store.
+        filled in from the config schema), which is also what checkpoints store.
     loss_fn
         ``loss_fn(model, batch, generator)``: scalar loss tensor; ``generator`` is a
         ``torch.Generator`` on ``device`` for its noise and timesteps.
@@ -302,10 +264,12 @@ def train(
         ``batches(rng)``: iterator of batches (tensors [B, C, ...], or dicts/lists/tuples of
         them; moved to ``device`` here) drawn with the numpy ``rng``. Started again when it ends.
     config
-        Resolved config; ``config["training"]`` holds :data:`TRAINING_KEYS`: ``steps``, ``lr``,
-        ``weight_decay`` (AdamW), ``grad_clip`` (max global gradient L2 norm; 0 or None: off),
-        ``ema_decay``, optional ``ema_warmup`` (default true, see :class:`EMA`),
-        ``checkpoint_every`` and ``log_every`` (steps), ``seed``, ``bf16``.
+        Resolved config; ``config["training"]`` holds the keys of the config schema's
+        ``reface.stage<N>.training`` (:func:`training_settings`; absent ones take the schema's
+        defaults): ``steps``, ``lr``, ``weight_decay`` (AdamW), ``grad_clip`` (max global
+        gradient L2 norm; 0 or None: off), ``ema_decay`` and ``ema_warmup`` (see :class:`EMA`),
+        ``checkpoint_every`` and ``log_every`` (steps), ``seed``, ``bf16``, and ``batch_size``
+        (the caller's batches use it).
     checkpoint_path
         Final checkpoint (the rule's output), written when training ends.
     resume_path

@@ -19,7 +19,9 @@ from monai.networks.nets import DiffusionModelUNet
 
 from defaceaudit.reface.sizing import required_multiple as required_multiple
 
-#: keys of a UNet config (:func:`unet_from_config`); the first four are required
+#: keys of a UNet config (:func:`unet_from_config`): the config schema's
+#: ``reface.stage<N>.network`` and the stage's ``in_channels`` and ``out_channels``; all but
+#: ``spatial_dims`` are required (their defaults are the schema's)
 UNET_KEYS = (
     "in_channels",
     "out_channels",
@@ -30,7 +32,7 @@ UNET_KEYS = (
     "num_head_channels",
     "norm_num_groups",
 )
-_REQUIRED = UNET_KEYS[:4]
+_REQUIRED = tuple(key for key in UNET_KEYS if key != "spatial_dims")
 
 
 def build_unet(
@@ -40,9 +42,9 @@ def build_unet(
     channels: Sequence[int],
     attention_levels: Sequence[bool],
     spatial_dims: int = 3,
-    num_res_blocks: int | Sequence[int] = 2,
-    num_head_channels: int | Sequence[int] = 8,
-    norm_num_groups: int = 32,
+    num_res_blocks: int | Sequence[int],
+    num_head_channels: int | Sequence[int],
+    norm_num_groups: int,
 ) -> DiffusionModelUNet:
     """A ``DiffusionModelUNet`` with ``forward(x [B, in_channels, *S], t [B]) ->
     [B, out_channels, *S]``; ``len(channels)`` resolution levels, self-attention at the levels

@@ -99,8 +99,9 @@ def learning_curve(
 
     ``pairs``: dicts with ``subject``, ``defacer``, ``original`` (prepared T1w), ``head_mask``
     (the original's) and ``defaced`` (paths), validation subjects only. ``sampling``: the
-    run's :class:`~defaceaudit.reface.cascade.SamplingSettings` fields (the curve measures
-    the attack as it is run on the test subjects).
+    run's ``reface.sampling`` keys
+    (:meth:`~defaceaudit.reface.cascade.SamplingSettings.from_config`; the curve measures the
+    attack as it is run on the test subjects).
     """
     torch_device = device_from_config(device)
     sampler = load_model_pair(stage1, stage2, torch_device)
@@ -110,7 +111,7 @@ def learning_curve(
             f"{stage1} holds {len(states1)} snapshots and {stage2} {len(states2)}: "
             "not one model pair's validation (retrain both stages)"
         )
-    settings = SamplingSettings(**sampling)
+    settings = SamplingSettings.from_config(sampling)
     loaded = []
     for pair in pairs:
         original_img, original = load_on_grid(pair["original"])

@@ -133,7 +133,7 @@ def training_settings(reface: dict, stage: int) -> dict:
         other: {"size_multiple": stage_multiple(reface[other])},
     }
     if stage == 2:
-        settings["slab_patch"] = reface.get("slab_patch", 0)
+        settings["slab_patch"] = reface["slab_patch"]
     return settings
 
 
