@@ -13,8 +13,8 @@ rule fetch_demo_base:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(30),
     # the cache folder is read from the config in the script: moving the cache (the same
     # verified files) must not rewrite the bases and so rerun every subject
     script:
@@ -33,8 +33,8 @@ rule synthesize_demo_subject:
         "../envs/defaceaudit.yaml"
     resources:
         # 1.8 GB measured at 1 mm, the finest demo grid the schema allows
-        mem_mb=3000,
-        runtime=10,
+        mem_mb=per_attempt(3000),
+        runtime=per_attempt(10),
     params:
         subject=JOBS.demo_subject_params,
         synth=synth_config(config["demo"]),
@@ -54,8 +54,8 @@ rule synthesize_demo_gallery:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=3000,
-        runtime=10,
+        mem_mb=per_attempt(3000),
+        runtime=per_attempt(10),
     params:
         subject=JOBS.demo_subject_params,
         synth=synth_config(config["demo"]),

@@ -12,6 +12,7 @@ from defaceaudit.workflow.deface_plan import (
 )
 from defaceaudit.workflow.jobs import CONTAINER_WORK, RunJobs
 from defaceaudit.workflow.plan import plan_run
+from defaceaudit.workflow.resources import per_attempt
 
 try:
     # Snakemake's validate() against the packaged schema, defaults filled; then the cohort and

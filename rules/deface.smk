@@ -31,8 +31,8 @@ rule build_average_head:
     # one registration per thread (on the demo nothing else is ready while it runs)
     threads: 4
     resources:
-        mem_mb=6000,
-        runtime=60,
+        mem_mb=per_attempt(6000),
+        runtime=per_attempt(60),
     script:
         "../workflow_scripts/build_average_head.py"
 
@@ -51,8 +51,8 @@ rule deface_native:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(20),
     params:
         extra=JOBS.native_deface_params,
         qc=canonical(config["deface"]["qc"]),
@@ -72,8 +72,8 @@ rule finalize_container_deface:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(10),
     params:
         image=JOBS.container_image,
         params=JOBS.container_params,

@@ -24,8 +24,8 @@ if "fsl_deface" in with_backend(JOBS.defacers, "container"):
         container:
             config["deface"]["containers"]["fsl_deface"]
         resources:
-            mem_mb=4000,
-            runtime=30,
+            mem_mb=per_attempt(4000),
+            runtime=per_attempt(30),
         params:
             command=JOBS.fsl_deface_shell,
             shown=JOBS.quoted_shell("fsl_deface"),
@@ -52,8 +52,8 @@ if "mri_deface" in with_backend(JOBS.defacers, "container"):
         container:
             config["deface"]["containers"]["mri_deface"]
         resources:
-            mem_mb=4000,
-            runtime=30,
+            mem_mb=per_attempt(4000),
+            runtime=per_attempt(30),
         params:
             command=JOBS.mri_deface_shell,
             shown=JOBS.quoted_shell("mri_deface"),
@@ -81,8 +81,8 @@ if "pydeface" in with_backend(JOBS.defacers, "container"):
         container:
             config["deface"]["containers"]["pydeface"]
         resources:
-            mem_mb=4000,
-            runtime=30,
+            mem_mb=per_attempt(4000),
+            runtime=per_attempt(30),
         params:
             command=JOBS.pydeface_shell,
             shown=JOBS.quoted_shell("pydeface"),
@@ -110,8 +110,8 @@ if "quickshear" in with_backend(JOBS.defacers, "container"):
         container:
             config["deface"]["containers"]["quickshear"]
         resources:
-            mem_mb=2000,
-            runtime=10,
+            mem_mb=per_attempt(2000),
+            runtime=per_attempt(10),
         params:
             command=JOBS.quickshear_shell,
             shown=JOBS.quoted_shell("quickshear"),
@@ -138,8 +138,8 @@ if "mri_reface" in with_backend(JOBS.defacers, "container"):
         container:
             config["deface"]["containers"]["mri_reface"]
         resources:
-            mem_mb=16000,
-            runtime=90,
+            mem_mb=per_attempt(16000),
+            runtime=per_attempt(90),
         params:
             command=JOBS.mri_reface_shell,
             shown=JOBS.quoted_shell("mri_reface"),
@@ -175,8 +175,8 @@ if "mideface" in with_backend(JOBS.defacers, "container"):
         # SAMSEG's brain exclusion mask: about 14 GB and 20-40 min per image
         threads: 4
         resources:
-            mem_mb=16000,
-            runtime=90,
+            mem_mb=per_attempt(16000),
+            runtime=per_attempt(90),
         params:
             command=JOBS.mideface_shell,
             shown=JOBS.quoted_shell("mideface"),
@@ -203,8 +203,8 @@ if "afni_refacer2" in with_backend(JOBS.defacers, "container"):
         container:
             config["deface"]["containers"]["afni_refacer2"]
         resources:
-            mem_mb=4000,
-            runtime=30,
+            mem_mb=per_attempt(4000),
+            runtime=per_attempt(30),
         params:
             command=JOBS.afni_refacer2_shell,
             shown=JOBS.quoted_shell("afni_refacer2"),

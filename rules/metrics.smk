@@ -16,8 +16,8 @@ rule align_face_to_template:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=3000,
-        runtime=20,
+        mem_mb=per_attempt(3000),
+        runtime=per_attempt(20),
     params:
         seed=config["metrics"]["seed"],
     script:
@@ -38,8 +38,8 @@ rule align_gallery_face:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=3000,
-        runtime=20,
+        mem_mb=per_attempt(3000),
+        runtime=per_attempt(20),
     params:
         seed=config["metrics"]["seed"],
     script:
@@ -59,8 +59,8 @@ rule build_face_region:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=3000,
-        runtime=20,
+        mem_mb=per_attempt(3000),
+        runtime=per_attempt(20),
     params:
         subjects=JOBS.face_region_subjects,
         defacers=list(JOBS.reid.region_defacers),
@@ -83,8 +83,8 @@ rule compute_face_metrics:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=6000,
-        runtime=20,
+        mem_mb=per_attempt(6000),
+        runtime=per_attempt(20),
     params:
         images=JOBS.face_metric_images,
         probes=JOBS.face_metric_probes,
@@ -128,8 +128,8 @@ rule reidentify_faces:
     # test subjects (paper scale: about an hour of CPU, README "Face metrics")
     threads: 4
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(60),
     params:
         gallery=JOBS.reidentification_gallery,
         probes=JOBS.reidentification_probe_list,

@@ -16,7 +16,7 @@ rule prepare_subject:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(20),
     script:
         "../workflow_scripts/prepare_subject.py"

@@ -15,8 +15,8 @@ rule crop_radiodensity_face:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(20),
     params:
         images=JOBS.radiodensity_images,
         shape=config["radiodensity"]["crop_shape"],
@@ -62,8 +62,8 @@ rule train_radiodensity:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(120),
     # the device comes from the config in the script: moving the study to a GPU does not retrain
     params:
         subjects=list(JOBS.cohort.subjects),

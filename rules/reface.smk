@@ -22,7 +22,7 @@ rule train_stage1:
     resources:
         gpu=1,
         mem_mb=JOBS.reface_training_mem_mb(1),
-        runtime=240,
+        runtime=per_attempt(240),
     # only what this stage's training reads (a changed param reruns the job); the device comes
     # from the config in the script: moving a run to a GPU does not retrain
     params:
@@ -51,7 +51,7 @@ rule train_stage2:
     resources:
         gpu=1,
         mem_mb=JOBS.reface_training_mem_mb(2),
-        runtime=480,
+        runtime=per_attempt(480),
     # only what this stage's training reads (a changed param reruns the job); the device comes
     # from the config in the script: moving a run to a GPU does not retrain
     params:
@@ -80,8 +80,8 @@ rule sample_refaced:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(30),
     # the device comes from the config in the script: moving a run to a GPU does not resample
     params:
         sampling=canonical(config["reface"]["sampling"]),
@@ -112,8 +112,8 @@ rule validate_refacing:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(60),
     # the validation pairs as the job sees them; the sampling settings of the test subjects
     params:
         pairs=JOBS.reface_validation_pairs,

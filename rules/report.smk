@@ -49,8 +49,8 @@ rule render_face_panel:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(10),
     params:
         columns=JOBS.face_panel_columns,
     script:

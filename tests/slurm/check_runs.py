@@ -4,8 +4,9 @@
 MinJobAge after a job ends) and the plugin's sbatch calls in Snakemake's ``--verbose`` log: every
 submitted job has a record and completed with exit code 0; the jobs of profiles/slurm's GPU rules
 asked for and were allocated a GPU in the GPU partition (one at a time: the test node has one),
-every other job neither, in the CPU partition; memory, time limit and CPUs per GPU are the
-profile's set-resources; every group of the profile ran as group jobs.
+every other job neither, in the CPU partition; memory and time limit are the rules' own (each
+job's resources as Snakemake lists them in the log), CPUs per GPU the profile's set-resources;
+every group of the profile ran as group jobs.
 
 ``compare``: the outputs of two runs of the same workflow and config (SLURM and local).
 
@@ -27,6 +28,8 @@ import numpy as np
 SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+)")  # group ids: uuids
 SBATCH_CALL = re.compile(r"sbatch call: (sbatch .*)")
 COMMENT = re.compile(r"^rule_(?P<name>.+?)(?:_wildcards_(?P<wildcards>.*))?$")
+JOB_ID = re.compile(r"^\s*jobid: (\d+)$")
+RESOURCES = re.compile(r"^\s*resources: (.*)$")
 
 
 def parse_scontrol(text: str) -> list[dict[str, str]]:
@@ -67,17 +70,31 @@ def read_profile(profile: Path) -> tuple[set[str], dict[str, set[str]]]:
     return gpu_rules, groups
 
 
-def profile_resources(profile: Path, rule: str, attempt: int) -> dict[str, int]:
-    """The profile's set-resources of a rule at an attempt (the integer ones: mem_mb, runtime,
-    cpus_per_gpu), evaluated as Snakemake does (Python expressions of `attempt`)."""
+def profile_cpus_per_gpu(profile: Path, rule: str) -> int | None:
+    """The profile's CPUs per GPU of a rule (None: not a GPU rule of the profile). The profile
+    states no memory or runtime: those are the rules'."""
     import yaml
 
     entries = yaml.safe_load(profile.read_text()).get("set-resources", {}).get(rule) or {}
-    resources = {}
-    for name, expr in entries.items():
-        if name in ("mem_mb", "runtime", "cpus_per_gpu"):
-            resources[name] = int(eval(str(expr), {"attempt": attempt}))
-    return resources
+    return int(entries["cpus_per_gpu"]) if "cpus_per_gpu" in entries else None
+
+
+def logged_resources(log: str) -> dict[str, list[dict[str, int]]]:
+    """Snakemake job id -> the ``mem_mb`` and ``runtime`` of each listing of the job in
+    Snakemake's log (``jobid: N`` ... ``resources: ...``): the rules' resources at the job's
+    attempt, as Snakemake evaluated them and passed them to the plugin."""
+    found: dict[str, list[dict[str, int]]] = {}
+    job_id = None
+    for line in log.splitlines():
+        if match := JOB_ID.match(line):
+            job_id = match[1]
+        elif (match := RESOURCES.match(line)) and job_id is not None:
+            values = dict(kv.split("=", 1) for kv in match[1].split(", ") if "=" in kv)
+            found.setdefault(job_id, []).append(
+                {k: int(values[k]) for k in ("mem_mb", "runtime") if values.get(k, "").isdigit()}
+            )
+            job_id = None
+    return found
 
 
 def minutes(limit: str) -> int:
@@ -87,24 +104,28 @@ def minutes(limit: str) -> int:
     return (int(days) if days else 0) * 1440 + h * 60 + m
 
 
-def resource_problems(record: dict[str, str], rule: str, profile: Path) -> list[str]:
-    """Whether SLURM's record holds the profile's memory, time limit and CPUs per GPU of the
-    rule at some attempt (1 unless the job was retried)."""
+def resource_problems(
+    record: dict[str, str], rule: str, profile: Path, logged: list[dict[str, int]]
+) -> list[str]:
+    """Whether SLURM's record holds the memory and time limit Snakemake listed for the job
+    (``logged``: :func:`logged_resources` of its job id; the rule's at that attempt) and the
+    profile's CPUs per GPU of the rule."""
     got = {
         "mem_mb": int(record.get("MinMemoryNode", "0M").rstrip("M")),
         "runtime": minutes(record.get("TimeLimit", "0:0:0")),
     }
+    job = f"{rule} job {record['JobId']}"
+    problems = []
     cpus = re.search(r"gpu:(\d+)", record.get("CpusPerTres", ""))
-    if cpus:
-        got["cpus_per_gpu"] = int(cpus[1])
-    for attempt in (1, 2, 3):
-        want = profile_resources(profile, rule, attempt)
-        if want and all(got.get(k) == v for k, v in want.items()):
-            return []
-    first = profile_resources(profile, rule, 1)
-    if not first:
-        return []  # no entry in the profile: nothing to compare
-    return [f"{rule} job {record['JobId']}: {got} is not the profile's {first} x attempt"]
+    want_cpus = profile_cpus_per_gpu(profile, rule)
+    if (int(cpus[1]) if cpus else None) != want_cpus:
+        problems.append(f"{job}: CpusPerTres {record.get('CpusPerTres')}, profile {want_cpus}")
+    wanted = [want for want in logged if want]
+    if not wanted:
+        problems.append(f"{job}: no mem_mb or runtime in Snakemake's listing of the job")
+    elif not any(all(got[k] == v for k, v in want.items()) for want in wanted):
+        problems.append(f"{job}: {got} is not the rule's {wanted[-1]} (Snakemake's log)")
+    return problems
 
 
 def group_of(name: str, groups: dict[str, set[str]]) -> str | None:
@@ -128,7 +149,9 @@ def check_jobs(args: argparse.Namespace) -> list[str]:
         return [f"{args.profile} has no GPU entry for {sorted(missing_required)}"]
     records = parse_scontrol(Path(args.scontrol).read_text())
     log = Path(args.snakemake_log).read_text()
-    submitted = {slurm_id for _, slurm_id in SUBMITTED.findall(log)}
+    snakemake_id = {slurm_id: job_id for job_id, slurm_id in SUBMITTED.findall(log)}
+    submitted = set(snakemake_id)
+    resources = logged_resources(log)
     calls = SBATCH_CALL.findall(log)
     problems = []
     if not submitted:
@@ -158,7 +181,8 @@ def check_jobs(args: argparse.Namespace) -> list[str]:
                 problems.append(f"group {group} holds a GPU rule")
         else:
             seen_rules[name] = seen_rules.get(name, 0) + 1
-            problems += resource_problems(record, name, Path(args.profile))
+            logged = resources.get(snakemake_id[slurm_id], [])
+            problems += resource_problems(record, name, Path(args.profile), logged)
         want_partition = args.gpu_partition if gpu_rule else args.cpu_partition
         if gpu_fields(record) != (gpu_rule, gpu_rule):
             problems.append(

@@ -9,8 +9,9 @@
 #    profile, profiles/slurm, plus the timing overlay profile/, in a temporary copy of the workflow.
 # 4. Checks SLURM's own records of the jobs (`scontrol show job`) and the plugin's sbatch calls
 #    (check_runs.py jobs): every job completed; the GPU rules' jobs got a GPU in the gpu
-#    partition, every other job none, in the cpu partition; memory, time limit and CPUs per GPU
-#    are the profile's; the profile's group jobs ran.
+#    partition, every other job none, in the cpu partition; memory and time limit are the
+#    rules' (as Snakemake listed each job), CPUs per GPU the profile's; the profile's group jobs
+#    ran.
 # 5. Runs a few hundred trivial jobs (benchmarks/bench_scheduler.py: the Snakefile's hooks,
 #    `make demo`'s flags; in grouped chains, one SLURM job per chain) through the same profiles
 #    and checks that the Snakemake process stayed bounded (check_runs.py master: few live
@@ -228,8 +229,9 @@ ReturnToService=2
 KillWait=5
 # GPUs as generic resources: scontrol show job --details lists a job's allocated GPU (GRES=).
 GresTypes=gpu
-# The node claims what profiles/slurm asks for (4 CPUs for a group job of 4 defacers, 16 GB at the first attempt,
-# more on retries), whatever the machine has: config_overrides makes slurmd take these numbers.
+# The node claims what the jobs ask for (4 CPUs for a group job of 4 defacers, 16 GB at the first
+# attempt, more on retries), whatever the machine has: config_overrides makes slurmd take these
+# numbers.
 # The tiny jobs use far less, and the test profile runs two at a time.
 SlurmdParameters=config_overrides
 NodeName=$host NodeAddr=127.0.0.1 CPUs=8 RealMemory=64000 Gres=gpu:1 State=UNKNOWN
@@ -302,7 +304,7 @@ scontrol show job --details --oneliner >"$tmp/slurm_jobs.txt"
 # Hundreds of trivial jobs in chains of 15, each chain one SLURM job (a group; one job per trivial
 # job would cost a Snakemake start-up each, minutes on 2 cores), 8 SLURM jobs at a time.
 # Plain Snakemake 9 starts one more self-renewing wake-up thread per finished job and runs every
-# ready job through each scheduling pass; bounds: the issue's 32 threads, 30 ms of CPU per job
+# ready job through each scheduling pass; bounds: 32 live threads, 30 ms of CPU per job
 # (start-up included, 2-3 s of the total here) and an exit within 60 s of the last job (one
 # status check of the plugin, 8 s here, growing by 10 s while none ends).
 scheduler_jobs=${SLURM_TEST_SCHEDULER_JOBS:-300}

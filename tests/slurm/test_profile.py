@@ -1,7 +1,7 @@
 """profiles/slurm against the rules, by dry-runs (no cluster needed; the real SLURM run is
-run_slurm_test.sh): its memory and runtime at the first attempt are each rule's own, every rule
-asking for a GPU has a GPU entry, partitions and account come from the environment, and
-resources grow with the attempt."""
+run_slurm_test.sh): memory and runtime are stated once, in the rules, growing with the attempt,
+and the profile states none of its own (site and GPU keys only); every rule asking for a GPU
+has a GPU entry; partitions and account come from the environment."""
 
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ from benchlib import declared_threads  # noqa: E402 - the rules' threads, one pa
 pytestmark = pytest.mark.workflow
 
 PROFILE = REPO / "profiles" / "slurm"
-#: how a dry-run prints a resource that Snakemake evaluates once the job's inputs exist
-TBD = "<TBD>"
 BIN = Path(sys.executable).parent
 SITE_VARIABLES = (
     "DEFACEAUDIT_SLURM_PARTITION",
@@ -66,12 +64,21 @@ def dry_run_resources(workdir: Path, *args: str, site=None) -> dict[str, list[di
     return jobs
 
 
+def profile_settings() -> dict:
+    return yaml.safe_load((PROFILE / "profile.yaml").read_text())
+
+
 def profile_entries() -> dict[str, dict]:
-    return yaml.safe_load((PROFILE / "profile.yaml").read_text())["set-resources"]
+    return profile_settings()["set-resources"]
 
 
-def at_attempt(expression: object, attempt: int) -> str:
-    return str(eval(str(expression), {"attempt": attempt}))
+def keys_within(value: object) -> set[str]:
+    """Every mapping key in ``value``, at any depth (inside YTE's ``?if`` blocks too)."""
+    if isinstance(value, dict):
+        return set(value).union(*(keys_within(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(keys_within(v) for v in value))
+    return set()
 
 
 def profile_without_apptainer(folder: Path) -> Path:
@@ -84,8 +91,37 @@ def profile_without_apptainer(folder: Path) -> Path:
     return folder
 
 
+#: what the profile may set per job: site keys and GPU keys (memory, runtime and threads are
+#: the rules')
+SITE_AND_GPU_KEYS = {"slurm_partition", "slurm_account", "slurm_extra", "cpus_per_gpu"}
+
+
+def test_the_profile_states_no_memory_or_runtime_of_its_own():
+    settings = profile_settings()
+    for section in ("default-resources", "set-resources"):
+        keys = keys_within(settings[section]) - set(profile_entries())
+        keys = {k for k in keys if not k.startswith("?")}  # YTE conditions
+        assert keys <= SITE_AND_GPU_KEYS, (
+            f"profiles/slurm {section} sets {keys - SITE_AND_GPU_KEYS}"
+        )
+    assert settings["retries"] >= 1  # the rules' resources grow with the attempt
+
+
+def test_rules_state_memory_and_runtime_per_attempt():
+    # every mem_mb and runtime of rules/*.smk grows with the attempt: per_attempt(N), or the
+    # refacing training's memory sized from its images (times the attempt)
+    scaled = re.compile(r"per_attempt\(\d+\)|JOBS\.reface_training_mem_mb\([12]\)")
+    found = 0
+    for path in sorted((REPO / "rules").glob("*.smk")):
+        for line in path.read_text().splitlines():
+            if match := re.match(r"\s+(mem_mb|runtime)=(.*),$", line):
+                found += 1
+                assert scaled.fullmatch(match[2]), f"{path.name}: {line.strip()} is not per attempt"
+    assert found
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=["default", "containers"])
-def test_profile_resources_are_the_rules_own_and_gpu_rules_have_entries(workdir, scenario):
+def test_jobs_get_the_rules_resources_and_gpu_rules_have_entries(workdir, scenario):
     config = ["--configfile", str(scenario)] if scenario else []
     profile = PROFILE
     if scenario and not shutil.which("apptainer"):
@@ -94,24 +130,15 @@ def test_profile_resources_are_the_rules_own_and_gpu_rules_have_entries(workdir,
     profiled = dry_run_resources(workdir, "--profile", str(profile), *config)
     entries = profile_entries()
     for rule, jobs in plain.items():
-        # sized from the job's input files (evaluated once they exist; none does here)
-        sized = {k for k in ("mem_mb", "runtime") if jobs[0].get(k) == TBD}
         declared = {k: jobs[0][k] for k in ("mem_mb", "runtime") if k in jobs[0]}
-        declared = {k: v for k, v in declared.items() if k not in sized}
-        if sized:
-            assert not sized & set(entries.get(rule, {})), (
-                f"profiles/slurm would replace {rule}'s {sorted(sized)}, sized from its inputs"
-            )
-            assert all(job[k] == TBD for job in profiled[rule] for k in sized)
         if not declared:
             continue  # a local rule: runs on the submit host
-        assert rule in entries, f"{rule} declares {declared}: add it to profiles/slurm"
-        expected = {k: at_attempt(entries[rule][k], 1) for k in declared}
-        assert expected == declared, f"profiles/slurm gives {rule} {expected}, the rule {declared}"
-        for job in profiled[rule]:
-            assert {k: job[k] for k in declared} == declared
+        assert set(declared) == {"mem_mb", "runtime"}, f"{rule} declares only {declared}"
+        # the profile changes neither (a value sized from the job's inputs stays <TBD>)
+        for plain_job, job in zip(jobs, profiled[rule], strict=True):
+            assert {k: job[k] for k in declared} == {k: plain_job[k] for k in declared}
         if jobs[0].get("gpu"):
-            assert "cpus_per_gpu" in entries[rule], f"GPU rule {rule} has no GPU entry"
+            assert "cpus_per_gpu" in entries.get(rule, {}), f"GPU rule {rule} has no GPU entry"
             assert all(
                 job["cpus_per_gpu"] == str(entries[rule]["cpus_per_gpu"]) for job in profiled[rule]
             )
@@ -119,7 +146,7 @@ def test_profile_resources_are_the_rules_own_and_gpu_rules_have_entries(workdir,
             threads = declared_threads()[rule]
             assert entries[rule]["cpus_per_gpu"] == threads, f"{rule}: cpus_per_gpu != threads"
         else:
-            assert "cpus_per_gpu" not in entries[rule], f"{rule} asks for no GPU"
+            assert "cpus_per_gpu" not in entries.get(rule, {}), f"{rule} asks for no GPU"
 
 
 def test_partitions_and_account_come_from_the_environment(workdir):
@@ -148,19 +175,17 @@ def test_partitions_and_account_come_from_the_environment(workdir):
 
 
 def test_failed_jobs_are_retried_with_more_memory_and_time(tmp_path):
-    # a rule named like a GPU rule of the workflow, failing twice: the profile's retries and
-    # set-resources apply (run with the local executor, so no cluster is needed)
+    # a rule named like a GPU rule of the workflow, with its resources stated as the rules state
+    # them, failing twice: the profile's retries resubmit it with more (run with the local
+    # executor, so no cluster is needed)
     (tmp_path / "Snakefile").write_text(
+        "from defaceaudit.workflow.resources import per_attempt\n"
         "rule sample_refaced:\n"
         "    output: 'done'\n"
-        "    resources: gpu=1, mem_mb=1, runtime=1\n"
+        "    resources: gpu=1, mem_mb=per_attempt(1000), runtime=per_attempt(10)\n"
         "    shell: 'echo {resources.mem_mb} {resources.runtime} >> seen;"
         " test $(wc -l < seen) -ge 3 && touch {output}'\n"
     )
     done = run(tmp_path, "--profile", str(PROFILE), "--executor", "local", "--cores", "1")
     assert done.returncode == 0, done.stderr[-3000:]
-    entry = profile_entries()["sample_refaced"]
-    expected = [
-        f"{at_attempt(entry['mem_mb'], n)} {at_attempt(entry['runtime'], n)}" for n in (1, 2, 3)
-    ]
-    assert (tmp_path / "seen").read_text().splitlines() == expected
+    assert (tmp_path / "seen").read_text().splitlines() == ["1000 10", "2000 20", "3000 30"]
