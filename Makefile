@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test lint docs venv clean-results slurm-profile slurm-test
+.PHONY: demo test test-fast lint docs venv clean-results slurm-profile slurm-test
 
 venv: $(STAMP)
 
@@ -39,6 +39,11 @@ docs: $(STAMP)
 
 test: lint docs
 	$(BIN)/pytest
+
+# The tests that run no workflow (no Snakemake process, no demo data) and train no network for
+# long: under 2 minutes on 2 cores, for the edit-and-test loop. CI runs `make test`, all of them.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not workflow and not network and not slow"
 
 clean-results:
 	rm -rf results/* .snakemake

@@ -10,13 +10,14 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-bench = pytest.importorskip("bench_refacing")
+import bench_refacing as bench  # noqa: E402 - the benchmark's cases, one implementation
 
 
 @pytest.mark.parametrize("variant", ["fp32", "bf16", "bf16_channels_last"])
+@pytest.mark.slow
 def test_gpu_benchmark_cases_run_on_the_cpu(variant):
     config = bench.reface_config(paper=False)
     grid = bench.padded(config, (24, 24, 24))

@@ -5,7 +5,7 @@ here, so this is what keeps the two from drifting apart."""
 import re
 
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 #: packages the project imports, which the environment must pin (Snakemake comes in with the
 #: editable install of the package; the job steps need it only to read their parameters)

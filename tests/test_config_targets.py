@@ -3,7 +3,7 @@ import re
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO, copy_workflow, run_snakemake
 
 from defaceaudit import paths
 from defaceaudit.config import canonical, load_config, validate_config
@@ -151,8 +151,6 @@ SMALL_DEMO = {"demo": {"n_train": 6, "n_internal_test": 1, "n_external_test": 1}
 def rule_all_inputs(workdir, config: dict) -> list[str]:
     """The input of ``rule all`` in a dry-run of the workflow copy ``workdir`` with ``config``
     as ``--configfile`` (on top of its config.yaml), sorted."""
-    from conftest import run_snakemake
-
     done = run_snakemake(workdir, "--dry-run", config=config, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     block = re.search(r"^(?:local)?rule all:\n    input: (.*)$", done.stdout, re.M)
@@ -182,8 +180,6 @@ def containers_without_radiodensity() -> dict:
 @pytest.mark.workflow
 @pytest.mark.parametrize("scenario", ["small_demo", "containers"])
 def test_targets_command_lists_what_rule_all_requests(tmp_path, capsys, scenario):
-    from conftest import copy_workflow
-
     config = SMALL_DEMO if scenario == "small_demo" else containers_without_radiodensity()
     workdir = copy_workflow(tmp_path)
     requested = rule_all_inputs(workdir, config)  # writes test_config.yaml

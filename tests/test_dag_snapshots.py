@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, copy_workflow
-from test_workflow import job_counts, run_snakemake
+from helpers import REPO, copy_workflow, job_counts, run_snakemake
 
 pytestmark = pytest.mark.workflow
 

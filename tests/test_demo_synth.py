@@ -55,6 +55,7 @@ def _nose_tip_y(t1w, affine):
     return nib.affines.apply_affine(affine, ijk)[:, 1].max()
 
 
+@pytest.mark.slow
 def test_face_tissue_moves_the_nose_not_the_brain(base):
     params = dataclasses.replace(STILL, voxel_size_mm=2.0)
     thin = synthesize_subject(*base, dataclasses.replace(SUBJECT, face_tissue_mm=-5.0), params)
@@ -108,6 +109,7 @@ def test_the_field_of_view_warning_says_whether_the_face_is_cut():
     assert face.endswith("(5 voxels anterior); the face itself is cut: widen demo.fov_mm")
 
 
+@pytest.mark.slow
 def test_a_second_session_is_the_same_anatomy_in_its_own_acquisition(base):
     from defaceaudit.cohort.demo.synth import SessionParams
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import randomise_output_layer, randomise_zero_initialised
 
 from defaceaudit.reface.ddim import (
     ddim_sample,
@@ -23,12 +24,7 @@ from defaceaudit.reface.slabs import (
     slab_predictor,
     slab_starts,
 )
-from defaceaudit.reface.unet import (
-    randomise_output_layer,
-    randomise_zero_initialised,
-    required_multiple,
-    unet_from_config,
-)
+from defaceaudit.reface.unet import required_multiple, unet_from_config
 
 TINY = {
     "spatial_dims": 3,

@@ -105,6 +105,7 @@ def test_deface_facemask_zeroes_face_keeps_brain(template):
     assert res.params["template_sha256"] != res.params["facemask_sha256"]
 
 
+@pytest.mark.slow
 def test_build_average_and_reface(template, tmp_path):
     tpl, brain, mask = template
     heads = []

@@ -27,13 +27,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import copy_run, run_snakemake
+from helpers import copy_run, run_snakemake
 
 from defaceaudit import paths
 
 pytestmark = [pytest.mark.workflow, pytest.mark.network]
 
-#: subject ids of the tiny run (conftest.TINY_DEMO_CONFIG), and the one scenario 4 adds
+#: subject ids of the tiny run (helpers.TINY_DEMO_CONFIG), and the one scenario 4 adds
 SUBJECTS = ("tr01", "tr02", "in01", "ex01", "ex02")
 #: jobs over the whole cohort (or a whole demo dataset): they rerun whenever what they gather
 #: changes. No subject wildcard.

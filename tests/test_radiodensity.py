@@ -269,6 +269,7 @@ def test_crop_geometry_sits_on_the_front_of_the_head():
     assert wider.affine[1, 3] - geo.affine[1, 3] == pytest.approx(12.0)
 
 
+@pytest.mark.slow
 def test_subject_face_crops_register_mask_and_normalise(tmp_path):
     template, _ = synthetic_head(seed=0)
     head, brain = synthetic_head(seed=1)
@@ -383,6 +384,7 @@ SETTINGS = {
 }
 
 
+@pytest.mark.slow
 def test_train_learns_a_blob_and_restores_the_best_epoch():
     crops, index, targets, subjects, splits = _blob_problem()
     args = (crops, targets, subjects, splits)
@@ -407,6 +409,7 @@ def test_train_learns_a_blob_and_restores_the_best_epoch():
     )
 
 
+@pytest.mark.slow
 def test_training_sees_only_train_rows_and_samples_them_by_subject(monkeypatch):
     from defaceaudit.radiodensity import train as train_module
 
@@ -447,6 +450,7 @@ def test_early_stopping_rule():
     assert flags == [True, True, False, False] and stopper.best_epoch == 2 and stopper.stop
 
 
+@pytest.mark.slow
 def test_resnet10_with_medicalnet_weights_trains_one_epoch(tmp_path):
     weights = tmp_path / "resnet_10.pth"
     _medicalnet_file(weights)
@@ -554,6 +558,7 @@ def _training_files(tmp_path):
     return files, split_of
 
 
+@pytest.mark.slow
 def test_run_training_writes_predictions_history_and_model(tmp_path):
     files, split_of = _training_files(tmp_path)
     out = train_radiodensity(

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_UNET, randomise_zero_initialised
 from synthetic import sphere_head
 
 from defaceaudit.errors import ImageError, InputError
@@ -36,7 +37,7 @@ from defaceaudit.reface.schedule import DiffusionSchedule
 from defaceaudit.reface.sizing import LOAD_WORKING_VOLUMES, training_job_mb, training_memory_mb
 from defaceaudit.reface.slabs import SLAB_SIZE
 from defaceaudit.reface.train import default_resume_path, train
-from defaceaudit.reface.unet import build_unet, randomise_zero_initialised, required_multiple
+from defaceaudit.reface.unet import build_unet, required_multiple
 from defaceaudit.reface.volumes import (
     crop_volume,
     downsample,
@@ -49,17 +50,9 @@ from defaceaudit.reface.volumes import (
     upsample_window,
 )
 
-TINY = {
-    "channels": [8, 8],
-    "attention_levels": [False, False],
-    "num_res_blocks": 1,
-    "num_head_channels": 8,
-    "norm_num_groups": 4,
-}
-
 
 def tiny_net(in_channels, seed=0):
-    net = build_unet(in_channels=in_channels, out_channels=1, **TINY)
+    net = build_unet(in_channels=in_channels, out_channels=1, **TINY_UNET)
     randomise_zero_initialised(net, torch.Generator().manual_seed(seed))
     return net.eval()
 
@@ -195,12 +188,13 @@ def test_sampling_shows_the_region_to_networks_trained_with_it(monkeypatch):
     assert torch.equal(second["cond"][:, 2:], torch.where(keep, -1.0, 1.0))
 
 
+@pytest.mark.slow
 def test_overfitting_one_pair_lowers_the_loss_and_moves_the_sample_to_the_target():
     torch.manual_seed(0)
     schedule = DiffusionSchedule()
     inputs, targets = volumes(n=1, shape=(8, 8, 8))
     batch = {"x0": targets, "cond": inputs}
-    net = build_unet(in_channels=2, out_channels=1, **TINY)
+    net = build_unet(in_channels=2, out_channels=1, **TINY_UNET)
     loss_fn = diffusion_loss(schedule)
     optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
@@ -245,7 +239,7 @@ def _write_pair(folder, name, seed):
 
 def reface_config(steps=4):
     stage = {
-        "network": dict(TINY),
+        "network": dict(TINY_UNET),
         "training": {
             "steps": steps,
             "batch_size": 1,
@@ -288,6 +282,7 @@ def _outputs(folder, name="refaced"):
     }
 
 
+@pytest.mark.slow
 def test_train_then_reface_files(tmp_path, caplog, monkeypatch):
     pairs = [_write_pair(tmp_path, f"s{i}", i) for i in range(2)]
     config = reface_config()
@@ -395,6 +390,7 @@ def test_a_defaced_image_without_positive_voxels_is_named(tmp_path):
         sample_refaced(empty, missing, missing, _outputs(tmp_path), {})
 
 
+@pytest.mark.slow
 def test_resume_needs_the_same_pairs_but_not_the_same_version(tmp_path, caplog, monkeypatch):
     pairs = [_write_pair(tmp_path, f"s{i}", i) for i in range(3)]
     checkpoint = tmp_path / "stage1.pt"
@@ -420,13 +416,13 @@ def test_resume_needs_the_same_pairs_but_not_the_same_version(tmp_path, caplog, 
 def test_stage2_sizes_are_checked_before_pairs_are_loaded(tmp_path):
     missing = [tmp_path / "none.nii.gz"]
     config = reface_config()
-    config["stage2"] = {**config["stage2"], "network": {**TINY, "channels": [8] * 5}}
+    config["stage2"] = {**config["stage2"], "network": {**TINY_UNET, "channels": [8] * 5}}
     config["stage2"]["network"]["attention_levels"] = [False] * 5
     for stage in (1, 2):
         with pytest.raises(InputError, match=r"reface\.stage2\.network\.channels: 5 levels"):
             train_refacing_stage(stage, missing, missing, config, tmp_path / "x.pt", "cpu")
     config = {**reface_config(), "slab_patch": 6}
-    config["stage2"] = {**config["stage2"], "network": {**TINY, "channels": [8] * 3}}
+    config["stage2"] = {**config["stage2"], "network": {**TINY_UNET, "channels": [8] * 3}}
     config["stage2"]["network"]["attention_levels"] = [False] * 3
     with pytest.raises(InputError, match=r"reface\.slab_patch: 6 is not a multiple of 4"):
         train_refacing_stage(2, missing, missing, config, tmp_path / "x.pt", "cpu")
@@ -678,7 +674,7 @@ def sphere_pairs(n, shape=(8, 8, 8), radius=2.2, seed=0):
 
 def _train_toy_stage(stage, pairs, attack, steps, path):
     config = {
-        "network": {**TINY, "in_channels": (2 if stage == 1 else 3) + 1, "out_channels": 1},
+        "network": {**TINY_UNET, "in_channels": (2 if stage == 1 else 3) + 1, "out_channels": 1},
         "schedule": {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
         "training": {
             "steps": steps,
@@ -705,6 +701,7 @@ def _train_toy_stage(stage, pairs, attack, steps, path):
     return load_sampler(path, torch.device("cpu"))[0]
 
 
+@pytest.mark.slow
 def test_a_toy_attack_learns_to_fill_a_removed_sphere_and_keeps_the_known_voxels(tmp_path):
     inputs, targets = sphere_pairs(16)
     pairs = PairSet.from_volumes(inputs, targets, factor=2)

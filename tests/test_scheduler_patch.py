@@ -14,7 +14,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from defaceaudit.workflow import scheduler_patch as sp
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import TINY_UNET
 from synthetic import synthetic_head
-from test_refacing import TINY
 
 from defaceaudit import paths
 from defaceaudit.config import validate_config
@@ -118,7 +118,7 @@ def tiny_reface(snapshots, steps=4):
         "seed": 0,
         "bf16": False,
     }
-    stage = {"network": dict(TINY), "training": training}
+    stage = {"network": dict(TINY_UNET), "training": training}
     return {
         "downsample_factor": 2,
         "schedule": {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
@@ -157,6 +157,7 @@ def trained(tmp_path_factory):
     return folder, checkpoints, pairs
 
 
+@pytest.mark.slow
 def test_snapshot_states_end_with_the_trained_weights(trained):
     _, checkpoints, _ = trained
     for stage in (1, 2):
@@ -167,6 +168,7 @@ def test_snapshot_states_end_with_the_trained_weights(trained):
             assert torch.equal(states[-1][1][key], final[key])
 
 
+@pytest.mark.slow
 def test_learning_curve_refaces_every_pair_at_every_snapshot(trained, monkeypatch):
     _, checkpoints, pairs = trained
     seen = []
@@ -193,6 +195,7 @@ def test_learning_curve_refaces_every_pair_at_every_snapshot(trained, monkeypatc
     assert np.allclose(defaced.loc[1], defaced.loc[2]) and (defaced > 1.0).all().all()
 
 
+@pytest.mark.slow
 def test_validate_refacing_writes_the_curve_its_verdict_and_figure(trained):
     folder, checkpoints, pairs = trained
     outputs = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,30 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import (
-    BIN,
-    REPO,
-    copy_run,
-    copy_workflow,
-    run_snakemake,
-)
+from helpers import BIN, REPO, copy_run, job_counts, run_snakemake
 from synthetic import synthetic_head
 
 from defaceaudit import paths
 from defaceaudit.imaging.masks import face_volume_ml
 
 pytestmark = pytest.mark.workflow
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    return copy_workflow(tmp_path)
-
-
-def job_counts(stdout: str) -> dict[str, int]:
-    """Rule -> job count from the 'Job stats' table of a dry-run."""
-    table = stdout.split("Job stats:")[1]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
 def test_dry_run_default_config_has_a_job_per_subject(workdir):
@@ -133,7 +115,7 @@ def test_bad_images_fail_alone_with_keep_going(workdir):
 
 @pytest.mark.network
 def test_tiny_demo_run_builds_cohort_and_prepares_every_subject(tiny_demo_run, tmp_path):
-    # the tiny run (conftest.TINY_DEMO_CONFIG) is shared with test_invalidation.py; this test
+    # the tiny run (helpers.TINY_DEMO_CONFIG) is shared with test_invalidation.py; this test
     # writes the report and reruns jobs below, so it works on its own copy
     done = tiny_demo_run.process
     assert done.returncode == 0, done.stderr[-3000:]

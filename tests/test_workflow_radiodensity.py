@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_workflow import run_snakemake, workdir  # noqa: F401 (fixture)
+from helpers import run_snakemake
 
 from defaceaudit import paths
 
@@ -27,7 +27,7 @@ TINY = {
 }
 
 
-def test_tiny_radiodensity_study_trains_a_model_per_image_type(workdir):  # noqa: F811
+def test_tiny_radiodensity_study_trains_a_model_per_image_type(workdir):
     targets = [paths.RADIODENSITY_TABLES["table"], paths.RADIODENSITY_FIGURE]
     done = run_snakemake(workdir, *targets, "--cores", "2", config=TINY)
     assert done.returncode == 0, done.stderr[-3000:]

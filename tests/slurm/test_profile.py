@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, copy_workflow
+from helpers import REPO, copy_workflow
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from benchlib import declared_threads  # noqa: E402 - the rules' threads, one parser

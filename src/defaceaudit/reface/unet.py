@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
 from monai.networks.nets import DiffusionModelUNet
 
 from defaceaudit.reface.sizing import required_multiple as required_multiple
@@ -93,42 +92,3 @@ def unet_from_config(cfg: Mapping) -> DiffusionModelUNet:
     if missing or unknown:
         raise ValueError(f"UNet config: missing keys {missing}, unknown keys {unknown}")
     return build_unet(**cfg)
-
-
-def _randomise(params: Sequence[torch.nn.Parameter], generator: torch.Generator, std: float):
-    with torch.no_grad():
-        for p in params:
-            values = torch.randn(p.shape, generator=generator, dtype=torch.float64) * std
-            p.copy_(values.to(p))
-
-
-def randomise_output_layer(
-    model: DiffusionModelUNet, generator: torch.Generator, std: float = 0.1
-) -> DiffusionModelUNet:
-    """For tests: draw the output convolution's weight and bias from ``N(0, std^2)``.
-
-    MONAI zero-initialises that convolution, so an untrained network returns 0 everywhere and a
-    test comparing two code paths on it passes trivially. ``generator`` is a CPU generator.
-    Returns ``model`` (changed in place)."""
-    conv = model.out[-1].conv
-    _randomise([conv.weight, conv.bias], generator, std)
-    return model
-
-
-def randomise_zero_initialised(
-    model: torch.nn.Module, generator: torch.Generator, std: float = 0.1
-) -> torch.nn.Module:
-    """For tests: redraw from ``N(0, std^2)`` every convolution weight that is all zero.
-
-    Besides the output layer, MONAI zero-initialises the second convolution of each residual
-    block, the only path through which the timestep embedding reaches the output; after this the
-    output depends on ``t`` as well. Returns ``model`` (changed in place)."""
-    params = []
-    for module in model.modules():
-        is_conv = isinstance(module, torch.nn.Conv1d | torch.nn.Conv2d | torch.nn.Conv3d)
-        if is_conv and not bool(torch.any(module.weight != 0)):
-            params.append(module.weight)
-            if module.bias is not None:
-                params.append(module.bias)
-    _randomise(params, generator, std)
-    return model
