@@ -66,7 +66,7 @@ def test_schedule_linear_betas_and_round_trip():
     assert schedule.alphas_cumprod.shape == (1000,)
     assert schedule.alphas_cumprod[0].item() == pytest.approx(1 - 1e-4)
     assert torch.all(schedule.alphas_cumprod[1:] < schedule.alphas_cumprod[:-1])
-    # the paper's linear betas: 1e-4 to 0.02 over T = 1000 (NOTES.md), alpha-bar_T by hand
+    # linear betas 1e-4 to 0.02 over T = 1000 (Ho et al. 2020, section 4), alpha-bar_T by hand
     betas = [1e-4 + (0.02 - 1e-4) * t / 999 for t in range(1000)]
     assert schedule.as_dict()["beta_end"] == 0.02
     assert schedule.alphas_cumprod[-1].item() == pytest.approx(math.prod(1 - b for b in betas))

@@ -24,8 +24,8 @@ def world(img):
 def template():
     """Synthetic template head with nose, and a face mask: 0 (remove) where y > 80, z < 0 mm.
 
-    (The brief's y > 60, z < 10 box cuts into this synthetic brain, which reaches y = 79 mm
-    at z = 10 mm; this box stays about 5 mm clear of it.)
+    (A y > 60, z < 10 box would cut into this synthetic brain, which reaches y = 79 mm at
+    z = 10 mm; this box stays about 5 mm clear of it.)
     """
     img, brain = synthetic_head(seed=0)
     _, y, z = world(img)

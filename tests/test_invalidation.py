@@ -1,5 +1,5 @@
-"""What reruns when something changes (issue 7, point 4; README, "What reruns when something
-changes"), each guarantee checked on a copy of the shared tiny demo run (conftest.tiny_demo_run):
+"""What reruns when something changes, each guarantee checked on a copy of the shared tiny demo
+run (the fixture ``tiny_demo_run`` of conftest.py):
 
 1. new content in one test subject's T1w reruns only that subject's jobs and the aggregates;
 2. a changed metric parameter reruns metric jobs and aggregates only;

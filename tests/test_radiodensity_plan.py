@@ -1,4 +1,5 @@
-"""Which models the radiodensity study trains, and the targets it adds (radiodensity.plan)."""
+"""Which models the radiodensity study trains, and the targets it adds
+(workflow.radiodensity_plan)."""
 
 from pathlib import Path
 

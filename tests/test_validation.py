@@ -1,5 +1,5 @@
-"""The refacing attack's convergence guard (diffusion.validation) and the held-out training
-subjects it is measured on (diffusion.jobs)."""
+"""The refacing attack's convergence guard (reface.validation) and the held-out training
+subjects it is measured on (workflow.reface_jobs)."""
 
 import json
 

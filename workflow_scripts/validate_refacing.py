@@ -1,5 +1,5 @@
 """Snakemake adapter: a refacing model pair's learning curve and convergence verdict
-(diffusion.validation)."""
+(reface.validation)."""
 
 from defaceaudit.reface.validation import validate_refacing
 from defaceaudit.workflow.run_step import run_step

@@ -2,8 +2,8 @@
 
 Arrays are ``[X, Y, Z]`` on a RAS grid (axis 0 Right, 1 Anterior, 2 Superior); voxel sizes in mm
 come from the affine's column norms. The figure is drawn with matplotlib's Agg canvas (no screen,
-no pyplot state) and written atomically. Renderings of real heads show identifiable faces: keep
-them out of version control (``/work/shared/NOTES.md``).
+no pyplot state) and written atomically. Renderings of real heads show identifiable faces of
+real volunteers: keep them out of version control, as the volumes are.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Self-describing training checkpoints (STYLE points 9-12), written atomically.
+"""Self-describing training checkpoints, written atomically: sampling rebuilds the network
+from the checkpoint's own settings, not from the current config.
 
 A checkpoint is one ``torch.save`` file holding a plain dict:
 

@@ -3,8 +3,9 @@
 The paper's models predict x0; at every step the noise estimate is derived from it
 (``eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)``, first part of eq. 12) and eq. 12 gives the less
 noisy image. The loop is written here over an explicit timestep list rather than taken from
-MONAI's ``DDIMScheduler``, which reads the wrong cumulative alpha for strided timesteps (NOTES,
-"Diffusion and networks").
+MONAI's ``DDIMScheduler`` (1.6), which reads the wrong cumulative alpha for strided timesteps:
+``set_timesteps(N)`` spaces them by rounding ``linspace(T - 1, 0, N)`` ([999, 874, ...] for
+N = 9), while ``step`` takes the previous one as ``t - T // N``.
 
 Tensors are ``[B, C, *spatial]``, intensities in [-1, 1]. The number of DDIM steps and eta are
 chosen at sampling time, independent of training.

