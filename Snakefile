@@ -45,6 +45,7 @@ include: "rules/deface.smk"
 include: "rules/deface_containers.smk"
 include: "rules/reface.smk"
 include: "rules/metrics.smk"
+include: "rules/face_recognition.smk"
 include: "rules/radiodensity.smk"
 include: "rules/report.smk"
 

@@ -15,4 +15,6 @@ run_step(
     seed=snakemake.params.seed,
     probe_vertices=snakemake.params.probe_vertices,
     workers=snakemake.threads,
+    face_recognition_summary=snakemake.input.get("face_recognition_summary"),
+    face_recognition_markdown=snakemake.input.get("face_recognition_markdown"),
 )

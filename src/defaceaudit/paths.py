@@ -196,6 +196,25 @@ REIDENTIFICATION = {
     "summary": f"{METRICS}/reidentification.tsv",
     "markdown": f"{METRICS}/reidentification.md",
 }
+
+
+def face_view_files(subject: str) -> dict[str, str]:
+    """Per re-identified test subject: its images rendered as face photographs (npz; real
+    faces: never commit them) and the faces a recognizer found and embedded in them (npz)."""
+    stage = "metrics/face_recognition"
+    return {
+        "renderings": stage_file(stage, subject, "views", "faces", ".npz"),
+        "embeddings": stage_file(stage, subject, "views", "embeddings", ".npz"),
+    }
+
+
+#: re-identification by a face recognizer on the renderings: ranks, summary (its rows join
+#: REIDENTIFICATION's summary) and Markdown
+FACE_RECOGNITION = {
+    "ranks": f"{METRICS}/face_recognition_ranks.tsv",
+    "summary": f"{METRICS}/face_recognition.tsv",
+    "markdown": f"{METRICS}/face_recognition.md",
+}
 FIGURES = f"{RESULTS}/figures"
 FIGURE_FILES = {
     "masd": f"{FIGURES}/face_masd.png",
@@ -208,6 +227,12 @@ FIGURE_FILES = {
 def face_panel_file(subject: str) -> str:
     """Side-by-side face renderings of one test subject (paper Figures 3 and 4)."""
     return f"{FIGURES}/faces/sub-{subject}_faces.png"
+
+
+def face_view_sheet(subject: str) -> str:
+    """The face-recognition renderings of one test subject, with the faces found (PRIVATE:
+    identifiable faces, in the report only)."""
+    return f"{FIGURES}/faces/sub-{subject}_recognition.png"
 
 
 REPORT = f"{RESULTS}/report.html"

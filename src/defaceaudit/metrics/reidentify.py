@@ -38,7 +38,7 @@ from scipy.spatial import cKDTree
 from defaceaudit.metrics.face_tables import format_ci
 from defaceaudit.metrics.template_space import FaceRegion, load_faces
 from defaceaudit.stats.bootstrap import bootstrap_mean_ci
-from defaceaudit.tables import atomic_path, write_tsv
+from defaceaudit.tables import atomic_path, read_tsv, write_tsv
 
 RANKS = (1, 5)
 #: image types in the order of the tables: the ceiling first
@@ -195,19 +195,21 @@ def _probe_order(frame: pd.DataFrame) -> pd.DataFrame:
 def summarise_ranks(ranks: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Rank-k rates per test set, image type and image, with percentile bootstrap 95% CIs over
     probes, beside chance (k / N for the test set's N gallery faces); NaN where k >= N / 2
-    (:func:`reported_rank`). ``n_no_face`` counts the probes with no face left in the region
-    (ranked at random). Rows in the order of :data:`PROBE_TYPES` (the ceiling, ``original``,
-    first)."""
+    (:func:`reported_rank`). ``n_no_face`` counts the probes with no face: a ``no_face``
+    column where the ranks have one (a face recognizer's, whose probes without a face have no
+    rank: never identified, last for the median), else no vertex left in the region (ranked at
+    random). Rows in the order of :data:`PROBE_TYPES` (the ceiling, ``original``, first)."""
     rows = []
     for key, group in ranks.groupby(list(SUMMARY_KEYS), sort=True):
         n_gallery = int(group["n_gallery"].iloc[0])
+        no_face = group["no_face"].astype(bool) if "no_face" in group else group["n_vertices"] == 0
         row = dict(zip(SUMMARY_KEYS, key, strict=True))
         row.update(
             {
                 "n_probes": len(group),
-                "n_no_face": int((group["n_vertices"] == 0).sum()),
+                "n_no_face": int(no_face.sum()),
                 "n_gallery": n_gallery,
-                "median_rank": float(group["rank"].median()),
+                "median_rank": float(group["rank"].fillna(n_gallery).median()),
             }
         )
         for k in RANKS:
@@ -330,6 +332,8 @@ def reidentify_faces(
     seed: int = 0,
     probe_vertices: int = PROBE_VERTICES,
     workers: int = -1,
+    face_recognition_summary: str | os.PathLike | None = None,
+    face_recognition_markdown: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Re-identification over files.
 
@@ -345,6 +349,12 @@ def reidentify_faces(
         region: ``{"mask": NIfTI, "sidecar": JSON}`` of the face region (None: whole faces).
         notes: lines added under the Markdown table (why a test set is left out).
         probe_vertices, workers: as in :func:`rank_probes` (``seed`` seeds the subsets too).
+        face_recognition_summary, face_recognition_markdown: the face-recognition matcher's
+            summary (TSV) and table (Markdown) of
+            :func:`defaceaudit.metrics.face_recognition.match_face_embeddings`: its rows join
+            the summary and its table follows this one (None: not run).
+    The summary's ``matcher`` column tells the rows apart: ``surface`` (these ranks) or
+    ``face_recognition``.
     """
     face_region = None
     if region:
@@ -365,8 +375,15 @@ def reidentify_faces(
         workers=workers,
     )
     summary = summarise_ranks(ranks, n_resamples=n_resamples, seed=seed)
+    summary.insert(0, "matcher", "surface")
+    text = _markdown(summary, notes)
+    if face_recognition_summary:
+        recognized = read_tsv(face_recognition_summary, "face-recognition summary")
+        summary = pd.concat([summary, recognized], ignore_index=True)[summary.columns]
+    if face_recognition_markdown:
+        text += "\n" + Path(face_recognition_markdown).read_text()
     write_tsv(_probe_order(ranks) if len(ranks) else ranks, out["ranks"])
     write_tsv(summary, out["summary"])
     with atomic_path(out["markdown"]) as tmp:
-        tmp.write_text(_markdown(summary, notes))
+        tmp.write_text(text)
     return summary

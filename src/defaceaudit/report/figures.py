@@ -495,7 +495,8 @@ def plot_reidentification(
     """Face re-identification rates with 95% CIs per defacer (x) and image type (colour).
 
     Panel rows: rank-1 and rank-5 identification rates (a probe counts as identified when its own
-    original face is among the 1 or 5 gallery faces nearest to it); columns: test sets. The
+    original face is among the 1 or 5 gallery faces nearest to it), per matcher where a
+    ``matcher`` column names several (``surface``, ``face_recognition``); columns: test sets. The
     chance rate (``chance_rank1``/``chance_rank5``, k / gallery size) is drawn as a dashed
     segment per defacer. Rates in percent. A table with ``image`` but no ``defacer`` column (as
     :func:`defaceaudit.metrics.reidentify.summarise_ranks` groups) is plotted per image instead.
@@ -516,14 +517,19 @@ def plot_reidentification(
     if reid.empty:
         notes.append("no re-identification results (nothing computed yet?)")
     # rank-k is reported only where k is under half the gallery: no empty row for the others
-    ranks = [1] + [
-        k for k in (5,) if f"rank{k}_rate" in reid.columns and reid[f"rank{k}_rate"].notna().any()
+    matchers = list(dict.fromkeys(reid["matcher"].dropna())) if "matcher" in reid.columns else []
+    subsets = [(m, reid[reid["matcher"] == m]) for m in matchers] or [("", reid)]
+    panel_rows = [
+        (matcher, k, subset)
+        for matcher, subset in subsets
+        for k in (1, 5)
+        if k == 1 or (f"rank{k}_rate" in subset.columns and subset[f"rank{k}_rate"].notna().any())
     ]
-    fig = _new_figure(3.2 + 3.0 * len(test_sets), 0.9 + 2.7 * len(ranks))
-    axes = fig.subplots(len(ranks), len(test_sets), squeeze=False, sharey=True)
+    fig = _new_figure(3.2 + 3.0 * len(test_sets), 0.9 + 2.7 * len(panel_rows))
+    axes = fig.subplots(len(panel_rows), len(test_sets), squeeze=False, sharey=True)
     percent = FuncFormatter(lambda v, _: f"{100 * v:g}%")
     drew_chance = False
-    for r, k in enumerate(ranks):
+    for r, (matcher, k, subset) in enumerate(panel_rows):
         rate, low, high, chance = (
             f"rank{k}_rate",
             f"rank{k}_ci_low",
@@ -532,11 +538,12 @@ def plot_reidentification(
         )
         for c, test_set in enumerate(test_sets):
             ax = axes[r, c]
-            panel = reid[reid["test_set"] == test_set]
+            panel = subset[subset["test_set"] == test_set]
             if r == 0:
                 ax.set_title(_panel_title(test_set, panel.get("n_probes", pd.Series())))
             if c == 0:
-                ax.set_ylabel(f"rank-{k} identification rate", fontsize=9)
+                by = f"{matcher.replace('_', ' ')}\n" if len(matchers) > 1 else ""
+                ax.set_ylabel(f"{by}rank-{k} identification rate", fontsize=9)
             if panel.empty or rate not in panel.columns:
                 _empty_panel(ax, "no data")
                 continue

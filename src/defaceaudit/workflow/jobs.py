@@ -19,6 +19,7 @@ from defaceaudit import paths
 from defaceaudit.cohort import cohort_frame
 from defaceaudit.deface import containers
 from defaceaudit.workflow import deface_jobs, reface_jobs
+from defaceaudit.workflow import face_recognition_jobs as face_jobs
 from defaceaudit.workflow import metrics_jobs as metric_jobs
 from defaceaudit.workflow.deface_plan import freesurfer_license, with_backend
 from defaceaudit.workflow.plan import RunPlan
@@ -214,7 +215,9 @@ class RunJobs:
         return metric_jobs.face_region_subjects(self.reid)
 
     def reidentification_files(self, wildcards):
-        return metric_jobs.reidentification_inputs(self.cohort, self.metrics, self.reid)
+        """The surface matcher's inputs and the face-recognition matcher's summary."""
+        files = metric_jobs.reidentification_inputs(self.cohort, self.metrics, self.reid)
+        return {**files, **face_jobs.face_recognition_summary(self.metrics, self.reid)}
 
     def reidentification_gallery(self, wildcards):
         return metric_jobs.reidentification_gallery(self.reid)
@@ -227,6 +230,30 @@ class RunJobs:
 
     def reidentification_notes(self, wildcards):
         return list(self.reid.notes)
+
+    def face_recognition_subject_pattern(self):
+        """Wildcard regex of the subjects whose faces are rendered (never matches if none)."""
+        subjects = face_jobs.face_recognition_subjects(self.metrics, self.reid)
+        return "|".join(subjects) if subjects else "(?!x)x"
+
+    def face_view_inputs(self, wildcards):
+        return face_jobs.face_view_images(self.cohort, self.metrics, wildcards.subject)
+
+    def face_embedding_inputs(self, wildcards):
+        settings = face_jobs.recognizer_settings(self.config)
+        return face_jobs.face_embedding_inputs(wildcards.subject, settings)
+
+    def face_recognizer(self, wildcards):
+        return face_jobs.recognizer_settings(self.config).as_params()
+
+    def face_recognizer_label(self, wildcards):
+        return face_jobs.recognizer_settings(self.config).label()
+
+    def face_embedding_sets(self, wildcards):
+        return face_jobs.face_embedding_sets(self.cohort, self.metrics, self.reid)
+
+    def face_embedding_files(self, wildcards):
+        return [f for s in self.face_embedding_sets(wildcards).values() for f in s.values()]
 
     def face_panel_inputs(self, wildcards):
         return metric_jobs.face_panel_inputs(self.metrics, wildcards.subject)

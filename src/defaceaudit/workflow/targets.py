@@ -51,7 +51,8 @@ def all_targets(
     ``radiodensity``: (workflow.radiodensity_plan.radiodensity_plan); none -> no radiodensity
     study.
     """
-    from defaceaudit.workflow.metrics_jobs import metric_targets
+    from defaceaudit.workflow.face_recognition_jobs import face_recognition_targets
+    from defaceaudit.workflow.metrics_jobs import metric_targets, reidentification_plan
 
     targets = [paths.COHORT_TABLE, *demo_targets(cohort)]
     for subject in cohort.subjects:
@@ -59,6 +60,9 @@ def all_targets(
     targets += deface_targets(cohort, defacers or {})
     if metric_plan is not None:
         targets += metric_targets(cohort, metric_plan, n_panel_subjects)
+        targets += face_recognition_targets(
+            cohort, metric_plan, reidentification_plan(cohort, metric_plan), n_panel_subjects
+        )
     if radiodensity is not None:
         targets += radiodensity_outputs(cohort, radiodensity)
     return sorted(set(targets))
