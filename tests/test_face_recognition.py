@@ -138,6 +138,7 @@ def test_identical_renderings_match(recognizer):
     assert (ranks["rank"] == 1).all() and (ranks["distance_own"] == 0).all()
 
 
+@pytest.mark.slow
 def test_another_session_of_a_synthetic_face_is_identified(synthetic_faces):
     gallery = {s: faces[0] for s, faces in synthetic_faces.items()}
     probes = _probes({s: faces[1] for s, faces in synthetic_faces.items()})
@@ -145,6 +146,7 @@ def test_another_session_of_a_synthetic_face_is_identified(synthetic_faces):
     assert (ranks["rank"] == 1).mean() >= 0.75, ranks[["subject", "rank", "nearest"]]
 
 
+@pytest.mark.slow
 def test_a_head_without_its_face_is_never_identified(synthetic_faces):
     # dlib finds no face on a defaced synthetic head: the probe is not identified
     gallery = {s: faces[0] for s, faces in synthetic_faces.items()}
@@ -264,6 +266,7 @@ def _write_subject(folder, seed):
     return paths
 
 
+@pytest.mark.slow
 def test_render_embed_match_over_files_and_merge_into_reidentification(tmp_path):
     from defaceaudit.report.face_views import plot_face_views
 
@@ -361,6 +364,7 @@ def _demo_heads():
     return heads or None
 
 
+@pytest.mark.slow
 def test_the_demo_heads_render_as_faces_that_dlib_finds(recognizer):
     heads = _demo_heads()
     if heads is None:
