@@ -5,6 +5,8 @@ ONNX path on a tiny model made here, the config checks at DAG time, the tables o
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -340,6 +342,13 @@ def test_the_face_recognition_plan_renders_each_reidentified_subject(tmp_path):
     assert run.face_embedding_inputs(type("W", (), {"subject": "in01"})) == {
         "renderings": paths.face_view_files("in01")["renderings"]
     }
+    # planning imports neither dlib nor onnxruntime (snakemake -n stays fast)
+    probe = (
+        "import sys; from defaceaudit.workflow import jobs, face_recognition_jobs; "
+        "print(sorted({'dlib', 'onnxruntime', 'torch'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
     # off: no rendering, no merged rows
     config["metrics"]["face_recognition"]["enabled"] = False
     off = RunJobs(plan_run(config), config)
