@@ -96,6 +96,15 @@ class RecognizerSettings:
         where = "config metrics.face_recognition"
         if self.name not in RECOGNIZERS:
             raise InputError(f"{where}.recognizer: {self.name!r} is not one of {RECOGNIZERS}")
+        # found, not imported: the DAG never loads dlib or onnxruntime
+        needed = {"dlib": "dlib-bin==20.0.1.post1"}
+        if self.name == "onnx":
+            needed["onnxruntime"] = "onnxruntime==1.31.1"
+        for module, package in needed.items():
+            if importlib.util.find_spec(module) is None:
+                raise InputError(
+                    f"face recognition: {module} is not installed (pip install {package})"
+                )
         if self.name == "dlib":
             for name in DLIB_MODELS.values():
                 dlib_model_file(name)
