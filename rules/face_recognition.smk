@@ -18,8 +18,8 @@ rule render_face_views:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=2000,
-        runtime=15,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(15),
     script:
         "../workflow_scripts/render_face_views.py"
 
@@ -38,8 +38,8 @@ rule embed_face_views:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=2000,
-        runtime=15,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(15),
     params:
         recognizer=JOBS.face_recognizer,
     script:
@@ -83,7 +83,7 @@ rule plot_face_views:
     conda:
         "../envs/defaceaudit.yaml"
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(5),
     script:
         "../workflow_scripts/plot_face_views.py"
