@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import nibabel as nib
+import numpy as np
 import pytest
 from helpers import TINY_DEMO_CONFIG, TinyRun, copy_workflow, run_snakemake
 from synthetic import synthetic_head
+
+from defaceaudit.prepare.subject import prepare_subject
 
 
 @pytest.fixture
 def head_and_brain():
     """A 4 mm synthetic head image and its brain mask (see synthetic.synthetic_head)."""
     return synthetic_head()
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    """A 4 mm synthetic head through prepare_subject: its t1w, head_mask and brain_mask files."""
+    img, brain = synthetic_head()
+    nib.save(img, tmp_path / "in.nii.gz")
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), img.affine), tmp_path / "mask.nii.gz")
+    files = {k: tmp_path / f"{k}.nii.gz" for k in ("t1w", "head_mask", "brain_mask")}
+    prepare_subject(
+        tmp_path / "in.nii.gz", {**files, "summary": tmp_path / "s.json"}, tmp_path / "mask.nii.gz"
+    )
+    return files
 
 
 @pytest.fixture

@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import nibabel as nib
+import numpy as np
 import yaml
+from scipy.spatial.transform import Rotation
 
 from defaceaudit import paths
+from defaceaudit.imaging.register import resample
 
 if TYPE_CHECKING:  # torch is imported by the network helpers only, when called
     import torch
@@ -92,6 +96,58 @@ class TinyRun:
     path: Path
     config: dict
     process: subprocess.CompletedProcess
+
+
+# -- synthetic heads: coordinates, a moved copy, a defacing's outputs ---------------------------
+
+
+def world(img):
+    """World coordinates (RAS mm) of every voxel centre, [3, X, Y, Z]."""
+    ijk = np.indices(img.shape[:3]).reshape(3, -1)
+    xyz = img.affine[:3, :3] @ ijk + img.affine[:3, 3:]
+    return xyz.reshape((3, *img.shape[:3]))
+
+
+def subject_of(img, brain, *, angles=(4.0, -3.0, 5.0), shift=(5.0, -6.0, 3.0)):
+    """A rigidly moved copy of a synthetic head; returns (image, brain, subject->template 4x4)."""
+    t = np.eye(4)
+    t[:3, :3] = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
+    t[:3, 3] = shift
+    data = resample(img, img, t)  # subject(q) = template(t @ q)
+    moved_brain = resample((brain.astype(np.float32), img.affine), img, t) > 0.5
+    return nib.Nifti1Image(data, img.affine), moved_brain, t
+
+
+def expected_region(subject, t):
+    """The face box (template y > 80, z < 0) in subject voxels, given subject->template t."""
+    xyz = world(subject).reshape(3, -1)
+    tx = t[:3, :3] @ xyz + t[:3, 3:]
+    return ((tx[1] > 80) & (tx[2] < 0)).reshape(subject.shape)
+
+
+def dice(a, b):
+    """Dice overlap of two boolean arrays."""
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def deface_outputs(folder: Path) -> dict[str, Path]:
+    """The output paths of one defacing job in ``folder`` (t1w, removed, sidecar, qc, png)."""
+    names = {"t1w": "d.nii.gz", "removed": "r.nii.gz", "sidecar": "d.json", "qc": "q.json"}
+    return {**{k: folder / v for k, v in names.items()}, "png": folder / "q.png"}
+
+
+def fake_pydeface(prepared, folder):
+    """A fake pydeface output in ``folder`` for the prepared subject ``prepared`` (the fixture of
+    conftest.py): raw.nii.gz with the face (y > 60 mm, z < 0 mm) zeroed, pydeface's kept mask
+    keep.nii.gz (1 = keep) and a Snakemake benchmark file; returns the removed voxels (bool)."""
+    img = nib.load(prepared["t1w"])
+    xyz = nib.affines.apply_affine(img.affine, np.indices(img.shape).reshape(3, -1).T)
+    face = ((xyz[:, 1] > 60) & (xyz[:, 2] < 0)).reshape(img.shape)
+    data = img.get_fdata(dtype=np.float32)
+    nib.save(nib.Nifti1Image(np.where(face, 0, data), img.affine), folder / "raw.nii.gz")
+    nib.save(nib.Nifti1Image((~face).astype(np.uint8), img.affine), folder / "keep.nii.gz")
+    (folder / "bench.tsv").write_text("s\th:m:s\n12.5\t0:00:12\n")
+    return face & (data != 0)
 
 
 # -- networks with random weights --------------------------------------------------------------

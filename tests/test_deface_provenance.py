@@ -2,17 +2,14 @@
 check, and the dry-run of the mideface / afni_refacer2 container scenario."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-from test_deface import fake_pydeface, outputs, prepared  # noqa: F401 (fixture)
+from helpers import REPO, deface_outputs, fake_pydeface, run_snakemake
 
 from defaceaudit import paths
 from defaceaudit.config import validate_config
@@ -28,7 +25,6 @@ from defaceaudit.errors import DefaceAuditError, InputError
 from defaceaudit.workflow.deface_jobs import container_finalize_inputs, container_params
 from defaceaudit.workflow.deface_plan import defacer_plan, freesurfer_license, license_bind
 
-REPO = Path(__file__).resolve().parents[1]
 DIGEST = "sha256:" + "ab" * 32
 SCENARIO = REPO / "tests" / "configs" / "mideface_afni.yaml"
 
@@ -97,8 +93,8 @@ def test_an_output_over_its_input_is_refused(tmp_path):
         refuse_overwrite({"t1w": tmp_path / "." / "t1w.nii.gz"}, [source])
 
 
-def test_native_defacing_writes_the_provenance_sidecar(prepared, tmp_path):  # noqa: F811
-    out = outputs(tmp_path / "out")
+def test_native_defacing_writes_the_provenance_sidecar(prepared, tmp_path):
+    out = deface_outputs(tmp_path / "out")
     deface_native("quickshear", {k: str(v) for k, v in prepared.items()}, out, {"buffer": 4})
     record = json.loads(out["sidecar"].read_text())
     assert record["version"] == "1.2.0" and record["backend"] == "native"
@@ -113,7 +109,7 @@ def test_native_defacing_writes_the_provenance_sidecar(prepared, tmp_path):  # n
         )
 
 
-def test_mideface_output_is_finalised_with_its_face_label_mask(prepared, tmp_path):  # noqa: F811
+def test_mideface_output_is_finalised_with_its_face_label_mask(prepared, tmp_path):
     face = fake_pydeface(prepared, tmp_path)  # the face zeroed in raw.nii.gz
     img = nib.load(prepared["t1w"])
     data = img.get_fdata(dtype=np.float32)
@@ -123,7 +119,7 @@ def test_mideface_output_is_finalised_with_its_face_label_mask(prepared, tmp_pat
     labels = np.where(face, 3, 0).astype(np.uint8)
     nib.save(nib.Nifti1Image(labels, img.affine), tmp_path / "face.nii.gz")
     (tmp_path / "command.txt").write_text("set -euo pipefail; mideface --i a --o b\n")
-    out = outputs(tmp_path / "out")
+    out = deface_outputs(tmp_path / "out")
     finalize_container_deface(
         "mideface",
         prepared,
@@ -172,19 +168,6 @@ def test_licence_bind_is_read_only_and_added_once():
     assert license_bind(args, "/opt/fs/license.txt") == args
 
 
-def snakemake(workdir, *args):
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(
-        [str(bin_dir / "snakemake"), "--directory", str(workdir), *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.workflow
 def test_dry_run_plans_mideface_and_afni_refacer2_from_local_images(tmp_path):
     workdir = paths.copy_workflow(REPO, tmp_path / "wf")
@@ -192,7 +175,7 @@ def test_dry_run_plans_mideface_and_afni_refacer2_from_local_images(tmp_path):
     scenario = yaml.safe_load(SCENARIO.read_text())
     images = scenario["deface"]["containers"]
     (workdir / "license.txt").write_text("stand-in licence\n")
-    done = snakemake(workdir, "-n", "-p", "--configfile", SCENARIO.name)
+    done = run_snakemake(workdir, "-n", "-p", "--configfile", SCENARIO.name, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     commands = [line for line in done.stdout.splitlines() if line.startswith("Shell command:")]
     subjects = [f"tr{i:02d}" for i in range(1, 7)] + ["in01", "ex01"]
@@ -215,7 +198,7 @@ def test_dry_run_plans_mideface_and_afni_refacer2_from_local_images(tmp_path):
     assert "describe_defaced_dataset" in done.stdout
     # without the licence file: one line, at DAG time
     (workdir / "license.txt").unlink()
-    done = snakemake(workdir, "-n", "--configfile", SCENARIO.name)
+    done = run_snakemake(workdir, "-n", "--configfile", SCENARIO.name, timeout=300)
     assert done.returncode == 1
     lines = [
         line for line in (done.stdout + done.stderr).splitlines() if "freesurfer_license" in line

@@ -3,21 +3,14 @@
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import dice, expected_region, subject_of, world
 from scipy import ndimage
-from scipy.spatial.transform import Rotation
 from synthetic import synthetic_head
 
 from defaceaudit.deface.avgface import average_head, reface_avgface
 from defaceaudit.deface.facemask import METHOD, deface_facemask
 from defaceaudit.errors import ImageError
 from defaceaudit.imaging.register import resample
-
-
-def world(img):
-    """World coordinates (RAS mm) of every voxel centre, [3, X, Y, Z]."""
-    ijk = np.indices(img.shape[:3]).reshape(3, -1)
-    xyz = img.affine[:3, :3] @ ijk + img.affine[:3, 3:]
-    return xyz.reshape((3, *img.shape[:3]))
 
 
 @pytest.fixture(scope="module")
@@ -32,27 +25,6 @@ def template():
     keep = ~((y > 80) & (z < 0))
     mask = nib.Nifti1Image(keep.astype(np.float32), img.affine)
     return img, brain, mask
-
-
-def subject_of(img, brain, *, angles=(4.0, -3.0, 5.0), shift=(5.0, -6.0, 3.0)):
-    """A rigidly moved copy of a synthetic head; returns (image, brain, subject->template 4x4)."""
-    t = np.eye(4)
-    t[:3, :3] = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
-    t[:3, 3] = shift
-    data = resample(img, img, t)  # subject(q) = template(t @ q)
-    moved_brain = resample((brain.astype(np.float32), img.affine), img, t) > 0.5
-    return nib.Nifti1Image(data, img.affine), moved_brain, t
-
-
-def expected_region(subject, t):
-    """The face box (template y > 80, z < 0) in subject voxels, given subject->template t."""
-    xyz = world(subject).reshape(3, -1)
-    tx = t[:3, :3] @ xyz + t[:3, 3:]
-    return ((tx[1] > 80) & (tx[2] < 0)).reshape(subject.shape)
-
-
-def dice(a, b):
-    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 def test_bad_average_head_subject_cancels_pending_registrations(template, tmp_path, monkeypatch):

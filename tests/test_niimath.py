@@ -3,8 +3,8 @@
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import dice, expected_region, subject_of, world
 from synthetic import synthetic_head
-from test_facemask_avgface import dice, expected_region, subject_of, world
 
 from defaceaudit.deface.niimath import (
     METHOD,
