@@ -1,8 +1,7 @@
 """Seconds per subject of face-recognition re-identification: rendering and embedding.
 
     python benchmarks/bench_face_recognition.py [--results DIR] [--subject ID]
-                                                [--reference benchmarks/reference/face_recognition.json]
-                                                [--save FILE]
+        [--reference benchmarks/reference/face_recognition.json] [--save FILE]
 
 Rows (each in a fresh subprocess on one thread, as the workflow runs the jobs):
 

@@ -48,25 +48,28 @@ def native_params(defacer: str, deface: dict) -> dict:
 
 
 def container_params(defacer: str, deface: dict) -> dict:
-    """The container tool's settings, as recorded in the defaced image's sidecar."""
-    params = {
-        "quickshear": {"buffer_voxels": deface["quickshear_buffer"]},
-        "pydeface": {"cost": deface["pydeface_cost"], "nocleanup": True},
-        "mri_deface": {"atlas_dir": deface["mri_deface_atlas_dir"]},
-        "mri_reface": {"imType": "T1"},
-        "fsl_deface": {},
-        "mideface": {
+    """The container tool's settings, as recorded in the defaced image's sidecar (only the
+    ``deface`` keys of ``defacer`` are read)."""
+    if defacer == "quickshear":
+        return {"buffer_voxels": deface["quickshear_buffer"]}
+    if defacer == "pydeface":
+        return {"cost": deface["pydeface_cost"], "nocleanup": True}
+    if defacer == "mri_deface":
+        return {"atlas_dir": deface["mri_deface_atlas_dir"]}
+    if defacer == "mri_reface":
+        return {"imType": "T1"}
+    if defacer == "mideface":
+        return {
             "ears": deface["mideface_ears"],
             "samseg": deface["mideface_samseg"],
             "fill_zero": False,
             "freesurfer_license": "bound read-only (deface.freesurfer_license)",
-        },
-        "afni_refacer2": {
-            "mode": deface["afni_refacer2_mode"],
-            "shell": deface["afni_refacer2_shell"],
-        },
-    }
-    return params[defacer]
+        }
+    if defacer == "afni_refacer2":
+        return {"mode": deface["afni_refacer2_mode"], "shell": deface["afni_refacer2_shell"]}
+    if defacer == "fsl_deface":
+        return {}
+    raise KeyError(f"no container defacer {defacer!r}")
 
 
 def container_finalize_inputs(defacer: str, subject: str) -> dict[str, str]:
