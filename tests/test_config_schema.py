@@ -114,3 +114,48 @@ def test_python_callers_get_the_schemas_defaults_and_its_messages():
     # sampling and the attack
     assert asdict(SamplingSettings.from_config({})) == config["reface"]["sampling"]
     assert asdict(AttackTraining.from_config({})) == config["reface"]["attack"]
+
+
+# keys that are valid one by one but not together: refused when the run is planned, before any
+# job starts, in one line naming the key (defaceaudit.reface.sizing.check_reface_config)
+CROSS_KEY = [
+    (
+        {"stage1": {"network": {"channels": [8, 16], "attention_levels": [False] * 3}}},
+        "config reface.stage1.network.attention_levels: 3 entries",
+    ),
+    (
+        {"stage2": {"network": {"channels": [6, 12], "attention_levels": [False, False]}}},
+        "config reface.stage2.network.channels: [6, 12] must all be divisible by",
+    ),
+    (
+        {"stage1": {"network": {"attention_levels": [False, True, False], "num_head_channels": 5}}},
+        "config reface.stage1.network.num_head_channels: 5 must divide",
+    ),
+    (
+        {"schedule": {"beta_start": 0.05, "beta_end": 0.02}},
+        "config reface.schedule.beta_start: 0.05 is above reface.schedule.beta_end = 0.02",
+    ),
+    (
+        {"stage2": {"network": {"channels": [8] * 5, "attention_levels": [False] * 5}}},
+        "config reface.stage2.network.channels: 5 levels need sizes divisible by 16",
+    ),
+]
+
+
+@pytest.mark.parametrize(("reface", "message"), CROSS_KEY)
+def test_keys_that_only_fit_together_are_refused_before_any_job(reface, message):
+    from defaceaudit.reface.sizing import check_reface_config
+    from defaceaudit.workflow.plan import plan_run
+
+    config = validate_config({"reface": reface})  # each key alone is valid
+    with pytest.raises(InputError) as err:
+        check_reface_config(config["reface"])
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    with pytest.raises(InputError, match="^config reface"):
+        plan_run(config)  # the workflow, check-inputs and targets all plan with it
+
+
+def test_the_default_refacing_networks_fit_together():
+    from defaceaudit.reface.sizing import check_reface_config
+
+    check_reface_config(validate_config({})["reface"])

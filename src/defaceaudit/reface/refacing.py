@@ -20,7 +20,7 @@ import torch
 
 from defaceaudit import __version__
 from defaceaudit.devices import bf16_autocast, device_from_config, precision_name, use_bf16
-from defaceaudit.errors import ImageError, InputError
+from defaceaudit.errors import ImageError
 from defaceaudit.imaging.masks import head_mask
 from defaceaudit.imaging.nifti import load_t1w, require_grid, save_nifti, to_ras, voxel_sizes_mm
 from defaceaudit.reface.cascade import (
@@ -40,11 +40,11 @@ from defaceaudit.reface.region import (
 )
 from defaceaudit.reface.schedule import DiffusionSchedule
 from defaceaudit.reface.sizing import (
+    check_stage2_sizes,
     factor_of,
     stage_multiple,
     training_grid,
 )
-from defaceaudit.reface.slabs import SLAB_SIZE
 from defaceaudit.reface.train import train
 from defaceaudit.reface.unet import unet_from_config
 from defaceaudit.reface.volumes import (
@@ -59,27 +59,6 @@ from defaceaudit.reface.volumes import (
 from defaceaudit.tables import write_json
 
 log = logging.getLogger(__name__)
-
-
-def check_stage2_sizes(config: dict) -> None:
-    """Raise :class:`InputError` naming the config key unless stage 2's network fits a slab of
-    :data:`~defaceaudit.reface.slabs.SLAB_SIZE` axial slices (its
-    :func:`~defaceaudit.reface.unet.required_multiple` divides the slab size) and
-    ``slab_patch`` (voxels; 0 = whole slabs) is a multiple of that multiple."""
-    multiple = stage_multiple(config["stage2"])
-    levels = multiple.bit_length()  # required_multiple = 2 ** (levels - 1)
-    if SLAB_SIZE % multiple:
-        raise InputError(
-            f"config reface.stage2.network.channels: {levels} levels need sizes divisible "
-            f"by {multiple}, but a stage-2 slab has {SLAB_SIZE} axial slices "
-            f"(at most {SLAB_SIZE.bit_length()} levels)"
-        )
-    patch = int(config.get("slab_patch", 0))
-    if patch > 0 and patch % multiple:
-        raise InputError(
-            f"config reface.slab_patch: {patch} is not a multiple of {multiple}, the size "
-            f"multiple of reface.stage2.network.channels ({levels} levels)"
-        )
 
 
 def scale_of(data: np.ndarray, path: str | os.PathLike) -> float:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 
+from defaceaudit.errors import InputError
 from defaceaudit.imaging.nifti import load_t1w
 
 #: axial slices per slab and slab stride (paper section 2.1: 8 slices, 4 overlapping)
@@ -136,3 +137,65 @@ def training_job_mb(
     shape = training_grid(defaced, reface)
     pairs, distinct = len(defaced), len(set(map(str, originals)))
     return math.ceil(training_memory_mb(stage, pairs, distinct, shape, factor_of(reface)))
+
+
+def check_reface_config(reface: dict) -> None:
+    """Raise :class:`InputError`, one line naming the key, for what the validated ``reface``
+    section's keys allow one by one but not together (the schema checks single keys):
+
+    - each stage's ``network``: one ``attention_levels`` entry per ``channels`` level, every
+      channel count divisible by ``norm_num_groups``, and by ``num_head_channels`` at the
+      levels with attention (MONAI's DiffusionModelUNet refuses them otherwise);
+    - ``schedule``: ``beta_start`` at most ``beta_end``;
+    - stage 2: :func:`check_stage2_sizes`.
+
+    Torch-free: the workflow calls it when it plans a run, before any job starts.
+    """
+    for stage in ("stage1", "stage2"):
+        network = reface[stage]["network"]
+        key = f"config reface.{stage}.network"
+        channels, attention = list(network["channels"]), list(network["attention_levels"])
+        if len(attention) != len(channels):
+            raise InputError(
+                f"{key}.attention_levels: {len(attention)} entries for the {len(channels)} "
+                f"levels of {key}.channels {channels} (one true/false per level)"
+            )
+        groups = network["norm_num_groups"]
+        if any(c % groups for c in channels):
+            raise InputError(
+                f"{key}.channels: {channels} must all be divisible by {key}.norm_num_groups "
+                f"= {groups}"
+            )
+        heads = network["num_head_channels"]
+        if any(c % heads for c, a in zip(channels, attention, strict=True) if a):
+            raise InputError(
+                f"{key}.num_head_channels: {heads} must divide the channels of every level "
+                f"with attention ({channels}, attention {attention})"
+            )
+    schedule = reface["schedule"]
+    if schedule["beta_start"] > schedule["beta_end"]:
+        raise InputError(
+            f"config reface.schedule.beta_start: {schedule['beta_start']:g} is above "
+            f"reface.schedule.beta_end = {schedule['beta_end']:g}"
+        )
+    check_stage2_sizes(reface)
+
+
+def check_stage2_sizes(reface: dict) -> None:
+    """Raise :class:`InputError` naming the config key unless stage 2's network fits a slab of
+    :data:`SLAB_SIZE` axial slices (its :func:`required_multiple` divides the slab size) and
+    ``slab_patch`` (voxels; 0 = whole slabs) is a multiple of that multiple."""
+    multiple = stage_multiple(reface["stage2"])
+    levels = multiple.bit_length()  # required_multiple = 2 ** (levels - 1)
+    if SLAB_SIZE % multiple:
+        raise InputError(
+            f"config reface.stage2.network.channels: {levels} levels need sizes divisible "
+            f"by {multiple}, but a stage-2 slab has {SLAB_SIZE} axial slices "
+            f"(at most {SLAB_SIZE.bit_length()} levels)"
+        )
+    patch = int(reface.get("slab_patch", 0))
+    if patch > 0 and patch % multiple:
+        raise InputError(
+            f"config reface.slab_patch: {patch} is not a multiple of {multiple}, the size "
+            f"multiple of reface.stage2.network.channels ({levels} levels)"
+        )

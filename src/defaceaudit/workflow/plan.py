@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from defaceaudit.cohort.load import Cohort, read_cohort
 from defaceaudit.errors import DefaceAuditError, InputError
 from defaceaudit.radiodensity.splits import MIN_TRAIN_SUBJECTS, study_splits
+from defaceaudit.reface.sizing import check_reface_config
 from defaceaudit.workflow.deface_plan import defacer_plan
 from defaceaudit.workflow.metrics_plan import POPULATION_AVERAGE_REFACERS, MetricPlan, metric_plan
 from defaceaudit.workflow.radiodensity_plan import RadiodensityPlan, radiodensity_plan
@@ -65,9 +66,12 @@ class RunPlan:
 
 
 def plan_run(config: dict) -> RunPlan:
-    """The cohort and every stage's plan for a validated ``config``, then
-    :func:`check_radiodensity_split` (InputError, one line). The workflow (rules/common.smk) and
+    """The cohort and every stage's plan for a validated ``config``: first the refacing keys
+    that only fit together (:func:`~defaceaudit.reface.sizing.check_reface_config`), then
+    :func:`check_radiodensity_split` (InputError, one line each). The workflow (rules/common.smk) and
     the ``check-inputs`` and ``targets`` commands all plan a run with this."""
+    if config["reface"]["enabled"]:
+        check_reface_config(config["reface"])
     cohort = load_cohort(config)
     defacers = defacer_plan(config["deface"])
     radiodensity = radiodensity_plan(cohort, defacers, config["radiodensity"])
