@@ -14,7 +14,7 @@ default):
   seconds of every refacing job (Snakemake's benchmark files), beside the
   ``bench_metrics.py`` calibration row where ``--calibrate`` asks for it.
 
-The criteria (issue "The refacing attack must work", point 1): every subject's DPM MASD below
+The criteria of a working attack: every subject's DPM MASD below
 its defaced MASD in both directions, each mean ratio at most 0.5, and every volume ratio within
 0.75-1.25. The exit status is 0 when all hold, 1 otherwise.
 

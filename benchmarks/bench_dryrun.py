@@ -12,7 +12,7 @@ the repository's results/ is touched. Columns: jobs in the DAG, wall-clock secon
 of the Snakemake process (user + system; less inflated than the wall clock by other work on the
 machine), peak memory (the process's maximum resident set) and wall milliseconds per job. Below
 the table: a least-squares line through (subjects, seconds), with its slope (seconds per
-subject), intercept and R^2, for this run and the reference. Goal (issue 7): 20 s or less at 664
+subject), intercept and R^2, for this run and the reference. Goal: 20 s or less at 664
 subjects on 2 cores, linear growth. ``--workflow`` dry-runs another checkout (for example one
 before a change); the package imported is always the installed one.
 

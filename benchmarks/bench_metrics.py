@@ -25,8 +25,8 @@ Each row runs in a fresh subprocess (this script with ``--child``, through
 when the original's head mask is precomputed (the pipeline's prepare stage makes it): total minus
 the original's mask; "CPU" is the process's CPU time over masks and metrics (all threads), which
 a busy machine inflates less than the wall-clock seconds. The figures are printed beside a
-reference run (the JSON of an earlier run, committed; ``--save-reference`` overwrites it). Goal
-(issue 4): 5 s or less on 2 cores. The machine's CPUs and load average are recorded, since
+reference run (the JSON of an earlier run, committed; ``--save-reference`` overwrites it). Goal:
+5 s or less on 2 cores. The machine's CPUs and load average are recorded, since
 other work on the machine slows every row.
 """
 
