@@ -68,8 +68,9 @@ class RunPlan:
 def plan_run(config: dict) -> RunPlan:
     """The cohort and every stage's plan for a validated ``config``: first the refacing keys
     that only fit together (:func:`~defaceaudit.reface.sizing.check_reface_config`), then
-    :func:`check_radiodensity_split` (InputError, one line each). The workflow (rules/common.smk) and
-    the ``check-inputs`` and ``targets`` commands all plan a run with this."""
+    :func:`check_radiodensity_split` (InputError, one line each). The workflow
+    (rules/common.smk) and the ``check-inputs`` and ``targets`` commands all plan a run with
+    this."""
     if config["reface"]["enabled"]:
         check_reface_config(config["reface"])
     cohort = load_cohort(config)
