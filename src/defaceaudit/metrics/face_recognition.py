@@ -267,7 +267,7 @@ def _probe_entries(subject: str, test_set: str, path: str | os.PathLike) -> list
 
 
 def _markdown(summary: pd.DataFrame, ranks: pd.DataFrame, notes: Sequence[str]) -> str:
-    from defaceaudit.metrics.face_tables import format_ci
+    from defaceaudit.metrics.reidentify import rank_table
 
     title = (
         "Re-identification by face recognition: each image's head rendered as face "
@@ -278,26 +278,7 @@ def _markdown(summary: pd.DataFrame, ranks: pd.DataFrame, notes: Sequence[str]) 
     )
     if summary.empty:
         return f"{title}\n\nNot computed.\n\n" + "".join(f"- {n}\n" for n in notes)
-    table = pd.DataFrame(
-        {
-            "Testing set": summary["test_set"],
-            "Image": summary["image"],
-            "Image type": summary["image_type"],
-            "Probes": summary["n_probes"],
-            "No face": summary["n_no_face"],
-            "Gallery": summary["n_gallery"],
-            "Rank-1 rate [95% CI]": [
-                format_ci(r, lo, hi)
-                for r, lo, hi in zip(
-                    summary["rank1_rate"],
-                    summary["rank1_ci_low"],
-                    summary["rank1_ci_high"],
-                    strict=True,
-                )
-            ],
-            "Chance rank-1": summary["chance_rank1"].round(3),
-        }
-    )
+    table = rank_table(summary, [1], median_rank=False)
     views = ranks.groupby("image_type")[["n_views_face", "n_views"]].sum()
     detection = "; ".join(
         f"{t}: {int(r.n_views_face)} of {int(r.n_views)}" for t, r in views.iterrows()

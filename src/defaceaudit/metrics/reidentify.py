@@ -230,6 +230,35 @@ def summarise_ranks(ranks: pd.DataFrame, *, n_resamples: int = 1000, seed: int =
     return _probe_order(pd.DataFrame(rows, columns=columns))
 
 
+def rank_table(summary: pd.DataFrame, ranks: Sequence[int], *, median_rank: bool) -> pd.DataFrame:
+    """The Markdown table of a re-identification summary (one row per test set and image):
+    probes, no face, gallery size, optionally the median rank, then per k in ``ranks`` the
+    rank-k rate with its CI and its chance. Both matchers (surface, face recognition) use it."""
+    columns = {
+        "Testing set": summary["test_set"],
+        "Image": summary["image"],
+        "Image type": summary["image_type"],
+        "Probes": summary["n_probes"],
+        "No face": summary["n_no_face"],
+        "Gallery": summary["n_gallery"],
+    }
+    if median_rank:
+        columns["Median rank"] = summary["median_rank"]
+    for k in ranks:
+        columns[f"Rank-{k} rate [95% CI]"] = [
+            format_ci(r, lo, hi)
+            for r, lo, hi in zip(
+                summary[f"rank{k}_rate"],
+                summary[f"rank{k}_ci_low"],
+                summary[f"rank{k}_ci_high"],
+                strict=True,
+            )
+        ]
+    for k in ranks:
+        columns[f"Chance rank-{k}"] = summary[f"chance_rank{k}"].round(3)
+    return pd.DataFrame(columns)
+
+
 def _markdown(summary: pd.DataFrame, notes: Sequence[str]) -> str:
     title = (
         "Re-identification: rank of each test subject's own gallery face (an independent "
@@ -239,30 +268,7 @@ def _markdown(summary: pd.DataFrame, notes: Sequence[str]) -> str:
     if summary.empty:
         return f"{title}\n\nNot computed.\n\n" + "".join(f"- {n}\n" for n in notes)
     shown = [k for k in RANKS if summary[f"rank{k}_rate"].notna().any()]
-    table = pd.DataFrame(
-        {
-            "Testing set": summary["test_set"],
-            "Image": summary["image"],
-            "Image type": summary["image_type"],
-            "Probes": summary["n_probes"],
-            "No face": summary["n_no_face"],
-            "Gallery": summary["n_gallery"],
-            "Median rank": summary["median_rank"],
-            **{
-                f"Rank-{k} rate [95% CI]": [
-                    format_ci(r, lo, hi)
-                    for r, lo, hi in zip(
-                        summary[f"rank{k}_rate"],
-                        summary[f"rank{k}_ci_low"],
-                        summary[f"rank{k}_ci_high"],
-                        strict=True,
-                    )
-                ]
-                for k in shown
-            },
-            **{f"Chance rank-{k}": summary[f"chance_rank{k}"].round(3) for k in shown},
-        }
-    )
+    table = rank_table(summary, shown, median_rank=True)
     return (
         f"{title}\n\n"
         + table.to_markdown(index=False)
