@@ -409,6 +409,32 @@ def test_train_learns_a_blob_and_restores_the_best_epoch():
     )
 
 
+def test_identical_crops_train_no_network_and_predict_the_balanced_training_mean():
+    """Skull-stripped crops are all 0: no epoch runs, every prediction is one value (the
+    subject-balanced mean of the training targets) and rho over them is undefined."""
+    crops, index, targets, subjects, splits = _blob_problem()
+    crops[:] = 0.0
+    _, history, pred = fit_radiodensity(
+        crops, targets, subjects, splits, SETTINGS, crop_index=index, build_model=TinyNet
+    )
+    assert history.empty and history.attrs["best_epoch"] == 0
+    train = np.asarray(splits) == "train"
+    per_subject = pd.Series(targets[train]).groupby(np.asarray(subjects)[train]).mean()
+    np.testing.assert_allclose(pred, per_subject.mean())
+    # one differing crop is enough for a real training run
+    crops[index[0]] += 1.0
+    _, history, _ = fit_radiodensity(
+        crops,
+        targets,
+        subjects,
+        splits,
+        {**SETTINGS, "epochs": 1},
+        crop_index=index,
+        build_model=TinyNet,
+    )
+    assert len(history) == 1
+
+
 @pytest.mark.slow
 def test_training_sees_only_train_rows_and_samples_them_by_subject(monkeypatch):
     from defaceaudit.radiodensity import train as train_module

@@ -147,7 +147,9 @@ def fit_radiodensity(
     the epoch with the lowest validation MSE. ``history`` has :data:`HISTORY_COLUMNS` (losses
     are MSEs in squared target units, ``seconds`` the epoch's wall time including validation)
     and ``history.attrs["best_epoch"]``. ``predictions`` ``[N]`` float64: every row, eval mode.
-    Deterministic on CPU for a given seed and thread count. Raises
+    Deterministic on CPU for a given seed and thread count. When every training and
+    validation crop is the same (skull-stripped images: all 0) no network is trained
+    (:func:`_constant_fit`). Raises
     :class:`TrainingDivergedError` when no epoch had a finite validation MSE.
     """
     log = log or _LOG
@@ -179,6 +181,10 @@ def fit_radiodensity(
     used = np.concatenate([train_rows, val_rows])
     if not np.all(np.isfinite(targets[used])):
         raise DefaceAuditError("training or validation targets contain NaN or infinity")
+
+    used_crops = crops[np.unique(index[used])]
+    if np.all(used_crops == used_crops[:1]):
+        return _constant_fit(crops, targets, subjects, train_rows, s, log, build_model)
 
     device = device_from_config(s["device"])
     cuda = device.type == "cuda"
@@ -268,6 +274,35 @@ def fit_radiodensity(
     history.attrs["best_epoch"] = stopper.best_epoch
     predictions = predict(np.arange(n))
     return model.eval(), history, predictions
+
+
+def _constant_fit(
+    crops: np.ndarray,
+    targets: np.ndarray,
+    subjects: np.ndarray,
+    train_rows: np.ndarray,
+    settings: Mapping,
+    log: logging.Logger,
+    build_model: Callable[[], nn.Module] | None,
+) -> tuple[nn.Module, pd.DataFrame, np.ndarray]:
+    """What :func:`fit_radiodensity` returns when every training and validation crop is the
+    same (skull-stripped images leave no facial voxel: every crop is 0). A network then sees
+    one input and can only learn one value, so none is trained: every row's prediction is the
+    subject-balanced mean of the training targets (the constant the training loss favours),
+    the model is the untrained network (seeded), and the history has no epoch (best epoch 0).
+    Spearman's rho of such predictions is undefined, which the tables report as ``n/a``."""
+    weights = subject_balanced_weights(subjects[train_rows])
+    value = float(np.sum(weights * targets[train_rows]))
+    log.warning(
+        "every crop is identical (no facial voxel differs between subjects): no network is "
+        "trained; every prediction is the training targets' subject-balanced mean %.4f",
+        value,
+    )
+    torch.manual_seed(int(settings["seed"]))
+    model = (build_model or resnet10)()
+    history = pd.DataFrame(columns=list(HISTORY_COLUMNS))
+    history.attrs["best_epoch"] = 0
+    return model.eval(), history, np.full(targets.shape[0], value, dtype=np.float64)
 
 
 def _participant(label: str) -> str:
