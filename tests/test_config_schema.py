@@ -159,3 +159,18 @@ def test_the_default_refacing_networks_fit_together():
     from defaceaudit.reface.sizing import check_reface_config
 
     check_reface_config(validate_config({})["reface"])
+
+
+@pytest.mark.parametrize("overlay", ["config_paper.yaml", "config_attack.yaml"])
+def test_the_shipped_config_overlays_are_valid_on_top_of_the_demo_config(overlay):
+    """Each overlay at the repository's root, layered on config.yaml as the docs tell users to
+    run it, passes the schema and the cross-key refacing checks."""
+    from pathlib import Path
+
+    from defaceaudit.config import load_config
+    from defaceaudit.reface.sizing import check_reface_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "config.yaml", root / overlay)
+    check_reface_config(config["reface"])
+    assert config["reface"]["stage1"]["training"]["steps"] > 1500

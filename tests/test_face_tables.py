@@ -450,3 +450,30 @@ def test_a_dpm_row_no_closer_than_defaced_is_marked_as_a_weak_attack():
         tests,
     )
     assert face_tables.NO_BETTER_MARK not in clean
+
+
+def test_a_dpm_row_better_on_average_but_not_for_every_subject_counts_them():
+    """The mean hides one external subject whose DPM face is further than its defaced one: the
+    cell says for how many subjects the attack failed; without per-subject rows it cannot."""
+    rows = face_rows(image_types=tuple(LEVELS), n_internal=4, n_external=4)
+    defacer = DEFACERS[0]
+    weak = (rows["defacer"] == defacer) & (rows["test_set"] == "external_test")
+    defaced = rows[weak & (rows["image_type"] == "defaced")].set_index("subject")["masd_mm"]
+    refaced = weak & (rows["image_type"] == "dpm_refaced")
+    subjects = rows.loc[refaced, "subject"]
+    rows.loc[refaced, "masd_mm"] = defaced.reindex(subjects).to_numpy() * 0.3
+    one = refaced & (rows["subject"] == subjects.iloc[0])
+    rows.loc[one, "masd_mm"] = defaced[subjects.iloc[0]] + 0.1
+    summary, tests = summarise(rows, n_resamples=N_RESAMPLES), paired_tests(rows)
+    cell = (
+        paper_tables(summary, tests, rows)["table1_masd"]
+        .set_index(["Testing set", "Defaced by"])
+        .loc[("External (N=4)", defacer), "Refaced with DPMs"]
+    )
+    assert cell.endswith(" [attack no better than defaced for 1 of 4 subjects]")
+    table = paper_tables(summary, tests, rows)["table1_masd"]
+    assert "not that the defacer protects" in face_tables.table_markdown(
+        "table1_masd", table, summary, tests
+    )
+    alone = paper_tables(summary, tests)["table1_masd"]["Refaced with DPMs"]
+    assert not alone.str.contains("attack no better", regex=False).any()

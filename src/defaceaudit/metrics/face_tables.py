@@ -414,8 +414,9 @@ def _row_start(test_set: str, defacer: str, sizes: dict[str, int]) -> dict[str, 
     return {"Testing set": _test_set_label(test_set, sizes[test_set]), "Defaced by": defacer}
 
 
-#: what a Table 1 DPM cell carries when the refaced faces are on average no closer to the
-#: originals than the defaced input they were made from (:func:`_attack_no_better`)
+#: what a Table 1 DPM cell carries when the refaced faces are no closer to the originals than
+#: the defaced input they were made from: on average, or for some subjects of the row
+#: (:func:`_no_better_mark`)
 NO_BETTER_MARK = " [attack no better than defaced]"
 
 
@@ -428,33 +429,64 @@ def _attack_no_better(cells: dict, key: tuple) -> bool:
     return bool(np.isfinite(refaced["mean"]) and refaced["mean"] >= defaced["mean"])
 
 
+def _subjects_no_better(rows: pd.DataFrame | None, key: tuple) -> tuple[int, int]:
+    """(subjects whose DPM-refaced MASD is at least their defaced one, subjects with both) on
+    the row ``key`` (test_set, defacer, metric) of the per-subject ``rows``; (0, 0) without
+    rows."""
+    if rows is None or rows.empty:
+        return 0, 0
+    test_set, defacer, metric = key
+    row = rows[(rows["test_set"] == test_set) & (rows["defacer"] == defacer)]
+    wide = row.pivot_table(index="subject", columns="image_type", values=metric)
+    if not {"defaced", "dpm_refaced"} <= set(wide.columns):
+        return 0, 0
+    both = wide[["defaced", "dpm_refaced"]].dropna()
+    return int((both["dpm_refaced"] >= both["defaced"]).sum()), len(both)
+
+
+def _no_better_mark(cells: dict, rows: pd.DataFrame | None, key: tuple) -> str:
+    """:data:`NO_BETTER_MARK` when the row's mean DPM MASD is no better than the defaced one;
+    ``" [attack no better than defaced for k of n subjects]"`` when the mean is better but k
+    subjects are not; else nothing. A mean can hide a person the models never saw."""
+    if _attack_no_better(cells, key):
+        return NO_BETTER_MARK
+    worse, n = _subjects_no_better(rows, key)
+    if worse:
+        return f"{NO_BETTER_MARK[:-1]} for {worse} of {n} subjects]"
+    return ""
+
+
 def _no_better_note(table: pd.DataFrame) -> str | None:
     """The footnote for :data:`NO_BETTER_MARK`, when a cell of ``table`` carries it."""
     column = _MASD_COLUMNS["dpm_refaced"]
     if (
         column not in table
-        or not table[column].astype(str).str.contains(NO_BETTER_MARK, regex=False).any()
+        or not table[column].astype(str).str.contains(NO_BETTER_MARK[:-1], regex=False).any()
     ):
         return None
     return (
-        f"{NO_BETTER_MARK.strip()}: on this row the DPM-refaced faces are on average no closer to "
-        "the originals than the defaced input. The attack failed there (for example on a person "
-        "the models never saw, when they were trained on few people): that shows a weak attack, "
-        "not that the defacer protects the face."
+        f"{NO_BETTER_MARK.strip()}: on this row the DPM-refaced faces are no closer to the "
+        "originals than the defaced input, on average or for the subjects counted. The attack "
+        "failed there (for example on a person the models never saw, when they were trained on "
+        "few people): that shows a weak attack, not that the defacer protects the face."
     )
 
 
-def _masd_table(summary: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _masd_table(
+    summary: pd.DataFrame, tests: pd.DataFrame, metric: str, rows: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Table 1 layout for ``metric``: three mean [CI] columns, then per tested pair the median
-    difference [CI] and the p-value (or why it cannot be small)."""
+    difference [CI] and the p-value (or why it cannot be small). ``rows`` (per subject, as
+    :func:`summarise` takes them) let the DPM cell count the subjects the attack failed on."""
     cells, by_key, sizes = _cells(summary), _test_rows(tests), _test_set_sizes(summary)
     records = []
     for test_set, defacer in _row_keys(summary):
         record = _row_start(test_set, defacer, sizes)
         for image_type, column in _MASD_COLUMNS.items():
             record[column] = _ci_cell(cells, (test_set, defacer, metric, image_type), 2)
-        if _attack_no_better(cells, (test_set, defacer, metric)):
-            record[_MASD_COLUMNS["dpm_refaced"]] += NO_BETTER_MARK
+        record[_MASD_COLUMNS["dpm_refaced"]] += _no_better_mark(
+            cells, rows, (test_set, defacer, metric)
+        )
         for pair, column in _P_COLUMNS.items():
             key = (test_set, defacer, metric, *pair)
             record[_DIFF_COLUMNS[pair]] = _diff_cell(by_key, key, 2)
@@ -497,7 +529,9 @@ def _quality_table(
     return pd.DataFrame.from_records(records, columns=[*_ROW_LABELS, *columns])
 
 
-def paper_tables(summary: pd.DataFrame, tests: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def paper_tables(
+    summary: pd.DataFrame, tests: pd.DataFrame, rows: pd.DataFrame | None = None
+) -> dict[str, pd.DataFrame]:
     """Tables 1-3 as string frames, keyed by :data:`TABLE_NAMES`.
 
     Rows are test set x defacer (``Internal (N=15)``, ``quickshear``); cells are
@@ -507,11 +541,13 @@ def paper_tables(summary: pd.DataFrame, tests: pd.DataFrame) -> dict[str, pd.Dat
     average vs DPMs per region) the median paired difference (first - second image, the
     metric's units) with its CI; a p-value is exact (``0.026``, ``3.1e-05``), or, where the
     pairs are too few for any p < 0.05, the reason (``too few pairs (N=4, p >= 0.125)``).
+    A Table 1 DPM cell no better than the defaced one, on average or (given the per-subject
+    ``rows``) for some subjects, carries :data:`NO_BETTER_MARK`.
     """
     head_face_psnr = {"head": "psnr_head_db", "face": "psnr_face_db"}
     return {
-        "table1_masd": _masd_table(summary, tests, "masd_mm"),
-        "table1_masd_symmetric": _masd_table(summary, tests, "masd_symmetric_mm"),
+        "table1_masd": _masd_table(summary, tests, "masd_mm", rows),
+        "table1_masd_symmetric": _masd_table(summary, tests, "masd_symmetric_mm", rows),
         "table2_psnr": _quality_table(summary, tests, head_face_psnr, 2),
         "table3_ssim": _quality_table(
             summary, tests, {"head": "ssim_head", "face": "ssim_face"}, 3
@@ -742,7 +778,7 @@ def write_face_tables(
     write_tsv(tests, out["tests"])
     tables = {
         name: mark_unconverged(table, attack_notes)
-        for name, table in paper_tables(summary, tests).items()
+        for name, table in paper_tables(summary, tests, rows).items()
     }
     for name, table in tables.items():
         if name in out:
