@@ -17,7 +17,10 @@ rule train_stage1:
     priority: 10
     conda:
         "../envs/defaceaudit.yaml"
-    threads: 2
+    # one thread: the demo's networks train no faster on two CPU threads than on one
+    # (benchmarks/bench_refacing.py under OMP_NUM_THREADS=1 and 2), and a second thread held
+    # for minutes would keep the defacing jobs off the other core; raise it with --set-threads
+    threads: 1
     # host memory from the images' size (stage 1 at paper scale: about 5 GB)
     resources:
         gpu=1,
@@ -46,7 +49,8 @@ rule train_stage2:
     priority: 10
     conda:
         "../envs/defaceaudit.yaml"
-    threads: 2
+    # one thread, as train_stage1
+    threads: 1
     # host memory from the images' size (stage 2 at paper scale: about 31 GB)
     resources:
         gpu=1,
