@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers import run_snakemake
 
 from defaceaudit import paths
@@ -52,11 +53,13 @@ def test_tiny_radiodensity_study_trains_a_model_per_image_type(workdir):
         assert len(predictions) == len(study)  # every visit row of every subject
         assert np.isfinite(predictions["prediction"]).all()
         history = pd.read_csv(workdir / files["history"], sep="\t")
+        checkpoint = torch.load(workdir / files["model"], weights_only=False)
+        assert checkpoint["state_dict"]  # ResNet10 weights
         if image_type == "skullstrip":  # every crop 0: no network is trained, one prediction
             assert history.empty and predictions["prediction"].nunique() == 1
+            assert not checkpoint["trained"] and checkpoint["best_epoch"] == 0
         else:
-            assert 1 <= len(history) <= 2
-        assert (workdir / files["model"]).stat().st_size > 1_000_000  # ResNet10 weights
+            assert 1 <= len(history) <= 2 and checkpoint["trained"]
 
     table = pd.read_csv(workdir / paths.RADIODENSITY_TABLES["table"], sep="\t")
     assert sorted(table["image_type"]) == ["original", "quickshear", "skullstrip"]

@@ -184,7 +184,7 @@ def fit_radiodensity(
 
     used_crops = crops[np.unique(index[used])]
     if np.all(used_crops == used_crops[:1]):
-        return _constant_fit(crops, targets, subjects, train_rows, s, log, build_model)
+        return _constant_fit(targets, subjects, train_rows, s, log, build_model)
 
     device = device_from_config(s["device"])
     cuda = device.type == "cuda"
@@ -277,7 +277,6 @@ def fit_radiodensity(
 
 
 def _constant_fit(
-    crops: np.ndarray,
     targets: np.ndarray,
     subjects: np.ndarray,
     train_rows: np.ndarray,
@@ -289,7 +288,8 @@ def _constant_fit(
     same (skull-stripped images leave no facial voxel: every crop is 0). A network then sees
     one input and can only learn one value, so none is trained: every row's prediction is the
     subject-balanced mean of the training targets (the constant the training loss favours),
-    the model is the untrained network (seeded), and the history has no epoch (best epoch 0).
+    the model is the untrained network (seeded: its checkpoint says ``best_epoch`` 0 and
+    ``trained`` false), and the history has no epoch.
     Spearman's rho of such predictions is undefined, which the tables report as ``n/a``."""
     weights = subject_balanced_weights(subjects[train_rows])
     value = float(np.sum(weights * targets[train_rows]))
@@ -355,8 +355,9 @@ def train_radiodensity(
     subjects without a crop, or with a missing target, are left out (logged). Writes,
     atomically: ``out_predictions`` (TSV, :data:`PREDICTION_COLUMNS`), ``out_history`` (TSV,
     :data:`HISTORY_COLUMNS`) and, when given, ``out_model`` (torch.save of ``state_dict``,
-    resolved ``settings``, architecture, image type, body part, crop shape, best epoch, package
-    version). ``build_model`` as in :func:`fit_radiodensity`. Returns the predictions table.
+    resolved ``settings``, architecture, image type, body part, crop shape, best epoch,
+    ``trained`` (false when identical crops trained no network), package version).
+    ``build_model`` as in :func:`fit_radiodensity`. Returns the predictions table.
     Unreadable inputs raise :class:`DefaceAuditError` naming the file; a
     diverged training :class:`TrainingDivergedError` naming the image type and body part
     (nothing is written then).
@@ -419,6 +420,7 @@ def train_radiodensity(
             "body_part": body_part,
             "crop_shape": list(crops[0].shape),
             "best_epoch": int(history.attrs["best_epoch"]),
+            "trained": not history.empty,
             "defaceaudit_version": __version__,
         }
         with atomic_path(out_model) as tmp:
